@@ -1,0 +1,1 @@
+"""recstack.datasets: raw logs -> prepared Arrow/Parquet dataset dirs (DESIGN §3)."""

@@ -1,0 +1,389 @@
+"""`recstack data prepare`: raw log -> prepared dataset dir (DESIGN §3).
+
+Output (written to a temp dir next to `out`, renamed into place only when complete):
+  interactions.parquet  user_idx, item_idx, ts, [rating], [context...], split_loo, split_temporal
+                        sorted by (user_idx, ts, raw row order)
+  items.parquet         item_idx (1..n_items), item_id, catalogue features  (the item vocab)
+  users.parquet         user_idx (0..n_users-1), user_id, attributes        (the user vocab)
+  quality_report.json   rows read, rows dropped per reason, flagged rows
+  manifest.json         sha256 per file, counts, config, source, code version
+"""
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.text import Text
+
+from recstack.datasets.dataset_dir import DATASET_KIND
+from recstack.datasets.quality import QualityConfig, QualityLog, clean, k_core_pass
+from recstack.datasets.sources import RawLog
+from recstack.datasets.sources.resolve import open_source
+from recstack.datasets.sources.tabular import ColumnMapping, collect_or_explain
+from recstack.datasets.splits import check_fractions, global_temporal, leave_one_out
+from recstack.errors import DataError
+from recstack.manifest import write_manifest
+from recstack.progress import StepLog, console
+from recstack.schema import (
+    INTERACTIONS_FILE,
+    ITEM_ID,
+    ITEM_IDX,
+    ITEMS_FILE,
+    PAD_IDX,
+    QUALITY_FILE,
+    ROW,
+    SPLIT_LOO,
+    SPLIT_NAMES,
+    SPLIT_TEMPORAL,
+    TS,
+    USER_ID,
+    USER_IDX,
+    USERS_FILE,
+)
+
+
+@dataclass
+class SplitConfig:
+    """Split settings.
+
+    Args:
+        temporal_valid_fraction: share of events (by time) in the global temporal split's
+            validation period.
+        temporal_test_fraction: share of the latest events in its test period.
+    """
+
+    temporal_valid_fraction: float = 0.1
+    temporal_test_fraction: float = 0.1
+
+
+def _compact_context(frame: pl.DataFrame) -> pl.DataFrame:
+    """String context columns -> Categorical (4 bytes a row instead of a string view)."""
+    strings = [c for c, t in frame.schema.items() if t == pl.String and c not in (USER_ID, ITEM_ID)]
+    return frame.with_columns(pl.col(strings).cast(pl.Categorical)) if strings else frame
+
+
+def _attach(vocab: pl.DataFrame, table: pl.DataFrame | None, key: str) -> pl.DataFrame:
+    if table is None:
+        return vocab
+    table = table.unique(key, keep="first", maintain_order=True)
+    return vocab.join(table, on=key, how="left", maintain_order="left")
+
+
+def _user_ranges(raw: RawLog, rows_per_part: int, log: QualityLog) -> list[tuple]:
+    """Contiguous ranges of sorted user ids holding about `rows_per_part` raw rows each.
+
+    One pass over the raw log (user_id only). Rows with a null user id are counted here.
+    """
+    counts = collect_or_explain(raw.interactions.group_by(USER_ID).len(), raw.files)
+    log.rows_read = int(counts["len"].sum())
+    if log.rows_read == 0:
+        raise DataError(f"the raw log from {raw.source} has no rows; check the input file")
+    log.count_dropped("null_ids", int(counts.filter(pl.col(USER_ID).is_null())["len"].sum()))
+    counts = counts.drop_nulls(USER_ID).sort(USER_ID)
+    rows_before = counts["len"].cum_sum() - counts["len"]
+    ranges = (
+        counts.with_columns((rows_before // rows_per_part).alias("part"))
+        .group_by("part", maintain_order=True)
+        .agg(pl.col(USER_ID).first().alias("first"), pl.col(USER_ID).last().alias("last"))
+    )
+    return list(zip(ranges["first"], ranges["last"], strict=True))
+
+
+def ts_quantiles(parts: list[Path], qs: list[float]) -> list[int]:
+    """Exact "higher" quantiles of ts over all partitions, without loading the ts column.
+
+    Same values as polars' `quantile(q, "higher")` (the element at 0-based rank
+    ceil(q * (n - 1)) in sorted order), in two bounded passes: a histogram of ~1M buckets, then
+    the values of the one bucket holding each rank.
+    """
+    scan = pl.scan_parquet(parts).select(TS)
+    lo, hi, n = (
+        scan.select(pl.col(TS).min().alias("lo"), pl.col(TS).max().alias("hi"), pl.len())
+        .collect()
+        .row(0)
+    )
+    width = (hi - lo) // 2**20 + 1
+    bucket = ((pl.col(TS) - lo) // width).alias("bucket")
+    hist = scan.group_by(bucket).len().sort("bucket").collect()
+    ends = hist["len"].cum_sum().to_numpy()
+    values = []
+    for q in qs:
+        rank = math.ceil(q * (n - 1))
+        i = int(np.searchsorted(ends, rank, side="right"))
+        in_bucket = scan.filter(bucket == hist["bucket"][i]).collect()[TS].sort()
+        values.append(int(in_bucket[rank - (int(ends[i]) - int(hist["len"][i]))]))
+    return values
+
+
+def _temporal_cuts(parts: list[Path], splits: SplitConfig) -> tuple[int, int]:
+    check_fractions(splits.temporal_valid_fraction, splits.temporal_test_fraction)
+    test_q = 1 - splits.temporal_test_fraction
+    valid_from, test_from = ts_quantiles(parts, [test_q - splits.temporal_valid_fraction, test_q])
+    return valid_from, test_from
+
+
+def _clean_partitions(
+    raw, quality, ranges, parts_dir, log: QualityLog, step: StepLog
+) -> list[Path]:
+    """Per user range: read its rows (one filtered scan), clean, write a cleaned partition."""
+    catalogue = raw.items[ITEM_ID] if raw.items is not None else None
+    parts = []
+    with step.step(f"clean {len(ranges)} partition(s) (quality report)"):
+        for i, (first, last) in enumerate(ranges):
+            in_range = pl.col(USER_ID).is_between(pl.lit(first), pl.lit(last), closed="both")
+            lazy = raw.interactions.with_row_index(ROW).filter(in_range)
+            frame = _compact_context(collect_or_explain(lazy, raw.files))
+            frame = clean(frame, quality, log, catalogue)
+            parts.append(parts_dir / f"part-{i:05d}.parquet")
+            frame.write_parquet(parts[-1])
+    if quality.k_core is not None:
+        with step.step(f"{quality.k_core}-core filter"):
+            while True:
+                item_counts = pl.scan_parquet(parts).group_by(ITEM_ID).len().collect()
+                dropped = 0
+                for part in parts:
+                    frame = pl.read_parquet(part)
+                    kept = k_core_pass(frame, item_counts, quality.k_core)
+                    if kept.height < frame.height:
+                        dropped += frame.height - kept.height
+                        kept.write_parquet(part)
+                log.count_dropped("k_core", dropped)
+                if dropped == 0:
+                    break
+    return parts
+
+
+def build_dataset(
+    raw: RawLog,
+    quality: QualityConfig,
+    splits: SplitConfig,
+    tmp: Path,
+    step: StepLog,
+    rows_per_part: int,
+) -> dict:
+    """Clean, index, sort and split a raw log into `tmp`, one user range at a time.
+
+    Memory stays bounded by one partition (about `rows_per_part` rows) plus the vocabularies:
+    the raw log is read once for user counts, then once per user range with a filtered scan.
+    Partitions are contiguous ranges of sorted user ids, so writing them in order gives a
+    file sorted by user_idx.
+    """
+    log = QualityLog()
+    with step.step("count users"):
+        ranges = _user_ranges(raw, rows_per_part, log)
+    parts_dir = tmp / "_partitions"
+    parts_dir.mkdir()
+    parts = _clean_partitions(raw, quality, ranges, parts_dir, log, step)
+    report = log.report()
+    if report["rows_kept"] == 0:
+        raise DataError(
+            f"no interactions left after cleaning ({report['dropped']}); relax the filters"
+        )
+
+    with step.step("vocab and temporal cuts"):
+        kept = pl.scan_parquet(parts)
+        users = kept.select(pl.col(USER_ID).unique().sort()).collect()
+        items = kept.select(pl.col(ITEM_ID).unique().sort()).collect()
+        users = users.select(pl.int_range(pl.len(), dtype=pl.Int32).alias(USER_IDX), USER_ID)
+        items = items.select(
+            (pl.int_range(pl.len(), dtype=pl.Int32) + PAD_IDX + 1).alias(ITEM_IDX), ITEM_ID
+        )
+        valid_from, test_from = _temporal_cuts(parts, splits)
+
+    split_counts = {
+        name: dict.fromkeys(SPLIT_NAMES.values(), 0) for name in (SPLIT_LOO, SPLIT_TEMPORAL)
+    }
+    with step.step("index, sort, split, write interactions"):
+        writer = None
+        for part in parts:
+            frame = (
+                pl.read_parquet(part)
+                .join(users, on=USER_ID, how="left")
+                .join(items, on=ITEM_ID, how="left")
+                .drop(USER_ID, ITEM_ID)
+                .sort([USER_IDX, TS, ROW])
+                .drop(ROW)
+            )
+            leading = [USER_IDX, ITEM_IDX, TS]
+            frame = frame.select(leading + [c for c in frame.columns if c not in leading])
+            frame = frame.with_columns(
+                leave_one_out(frame), global_temporal(frame[TS], valid_from, test_from)
+            )
+            for name in split_counts:
+                for code, n in frame[name].value_counts().iter_rows():
+                    split_counts[name][SPLIT_NAMES[code]] += n
+            table = frame.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(tmp / INTERACTIONS_FILE, table.schema, compression="zstd")
+            writer.write_table(table, row_group_size=1 << 20)
+            part.unlink()
+            pa.default_memory_pool().release_unused()
+        writer.close()
+        parts_dir.rmdir()
+        _attach(items, raw.items, ITEM_ID).write_parquet(tmp / ITEMS_FILE)
+        _attach(users, raw.users, USER_ID).write_parquet(tmp / USERS_FILE)
+
+    if raw.items is not None:
+        report["catalogue_items_without_events"] = int(
+            (~raw.items[ITEM_ID].is_in(items[ITEM_ID].implode())).sum()
+        )
+    report["partitions"] = len(parts)
+    return {
+        "report": report,
+        "counts": {
+            "interactions": report["rows_kept"],
+            "users": users.height,
+            "items": items.height,
+        },
+        "splits": {
+            "counts": split_counts,
+            "temporal_valid_from_ts": valid_from,
+            "temporal_test_from_ts": test_from,
+        },
+    }
+
+
+def write_dataset(
+    out: Path,
+    raw: RawLog,
+    quality: QualityConfig,
+    splits: SplitConfig,
+    config: dict,
+    overwrite: bool,
+    step: StepLog,
+    rows_per_part: int,
+) -> tuple[dict, dict]:
+    """Build the dataset in a temp dir beside `out`, then rename it into place."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise DataError(
+            f"{out} already exists and is not empty; pass --overwrite true or choose another --out"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        built = build_dataset(raw, quality, splits, tmp, step, rows_per_part)
+        built["report"]["step_seconds"] = step.seconds
+        with step.step("quality report + manifest"):
+            (tmp / QUALITY_FILE).write_text(json.dumps(built["report"], indent=2) + "\n")
+            schema = pq.read_schema(tmp / INTERACTIONS_FILE)
+            manifest = write_manifest(
+                tmp,
+                DATASET_KIND,
+                source=raw.source,
+                raw_files=[str(p) for p in raw.files],
+                counts=built["counts"],
+                splits=built["splits"],
+                interaction_columns=schema.names,
+                config=config,
+            )
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest, built["report"]
+
+
+def _summary_table(manifest: dict, report: dict, seconds: float):
+    from rich.table import Table
+
+    table = Table(title="recstack data prepare", show_header=False, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(justify="right", no_wrap=True)
+    table.add_row("rows read", f"{report['rows_read']:,}")
+    for reason, n in report["dropped"].items():
+        table.add_row(f"  dropped: {reason.replace('_', ' ')}", f"{n:,}")
+    for reason, n in report["flagged"].items():
+        table.add_row(f"  flagged (kept): {reason.replace('_', ' ')}", f"{n:,}")
+    counts = manifest["counts"]
+    table.add_row("interactions", f"{counts['interactions']:,}")
+    table.add_row("users / items", f"{counts['users']:,} / {counts['items']:,}")
+    density = counts["interactions"] / (counts["users"] * counts["items"])
+    table.add_row("density", f"{density:.4%}")
+    for name, split in manifest["splits"]["counts"].items():
+        table.add_row(name, "  ".join(f"{k} {v:,}" for k, v in split.items()))
+    table.add_row("seconds", f"{seconds:.1f}")
+    return table
+
+
+def prepare(
+    source: str,
+    out: Path,
+    columns: ColumnMapping | None = None,
+    items: Path | None = None,
+    users: Path | None = None,
+    min_rating: float | None = None,
+    k_core: int | None = None,
+    max_events_per_second: float | None = None,
+    non_monotone: Literal["sort", "drop"] = "sort",
+    require_catalogue: bool = True,
+    temporal_valid_fraction: float = 0.1,
+    temporal_test_fraction: float = 0.1,
+    overwrite: bool = False,
+    cache: Path | None = None,
+    offline_fallback: bool = True,
+    rows_per_part: int = 1_000_000,
+    quiet: bool = False,
+) -> dict:
+    """Prepare a raw interaction log into a dataset dir (Parquet, vocab, splits, reports).
+
+    Args:
+        source: ml-100k | ml-1m | ml-20m | ml-25m | recbole:PATH | csv:PATH | parquet:PATH | synth:DIR
+        out: dataset directory to write (written to a temp dir, then renamed into place).
+        columns: column mapping for csv:/parquet: sources (user, item, timestamp, rating, context).
+        items: optional item catalogue file (csv/parquet) for csv:/parquet: sources.
+        users: optional user attribute file (csv/parquet) for csv:/parquet: sources.
+        min_rating: keep only ratings >= this (explicit -> implicit). Default: keep all.
+        k_core: iteratively keep users and items with >= k interactions. Default: off.
+        max_events_per_second: drop users above this event rate (bots). Default: off.
+        non_monotone: "sort" keeps rows whose timestamp goes back in file order (and sorts by
+            time); "drop" removes them.
+        require_catalogue: drop interactions whose item is not in the catalogue.
+        temporal_valid_fraction: share of events in the temporal split's validation period.
+        temporal_test_fraction: share of the latest events in the temporal split's test period.
+        overwrite: replace an existing non-empty `out`.
+        cache: download cache dir (default $RECSTACK_CACHE or ~/.cache/recstack).
+        offline_fallback: for ml-100k, use the recbole wheel from PyPI when grouplens is unreachable.
+        rows_per_part: raw rows per user-range partition; peak memory scales with it.
+        quiet: no progress output.
+    """
+    started = time.perf_counter()
+    log = StepLog(quiet=quiet)
+    config = {k: v for k, v in locals().items() if k not in ("log", "started")}
+    quality = QualityConfig(
+        non_monotone=non_monotone,
+        max_events_per_second=max_events_per_second,
+        require_catalogue=require_catalogue,
+        min_rating=min_rating,
+        k_core=k_core,
+    )
+    splits = SplitConfig(temporal_valid_fraction, temporal_test_fraction)
+    with log.step(f"open source {source}"):
+        raw = open_source(
+            source,
+            columns=columns,
+            items=items,
+            users=users,
+            cache=cache,
+            offline_fallback=offline_fallback,
+        )
+    config["columns"] = asdict(columns) if columns is not None else None
+    manifest, report = write_dataset(
+        Path(out), raw, quality, splits, config, overwrite, log, rows_per_part
+    )
+    if not quiet:
+        console.print("source:", Text(manifest["source"]))
+        console.print(_summary_table(manifest, report, time.perf_counter() - started))
+        console.print("dataset written to", Text(str(out), style="bold"))
+    return manifest

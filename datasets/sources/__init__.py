@@ -1,0 +1,27 @@
+"""Raw-log sources. Each source returns a `RawLog`; `recstack data prepare` takes it from there.
+
+Contract for every source:
+- `interactions`: a polars LazyFrame with `user_id`, `item_id` (Int64 for MovieLens, String for
+  tokens), `ts` (Int64 seconds, UTC), optional `rating` (Float32) and any context columns
+  (e.g. `device`). Rows in the raw file order; no cleaning (prepare does it and reports it).
+- `items`: None or a DataFrame keyed by `item_id` (same dtype) with feature columns
+  (`title`, `genres` list[str], `year` Int16 for MovieLens).
+- `users`: None or a DataFrame keyed by `user_id` with attribute columns
+  (`gender`, `age`, `occupation`, `zip` for MovieLens).
+- `source`: one human-readable line saying exactly where the data came from.
+Bad input raises `recstack.errors.DataError` with a one-line message naming file and column.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+
+@dataclass
+class RawLog:
+    interactions: pl.LazyFrame
+    items: pl.DataFrame | None
+    users: pl.DataFrame | None
+    source: str
+    files: list[Path] = field(default_factory=list)  # raw files read, for the manifest

@@ -1,0 +1,62 @@
+"""The `recstack` command: one jsonargparse CLI for every stage.
+
+    recstack data prepare --source ml-100k --out data/ml-100k
+    recstack data synth --users 6000 --items 3700 --events 1000000 --out data/synth-1m
+    recstack eval baselines --dataset data/ml-100k
+    recstack demo
+
+Each subcommand is a plain function whose signature and docstring are the CLI (flags, types,
+defaults, --help); any flag can also come from a YAML file with --config. Only the chosen
+command's module is imported, so `recstack data ...` starts without torch.
+"""
+
+import importlib
+import sys
+
+from recstack.errors import RecstackError
+
+COMMANDS: dict[str, str | dict[str, str]] = {
+    "data": {
+        "prepare": "recstack.datasets.prepare:prepare",
+        "synth": "recstack.datasets.synth:synthesize",
+    },
+    "eval": {"baselines": "recstack.training.eval.baselines_cmd:run_baselines"},
+    "demo": "recstack.demo:demo",
+}
+
+
+def _load(target: str):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _components(argv: list[str]) -> dict:
+    """The command tree, importing only the command named in argv (all of them for --help)."""
+    group = COMMANDS.get(argv[0]) if argv else None
+    if isinstance(group, str):
+        return {argv[0]: _load(group)}
+    if isinstance(group, dict) and len(argv) > 1 and argv[1] in group:
+        return {argv[0]: {argv[1]: _load(group[argv[1]])}}
+    return {
+        name: _load(sub) if isinstance(sub, str) else {k: _load(v) for k, v in sub.items()}
+        for name, sub in COMMANDS.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jsonargparse import auto_cli
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        auto_cli(_components(argv), args=argv, as_positional=False)
+    except RecstackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""recstack.serving: Ray Serve application over exported ONNX artifacts (no torch here)."""

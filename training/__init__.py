@@ -1,0 +1,1 @@
+"""recstack.training: models, training tasks and the full-ranking evaluator."""
