@@ -1,0 +1,117 @@
+"""One entry point from a source spec string to a RawLog.
+
+Specs: `ml-100k | ml-1m | ml-20m | ml-25m` (GroupLens, cached), `recbole:<path>` (RecBole atomic
+files: a dir or a `<dir>/<name>` prefix), `csv:<path>` / `parquet:<path>` (a file, a directory
+or a glob, with a `ColumnMapping`), `synth:<dir>` (our synthetic generator's output:
+`<dir>/events/*.parquet` + `<dir>/items.parquet` + `<dir>/users.parquet`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from recstack.datasets.sources import RawLog
+from recstack.datasets.sources.atomic import DEFAULT_FIELDS, load_atomic
+from recstack.datasets.sources.movielens import MOVIELENS_NAMES, load_movielens
+from recstack.datasets.sources.tabular import (
+    ColumnMapping,
+    file_format,
+    load_tabular,
+    resolve_files,
+)
+from recstack.errors import DataError
+from recstack.schema import ITEM_ID, ITEMS_FILE, RATING, TS, USER_ID, USERS_FILE
+
+SPEC_FORMS = " | ".join(
+    [*MOVIELENS_NAMES, "recbole:<path>", "csv:<path>", "parquet:<path>", "synth:<dir>"]
+)
+SYNTH_EVENTS_DIR = "events"
+SYNTH_CONTEXT = ["device"]  # context columns written by the synthetic generator
+
+
+def synth_mapping() -> ColumnMapping:
+    """How the synthetic generator's events are laid out (already in our column names)."""
+    return ColumnMapping(user=USER_ID, item=ITEM_ID, timestamp=TS, context=list(SYNTH_CONTEXT))
+
+
+def _atomic_fields(columns: ColumnMapping | None) -> dict[str, str]:
+    """A ColumnMapping (raw names) -> RecBole field mapping {recbole_field: ours}."""
+    if columns is None:
+        return dict(DEFAULT_FIELDS)
+    fields = {columns.user: USER_ID, columns.item: ITEM_ID, columns.timestamp: TS}
+    if columns.rating:
+        fields[columns.rating] = RATING
+    return fields
+
+
+def _split(spec: str) -> tuple[str, str]:
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest.strip():
+        raise DataError(f"unknown source {spec!r}; use one of: {SPEC_FORMS}")
+    return kind.strip().lower(), rest.strip()
+
+
+def open_source(
+    spec: str,
+    columns: ColumnMapping | None = None,
+    items: Path | None = None,
+    users: Path | None = None,
+    min_rating: float | None = None,
+    cache: Path | None = None,
+    offline_fallback: bool = True,
+) -> RawLog:
+    """Open the raw log named by `spec` (see the module docstring) as a RawLog.
+
+    `columns`, `items` and `users` describe csv:/parquet: sources (`columns` also renames
+    RecBole fields); `min_rating` keeps ratings >= it, lazily; `cache` and
+    `offline_fallback` apply to the MovieLens downloads.
+    """
+    spec = spec.strip()
+    if spec in MOVIELENS_NAMES:
+        if columns is not None or items is not None or users is not None:
+            raise DataError(
+                f"{spec} has a fixed layout; columns/items/users apply only to csv:, parquet: "
+                "and recbole: sources"
+            )
+        return load_movielens(
+            spec, cache=cache, min_rating=min_rating, offline_fallback=offline_fallback
+        )
+    kind, where = _split(spec)
+    if kind == "recbole":
+        raw = load_atomic(where, columns=_atomic_fields(columns))
+        if min_rating is not None:
+            if RATING not in raw.interactions.collect_schema().names():
+                raise DataError(f"{spec}: min_rating needs a rating field in the .inter file")
+            raw.interactions = raw.interactions.filter(pl.col(RATING) >= min_rating)
+        return raw
+    if kind in ("csv", "parquet"):
+        if columns is None:
+            raise DataError(
+                f"{spec}: a {kind} source needs a column mapping: say which columns hold "
+                "the user, item and timestamp (ColumnMapping / --user-col ...)"
+            )
+        found = file_format(resolve_files(where))
+        if found != kind:
+            raise DataError(f"{spec}: the files are {found}, not {kind}; write {found}:{where}")
+        return load_tabular(where, columns, items=items, users=users, min_rating=min_rating)
+    if kind == "synth":
+        root = Path(where)
+        events = root / SYNTH_EVENTS_DIR
+        if not events.is_dir():
+            raise DataError(
+                f"{root} has no {SYNTH_EVENTS_DIR}/ folder; point synth: at the synthetic "
+                "generator's output directory"
+            )
+        items_path = root / ITEMS_FILE
+        users_path = root / USERS_FILE
+        return load_tabular(
+            events,
+            columns or synth_mapping(),
+            items=items if items is not None else (items_path if items_path.is_file() else None),
+            users=users if users is not None else (users_path if users_path.is_file() else None),
+            min_rating=min_rating,
+            source=f"synthetic log {root} ({SYNTH_EVENTS_DIR}/*.parquet)",
+        )
+    raise DataError(f"unknown source {spec!r}; use one of: {SPEC_FORMS}")
