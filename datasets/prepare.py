@@ -299,7 +299,7 @@ def _summary_table(manifest: dict, report: dict, seconds: float):
     from rich.table import Table
 
     table = Table(title="recstack data prepare", show_header=False, title_justify="left")
-    table.add_column(style="bold", no_wrap=True)
+    table.add_column(style="bold")
     table.add_column(justify="right", no_wrap=True)
     table.add_row("rows read", f"{report['rows_read']:,}")
     for reason, n in report["dropped"].items():
@@ -312,7 +312,7 @@ def _summary_table(manifest: dict, report: dict, seconds: float):
     density = counts["interactions"] / (counts["users"] * counts["items"])
     table.add_row("density", f"{density:.4%}")
     for name, split in manifest["splits"]["counts"].items():
-        table.add_row(name, "  ".join(f"{k} {v:,}" for k, v in split.items()))
+        table.add_row(f"{name} ({' / '.join(split)})", " / ".join(f"{v:,}" for v in split.values()))
     table.add_row("seconds", f"{seconds:.1f}")
     return table
 
