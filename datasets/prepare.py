@@ -71,6 +71,12 @@ def _compact_context(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(pl.col(strings).cast(pl.Categorical)) if strings else frame
 
 
+def _with_row(interactions: pl.LazyFrame) -> pl.LazyFrame:
+    """Raw row order; sources that scan files add it in the scan (cheaper range filters)."""
+    has_row = ROW in interactions.collect_schema().names()
+    return interactions if has_row else interactions.with_row_index(ROW)
+
+
 def _attach(vocab: pl.DataFrame, table: pl.DataFrame | None, key: str) -> pl.DataFrame:
     if table is None:
         return vocab
@@ -102,7 +108,7 @@ def ts_quantiles(parts: list[Path], qs: list[float]) -> list[int]:
     """Exact "higher" quantiles of ts over all partitions, without loading the ts column.
 
     Same values as polars' `quantile(q, "higher")` (the element at 0-based rank
-    ceil(q * (n - 1)) in sorted order), in two bounded passes: a histogram of ~1M buckets, then
+    ceil(q * (n - 1)) in sorted order), in two bounded passes: a histogram of 65k buckets, then
     the values of the one bucket holding each rank.
     """
     scan = pl.scan_parquet(parts).select(TS)
@@ -111,7 +117,7 @@ def ts_quantiles(parts: list[Path], qs: list[float]) -> list[int]:
         .collect()
         .row(0)
     )
-    width = (hi - lo) // 2**20 + 1
+    width = (hi - lo) // 2**16 + 1
     bucket = ((pl.col(TS) - lo) // width).alias("bucket")
     hist = scan.group_by(bucket).len().sort("bucket").collect()
     ends = hist["len"].cum_sum().to_numpy()
@@ -140,7 +146,7 @@ def _clean_partitions(
     with step.step(f"clean {len(ranges)} partition(s) (quality report)"):
         for i, (first, last) in enumerate(ranges):
             in_range = pl.col(USER_ID).is_between(pl.lit(first), pl.lit(last), closed="both")
-            lazy = raw.interactions.with_row_index(ROW).filter(in_range)
+            lazy = _with_row(raw.interactions).filter(in_range)
             frame = _compact_context(collect_or_explain(lazy, raw.files))
             frame = clean(frame, quality, log, catalogue)
             parts.append(parts_dir / f"part-{i:05d}.parquet")
@@ -333,7 +339,7 @@ def prepare(
     overwrite: bool = False,
     cache: Path | None = None,
     offline_fallback: bool = True,
-    rows_per_part: int = 1_000_000,
+    rows_per_part: int = 500_000,
     quiet: bool = False,
 ) -> dict:
     """Prepare a raw interaction log into a dataset dir (Parquet, vocab, splits, reports).

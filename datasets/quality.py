@@ -69,6 +69,19 @@ class QualityLog:
         }
 
 
+def _first_of_duplicates(frame: pl.DataFrame, columns: list[str]) -> pl.Series:
+    """False for rows that repeat an earlier row exactly (in raw order), True otherwise.
+
+    Exact, with little memory: rows are compared by a 64-bit hash first, and only rows whose
+    hash occurs more than once are compared column by column.
+    """
+    candidate = frame.select(pl.struct(columns).hash().is_duplicated()).to_series()
+    if not candidate.any():
+        return ~candidate
+    exact = frame.filter(candidate).select(pl.struct(columns).is_first_distinct()).to_series()
+    return ~candidate.scatter(candidate.arg_true(), exact.not_()).alias("first")
+
+
 def _non_monotone(frame: pl.DataFrame) -> pl.Series:
     """True where ts is earlier than some earlier row (in raw order) of the same user."""
     previous_max = pl.col(TS).cum_max().shift(1).over(USER_ID, order_by=ROW)
@@ -92,8 +105,9 @@ def clean(
     frame = log.drop("null_ids", frame, frame.drop_nulls([USER_ID, ITEM_ID]))
     valid_ts = pl.col(TS).is_not_null() & (pl.col(TS) >= 0) & (pl.col(TS) <= now + FUTURE_SLACK_S)
     frame = log.drop("impossible_timestamps", frame, frame.filter(valid_ts))
-    first = frame.select(pl.struct(raw_columns).is_first_distinct()).to_series()
-    frame = log.drop("exact_duplicates", frame, frame.filter(first))
+    frame = log.drop(
+        "exact_duplicates", frame, frame.filter(_first_of_duplicates(frame, raw_columns))
+    )
 
     if catalogue is not None and config.require_catalogue:
         known = frame[ITEM_ID].is_in(catalogue.implode())

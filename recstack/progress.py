@@ -1,5 +1,6 @@
 """Progress display for long CLI steps (rich): a spinner per step, then its time."""
 
+import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ console = Console(stderr=True)
 
 
 class StepLog:
-    """`with log.step("sort"): ...` shows a spinner, then `✓ sort  1.23 s`; keeps the timings."""
+    """`with log.step("sort"): ...` shows a spinner, then `✓ sort  1.23 s, peak RSS 310 MiB`; keeps the timings."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
@@ -26,4 +27,7 @@ class StepLog:
                 yield
         self.seconds[name] = round(time.perf_counter() - started, 3)
         if not self.quiet:
-            console.print(f"[green]✓[/green] {name}  [dim]{self.seconds[name]:.2f} s[/dim]")
+            peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+            console.print(
+                f"[green]✓[/green] {name}  [dim]{self.seconds[name]:.2f} s, peak RSS {peak_mib:.0f} MiB[/dim]"
+            )

@@ -1,7 +1,9 @@
 """Raw-log sources. Each source returns a `RawLog`; `recstack data prepare` takes it from there.
 
 Contract for every source:
-- `interactions`: a polars LazyFrame with `user_id`, `item_id` (Int64 for MovieLens, String for
+- `interactions`: a polars LazyFrame with optional `row` (raw order, from the scan's
+  `row_index_name` so that prepare's per-user-range filters push down into the scan; prepare
+  adds it when absent), `user_id`, `item_id` (Int64 for MovieLens, String for
   tokens), `ts` (Int64 seconds, UTC), optional `rating` (Float32) and any context columns
   (e.g. `device`). Rows in the raw file order; no cleaning (prepare does it and reports it).
 - `items`: None or a DataFrame keyed by `item_id` (same dtype) with feature columns

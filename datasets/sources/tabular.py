@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from recstack.datasets.sources import RawLog
 from recstack.errors import DataError
-from recstack.schema import ITEM_ID, RATING, TS, USER_ID
+from recstack.schema import ITEM_ID, RATING, ROW, TS, USER_ID
 
 TsUnit = Literal["s", "ms", "us", "ns"]
 _UNIT_DIVISOR = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
@@ -326,8 +326,8 @@ def scan_interactions_csv(files: list[Path], mapping: ColumnMapping) -> pl.LazyF
     if sample.height == 0:
         raise DataError(f"{where} has a header but no rows; it holds no interactions")
     check_sample(sample.lazy(), exprs, where, mapping)
-    lazy = pl.scan_csv(files, separator=separator, schema=schema)
-    return lazy.select(exprs)
+    lazy = pl.scan_csv(files, separator=separator, schema=schema, row_index_name=ROW)
+    return lazy.select(pl.col(ROW), *exprs)
 
 
 def scan_interactions_parquet(files: list[Path], mapping: ColumnMapping) -> pl.LazyFrame:
@@ -349,14 +349,16 @@ def scan_interactions_parquet(files: list[Path], mapping: ColumnMapping) -> pl.L
     if rows == 0:
         raise DataError(f"{_names(files)} holds no rows; it holds no interactions")
     try:
-        lazy = pl.scan_parquet(files, extra_columns="ignore", missing_columns="raise")
+        lazy = pl.scan_parquet(
+            files, extra_columns="ignore", missing_columns="raise", row_index_name=ROW
+        )
         schema = lazy.collect_schema()
     except _ERROR_TYPES as exc:
         raise DataError(f"cannot read {_names(files)}: {first_line(exc)}") from None
     where = _names(files)
     exprs = interaction_exprs(schema, mapping, where)
     check_sample(lazy.select(wanted).head(SAMPLE_ROWS), exprs, where, mapping)
-    return lazy.select(exprs)
+    return lazy.select(pl.col(ROW), *exprs)
 
 
 def _polars_types(arrow_schema: pa.Schema, names: list[str], where: Path) -> dict[str, pl.DataType]:

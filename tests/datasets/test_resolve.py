@@ -10,7 +10,7 @@ from recstack.datasets.sources import movielens
 from recstack.datasets.sources.resolve import SPEC_FORMS, open_source
 from recstack.datasets.sources.tabular import ColumnMapping
 from recstack.errors import DataError, DownloadError
-from recstack.schema import ITEM_ID, ITEMS_FILE, RATING, TS, USER_ID, USERS_FILE
+from recstack.schema import ITEM_ID, ITEMS_FILE, RATING, ROW, TS, USER_ID, USERS_FILE
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def synth_dir(tmp_path):
 
 def test_synth(synth_dir):
     raw = open_source(f"synth:{synth_dir}")
-    df = raw.interactions.collect()
+    df = raw.interactions.collect().drop(ROW)
     assert df.schema == pl.Schema(
         {USER_ID: pl.Int64, ITEM_ID: pl.Int64, TS: pl.Int64, "device": pl.String}
     )

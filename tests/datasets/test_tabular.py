@@ -9,7 +9,7 @@ import pytest
 
 from recstack.datasets.sources.tabular import ColumnMapping, collect_or_explain, load_tabular
 from recstack.errors import DataError
-from recstack.schema import ITEM_ID, RATING, TS, USER_ID
+from recstack.schema import ITEM_ID, RATING, ROW, TS, USER_ID
 
 CSV = "uid,iid,when,stars,device\n1,10,1700000000,4.5,mobile\n2,11,1700000100,3,web\n"
 MAPPING = ColumnMapping(
@@ -27,7 +27,7 @@ def test_csv_roundtrip(tmp_path):
     f.write_text(CSV)
     raw = load_tabular(f, MAPPING)
     assert isinstance(raw.interactions, pl.LazyFrame)
-    df = raw.interactions.collect()
+    df = raw.interactions.collect().drop(ROW)
     assert df.schema == pl.Schema(
         {
             USER_ID: pl.Int64,
@@ -45,7 +45,7 @@ def test_string_ids_ms_and_min_rating(tmp_path):
     f = tmp_path / "log.tsv"
     f.write_text("u\ti\tt\tr\nalice\tA-1\t1700000000123\t5\nbob\tB-2\t1700000001999\t1\n")
     m = ColumnMapping(user="u", item="i", timestamp="t", rating="r", ts_unit="ms")
-    df = load_tabular(f, m, min_rating=2).interactions.collect()
+    df = load_tabular(f, m, min_rating=2).interactions.collect().drop(ROW)
     assert df.rows() == [("alice", "A-1", 1700000000, 5.0)]
 
 
@@ -87,7 +87,7 @@ def test_parquet_file_dir_glob_and_side_tables(tmp_path):
     m = ColumnMapping(user="uid", item="iid", timestamp="at")
     for path in (d, str(d / "*.parquet")):
         raw = load_tabular(path, m, items=tmp_path / "items.parquet", users=tmp_path / "users.csv")
-        df = raw.interactions.collect()
+        df = raw.interactions.collect().drop(ROW)
         assert df.rows() == [
             (0, "a", 1700000000),
             (1, "b", 1700000001),
@@ -201,3 +201,15 @@ def test_bad_mapping_and_paths(tmp_path):
     with pytest.raises(DataError, match="needs a rating column"):
         (tmp_path / "l.csv").write_text(CSV)
         load_tabular(tmp_path / "l.csv", ColumnMapping("uid", "iid", "when"), min_rating=3)
+
+
+def test_row_order_comes_from_the_scan_across_files(tmp_path):
+    """The raw row index is added by the scan itself, so prepare's range filters push down."""
+    for i in range(2):
+        pl.DataFrame({"u": [i, i], "i": [1, 2], "t": [5, 3]}).write_parquet(
+            tmp_path / f"p{i}.parquet"
+        )
+    raw = load_tabular(tmp_path, ColumnMapping(user="u", item="i", timestamp="t"))
+    assert raw.interactions.collect()[ROW].to_list() == [0, 1, 2, 3]
+    plan = raw.interactions.filter(pl.col(USER_ID) == 1).explain()
+    assert "SELECTION" in plan  # the user filter runs inside the Parquet scan
