@@ -1,0 +1,69 @@
+"""The `recstack` command tree, the YAML configs it reads, and the packaging it ships in."""
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from recstack.cli import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _commands():
+    for group, sub in COMMANDS.items():
+        if isinstance(sub, str):
+            yield [group]
+        else:
+            yield from ([group, name] for name in sub)
+
+
+@pytest.mark.parametrize("command", list(_commands()), ids=" ".join)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--config" in capsys.readouterr().out
+
+
+def _config_command(path: Path) -> list[str]:
+    """The command a config file names in its first line: `# recstack data prepare --config …`."""
+    first = path.read_text().splitlines()[0]
+    match = re.match(r"# recstack ((?:\w+ )+)--config", first)
+    assert match, f"{path}: first line must name its command, e.g. '# recstack data prepare --config {path}'"
+    return match.group(1).split()
+
+
+@pytest.mark.parametrize("config", sorted(ROOT.glob("configs/**/*.yaml")), ids=lambda p: p.name)
+def test_every_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*_config_command(config), "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.strip()
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "recstack"
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "data" in proc.stdout and "eval" in proc.stdout
+
+
+def test_data_commands_do_not_import_torch():
+    code = "import sys; from recstack.cli import _components; _components(['data', 'prepare']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_every_package_directory_is_listed_in_pyproject():
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    roots = {v: k for k, v in setuptools["package-dir"].items()}
+    found = set()
+    for folder, package in roots.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([package, *rel.parts]))
+    assert found == listed
