@@ -17,7 +17,6 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -28,6 +27,7 @@ from rich.progress import (
 )
 
 from recstack.errors import DownloadError
+from recstack.progress import console
 
 CACHE_ENV = "RECSTACK_CACHE"
 _CHUNK = 1 << 20
@@ -102,7 +102,6 @@ def _reason(exc: BaseException, url: str) -> str:
 
 
 def _progress() -> Progress:
-    console = Console(stderr=True)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

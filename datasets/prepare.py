@@ -143,7 +143,7 @@ def _clean_partitions(
     """Per user range: read its rows (one filtered scan), clean, write a cleaned partition."""
     catalogue = raw.items[ITEM_ID] if raw.items is not None else None
     parts = []
-    with step.step(f"clean {len(ranges)} partition(s) (quality report)"):
+    with step.step(f"clean {len(ranges)} user-range partition(s)", total=len(ranges)) as advance:
         for i, (first, last) in enumerate(ranges):
             in_range = pl.col(USER_ID).is_between(pl.lit(first), pl.lit(last), closed="both")
             lazy = _with_row(raw.interactions).filter(in_range)
@@ -151,6 +151,7 @@ def _clean_partitions(
             frame = clean(frame, quality, log, catalogue)
             parts.append(parts_dir / f"part-{i:05d}.parquet")
             frame.write_parquet(parts[-1])
+            advance()
     if quality.k_core is not None:
         with step.step(f"{quality.k_core}-core filter"):
             while True:
@@ -208,7 +209,7 @@ def build_dataset(
     split_counts = {
         name: dict.fromkeys(SPLIT_NAMES.values(), 0) for name in (SPLIT_LOO, SPLIT_TEMPORAL)
     }
-    with step.step("index, sort, split, write interactions"):
+    with step.step("index, sort, split, write interactions", total=len(parts)) as advance:
         writer = None
         for part in parts:
             frame = (
@@ -233,6 +234,7 @@ def build_dataset(
             writer.write_table(table, row_group_size=1 << 20)
             part.unlink()
             pa.default_memory_pool().release_unused()
+            advance()
         writer.close()
         parts_dir.rmdir()
         _attach(items, raw.items, ITEM_ID).write_parquet(tmp / ITEMS_FILE)
@@ -375,7 +377,7 @@ def prepare(
         k_core=k_core,
     )
     splits = SplitConfig(temporal_valid_fraction, temporal_test_fraction)
-    with log.step(f"open source {source}"):
+    with log.step(f"open source {source}", live=False):  # downloads draw their own bar
         raw = open_source(
             source,
             columns=columns,
