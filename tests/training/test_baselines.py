@@ -7,10 +7,11 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from interaction_frames import make_frame
 
-from recstack.datasets.splits import apply_split, global_temporal, leave_one_out
+from recstack.datasets.splits import apply_split
 from recstack.errors import RecstackError
-from recstack.schema import GENDER, ITEM_IDX, PAD_IDX, TS, USER_IDX
+from recstack.schema import GENDER, ITEM_IDX, PAD_IDX, USER_IDX
 from recstack.training.eval.baselines import (
     EASE,
     Markov,
@@ -22,19 +23,6 @@ from recstack.training.eval.baselines import (
 from recstack.training.eval.baselines_cmd import baselines_report, run_baselines
 from recstack.training.eval.eval_set import build_eval_set, history_frame
 from recstack.training.eval.evaluator import EvalBatch, evaluate
-
-
-def make_frame(sequences, times=None) -> pl.DataFrame:
-    rows = []
-    for user, items in enumerate(sequences):
-        ts = times[user] if times is not None else [10 * (j + 1) for j in range(len(items))]
-        rows += [(user, item, int(t)) for item, t in zip(items, ts, strict=True)]
-    frame = pl.DataFrame(
-        rows, schema={USER_IDX: pl.Int32, ITEM_IDX: pl.Int32, TS: pl.Int64}, orient="row"
-    ).sort(USER_IDX, TS, maintain_order=True)
-    frame = frame.with_columns(leave_one_out(frame))
-    q = frame[TS].quantile(0.7, "higher"), frame[TS].quantile(0.85, "higher")
-    return frame.with_columns(global_temporal(frame[TS], int(q[0]), int(q[1])))
 
 
 def batch_of(histories) -> EvalBatch:

@@ -6,29 +6,16 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from interaction_frames import make_frame
 
-from recstack.datasets.splits import SPLIT, apply_split, global_temporal, leave_one_out
+from recstack.datasets.splits import SPLIT, apply_split
 from recstack.errors import DataError, RecstackError
-from recstack.schema import AGE, GENDER, ITEM_IDX, PAD_IDX, TEST, TRAIN, TS, USER_IDX, ZIP
+from recstack.schema import AGE, GENDER, ITEM_IDX, PAD_IDX, TEST, TRAIN, USER_IDX, ZIP
 from recstack.training.eval.eval_set import build_eval_set, history_frame
 from recstack.training.eval.evaluator import UNRANKED, EvalBatch, evaluate, make_batch
 from recstack.training.eval.segments import segment_metrics, segments_to_dict
 
 ACCURACY = ("hr", "recall", "ndcg", "mrr")
-
-
-def make_frame(sequences, times=None, cuts=None) -> pl.DataFrame:
-    """Interactions of users 0..U-1 (item lists in time order) with both split columns."""
-    rows = []
-    for user, items in enumerate(sequences):
-        ts = times[user] if times is not None else [10 * (j + 1) for j in range(len(items))]
-        rows += [(user, item, int(t)) for item, t in zip(items, ts, strict=True)]
-    frame = pl.DataFrame(
-        rows, schema={USER_IDX: pl.Int32, ITEM_IDX: pl.Int32, TS: pl.Int64}, orient="row"
-    ).sort(USER_IDX, TS, maintain_order=True)
-    frame = frame.with_columns(leave_one_out(frame))
-    valid_from, test_from = cuts if cuts is not None else (10**9, 2 * 10**9)
-    return frame.with_columns(global_temporal(frame[TS], valid_from, test_from))
 
 
 def table_score_fn(table: torch.Tensor):

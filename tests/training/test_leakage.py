@@ -8,9 +8,10 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from interaction_frames import make_frame
 
-from recstack.datasets.splits import SPLIT, apply_split, global_temporal, leave_one_out
-from recstack.schema import ITEM_IDX, TEST, TRAIN, TS, USER_IDX, VALID
+from recstack.datasets.splits import SPLIT, apply_split
+from recstack.schema import ITEM_IDX, TEST, TRAIN, USER_IDX, VALID
 from recstack.training.eval.baselines import EASE, Markov, MostPop
 from recstack.training.eval.baselines_cmd import evaluate_baselines
 from recstack.training.eval.eval_set import build_eval_set, history_frame
@@ -25,19 +26,6 @@ def cuts_of(times) -> tuple[int, int]:
     return int(np.quantile(flat, 0.6, method="higher")), int(
         np.quantile(flat, 0.8, method="higher")
     )
-
-
-def make_frame(sequences, times, cuts) -> pl.DataFrame:
-    rows = [
-        (user, item, int(t))
-        for user, (items, ts) in enumerate(zip(sequences, times, strict=True))
-        for item, t in zip(items, ts, strict=True)
-    ]
-    frame = pl.DataFrame(
-        rows, schema={USER_IDX: pl.Int32, ITEM_IDX: pl.Int32, TS: pl.Int64}, orient="row"
-    ).sort(USER_IDX, TS, maintain_order=True)
-    frame = frame.with_columns(leave_one_out(frame))
-    return frame.with_columns(global_temporal(frame[TS], *cuts))
 
 
 def random_log(seed=0, n_users=120, ties=False):
