@@ -9,6 +9,7 @@ Output (written to a temp dir next to `out`, renamed into place only when comple
   manifest.json         sha256 per file, counts, config, source, code version
 """
 
+import hashlib
 import json
 import math
 import shutil
@@ -28,7 +29,11 @@ from recstack.datasets.dataset_dir import DATASET_KIND
 from recstack.datasets.quality import QualityConfig, QualityLog, clean, k_core_pass
 from recstack.datasets.sources import RawLog
 from recstack.datasets.sources.resolve import open_source
-from recstack.datasets.sources.tabular import ColumnMapping, collect_or_explain
+from recstack.datasets.sources.tabular import (
+    ColumnMapping,
+    collect_or_explain,
+    explain_read_errors,
+)
 from recstack.datasets.splits import check_fractions, global_temporal, leave_one_out
 from recstack.errors import DataError
 from recstack.manifest import write_manifest
@@ -71,10 +76,28 @@ def _compact_context(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(pl.col(strings).cast(pl.Categorical)) if strings else frame
 
 
-def _with_row(interactions: pl.LazyFrame) -> pl.LazyFrame:
-    """Raw row order; sources that scan files add it in the scan (cheaper range filters)."""
-    has_row = ROW in interactions.collect_schema().names()
-    return interactions if has_row else interactions.with_row_index(ROW)
+def _range_scannable(raw: RawLog, n_ranges: int, staging: Path, step: StepLog) -> pl.LazyFrame:
+    """The raw log with `row`, as a LazyFrame whose per-user-range filters are cheap.
+
+    Parquet sources filter inside the scan (the row index comes from the scan, so the
+    predicate is pushed down). Anything else (CSV, a zip read into memory) is staged once to a
+    temporary Parquet file when there is more than one range, instead of being parsed again
+    for every range.
+    """
+    lazy = raw.interactions
+    if ROW not in lazy.collect_schema().names():
+        lazy = lazy.with_row_index(ROW)
+    if n_ranges == 1 or all(f.suffix == ".parquet" for f in raw.files):
+        return lazy
+    with step.step("stage raw log to Parquet"), explain_read_errors(raw.files):
+        lazy.sink_parquet(staging, compression="lz4")
+    return pl.scan_parquet(staging)
+
+
+def vocab_hash(ids: pl.Series) -> str:
+    """sha256 of the ids in index order: two stages agree on a vocab iff the hashes match."""
+    joined = ids.cast(pl.String).str.join("\n").item()
+    return hashlib.sha256(joined.encode()).hexdigest()
 
 
 def _attach(vocab: pl.DataFrame, table: pl.DataFrame | None, key: str) -> pl.DataFrame:
@@ -143,15 +166,16 @@ def _clean_partitions(
     """Per user range: read its rows (one filtered scan), clean, write a cleaned partition."""
     catalogue = raw.items[ITEM_ID] if raw.items is not None else None
     parts = []
+    source = _range_scannable(raw, len(ranges), parts_dir / "staged.parquet", step)
     with step.step(f"clean {len(ranges)} user-range partition(s)", total=len(ranges)) as advance:
         for i, (first, last) in enumerate(ranges):
             in_range = pl.col(USER_ID).is_between(pl.lit(first), pl.lit(last), closed="both")
-            lazy = _with_row(raw.interactions).filter(in_range)
-            frame = _compact_context(collect_or_explain(lazy, raw.files))
+            frame = _compact_context(collect_or_explain(source.filter(in_range), raw.files))
             frame = clean(frame, quality, log, catalogue)
             parts.append(parts_dir / f"part-{i:05d}.parquet")
             frame.write_parquet(parts[-1])
             advance()
+    (parts_dir / "staged.parquet").unlink(missing_ok=True)
     if quality.k_core is not None:
         with step.step(f"{quality.k_core}-core filter"):
             while True:
@@ -252,6 +276,10 @@ def build_dataset(
             "users": users.height,
             "items": items.height,
         },
+        "vocab": {
+            "items": {"file": ITEMS_FILE, "sha256": vocab_hash(items[ITEM_ID])},
+            "users": {"file": USERS_FILE, "sha256": vocab_hash(users[USER_ID])},
+        },
         "splits": {
             "counts": split_counts,
             "temporal_valid_from_ts": valid_from,
@@ -290,6 +318,7 @@ def write_dataset(
                 source=raw.source,
                 raw_files=[str(p) for p in raw.files],
                 counts=built["counts"],
+                vocab=built["vocab"],
                 splits=built["splits"],
                 interaction_columns=schema.names,
                 config=config,

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import glob as globlib
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -90,15 +91,22 @@ def _names(files: Sequence[Path] | Path | str) -> str:
     return f"{files[0]} (and {len(files) - 1} more files)"
 
 
-def collect_or_explain(lazy: pl.LazyFrame, files: Sequence[Path] | Path | str) -> pl.DataFrame:
-    """`lazy.collect()`, with polars/pyarrow/IO failures turned into a one-line `DataError`."""
+@contextmanager
+def explain_read_errors(files: Sequence[Path] | Path | str) -> Iterator[None]:
+    """Turn polars/pyarrow/IO failures while reading `files` into a one-line `DataError`."""
     try:
-        return lazy.collect()
+        yield
     except _ERROR_TYPES as exc:
         raise DataError(
             f"cannot read {_names(files)}: {first_line(exc)}; fix or re-export the file "
             "(check the column types and that the file is complete)"
         ) from None
+
+
+def collect_or_explain(lazy: pl.LazyFrame, files: Sequence[Path] | Path | str) -> pl.DataFrame:
+    """`lazy.collect()`, with read failures turned into a one-line `DataError`."""
+    with explain_read_errors(files):
+        return lazy.collect()
 
 
 # --------------------------------------------------------------------------- files

@@ -103,6 +103,7 @@ def test_partitions_do_not_change_the_output(tmp_path):
     assert many.interactions.equals(one.interactions)
     assert many.items.equals(one.items) and many.users.equals(one.users)
     assert many.manifest["splits"] == one.manifest["splits"]
+    assert many.manifest["vocab"] == one.manifest["vocab"]
 
 
 def test_k_core_is_a_fixed_point(tmp_path):
