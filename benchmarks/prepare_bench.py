@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/prepare_bench.py                 # 20M events (ML-20M size)
     .venv/bin/python benchmarks/prepare_bench.py --events 1000000 --users 6000 --items 3700
 
+It also exports the same log as one CSV file (the shape of MovieLens-20M's ratings.csv) and
+prepares that, which exercises the staging path for non-Parquet sources.
+
 Each stage runs as its own process (`recstack ...`), so its wall time and peak RSS
 (getrusage of that child) are measured whole, imports included. Targets (issue 3, 2 cores):
 prepare <= 60 s and prepare peak RSS <= 3 x the raw Parquet size.
@@ -19,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import polars as pl
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -55,8 +60,9 @@ def main() -> None:
     recstack = [sys.executable, "-m", "recstack.cli"]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="recstack-prepare-bench-"))
     raw, prepared = workdir / "raw", workdir / "prepared"
-    shutil.rmtree(raw, ignore_errors=True)
-    shutil.rmtree(prepared, ignore_errors=True)
+    csv, prepared_csv = workdir / "events.csv", workdir / "prepared-csv"
+    for path in (raw, prepared, prepared_csv):
+        shutil.rmtree(path, ignore_errors=True)
     try:
         synth = run_measured(
             [
@@ -90,6 +96,29 @@ def main() -> None:
         )
         raw_mib, prepared_mib = dir_mib(raw), dir_mib(prepared)
         manifest = json.loads((prepared / "manifest.json").read_text())
+        pl.scan_parquet(raw / "events" / "*.parquet").sink_csv(csv)
+        prep_csv = run_measured(
+            [
+                *recstack,
+                "data",
+                "prepare",
+                "--source",
+                f"csv:{csv}",
+                "--out",
+                str(prepared_csv),
+                "--columns.user",
+                "user_id",
+                "--columns.item",
+                "item_id",
+                "--columns.timestamp",
+                "ts",
+                "--columns.context",
+                "[device]",
+                "--quiet",
+                "true",
+            ]
+        )
+        prep_csv["csv_mib"] = round(csv.stat().st_size / 2**20, 1)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -104,6 +133,7 @@ def main() -> None:
         "config": vars(args) | {"workdir": str(args.workdir), "out": str(args.out)},
         "synth": synth,
         "prepare": prep,
+        "prepare_from_csv": prep_csv,
         "raw_parquet_mib": raw_mib,
         "prepared_parquet_mib": prepared_mib,
         "prepare_rss_over_raw_parquet": round(prep["peak_rss_mib"] / raw_mib, 2),
