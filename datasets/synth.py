@@ -75,10 +75,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 
 from recstack.errors import DataError
 from recstack.progress import console
-from recstack.schema import GENRES, ITEM_ID, TITLE, TS, USER_ID, YEAR
+from recstack.schema import DEVICE, GENRES, ITEM_ID, TITLE, TS, USER_ID, YEAR
 
 # columns this generator adds beyond recstack.schema
-DEVICE = "device"
 SEGMENT = "segment"
 PREFERRED_DEVICE = "preferred_device"
 

@@ -13,6 +13,7 @@ ITEM_ID = "item_id"
 TS = "ts"  # int64 seconds since the epoch, UTC
 RATING = "rating"  # optional, float32
 ROW = "row"  # original row order in the raw log (stable tie-break for equal timestamps)
+DEVICE = "device"  # context column: mobile / desktop / tv ... (synthetic logs, serving context)
 
 # --- prepared dataset columns ---
 USER_IDX = "user_idx"  # int32, dense 0..n_users-1

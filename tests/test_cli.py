@@ -33,7 +33,9 @@ def _config_command(path: Path) -> list[str]:
     """The command a config file names in its first line: `# recstack data prepare --config …`."""
     first = path.read_text().splitlines()[0]
     match = re.match(r"# recstack ((?:\w+ )+)--config", first)
-    assert match, f"{path}: first line must name its command, e.g. '# recstack data prepare --config {path}'"
+    assert match, (
+        f"{path}: first line must name its command, e.g. '# recstack data prepare --config {path}'"
+    )
     return match.group(1).split()
 
 
@@ -60,7 +62,9 @@ def test_console_script_is_installed():
 
 def test_data_commands_do_not_import_torch():
     code = "import sys; from recstack.cli import _components; _components(['data', 'prepare']); print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "False"
 
 

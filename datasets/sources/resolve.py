@@ -21,14 +21,14 @@ from recstack.datasets.sources.tabular import (
     load_tabular,
     resolve_files,
 )
+from recstack.datasets.synth import EVENTS_DIR
 from recstack.errors import DataError
-from recstack.schema import ITEM_ID, ITEMS_FILE, RATING, TS, USER_ID, USERS_FILE
+from recstack.schema import DEVICE, ITEM_ID, ITEMS_FILE, RATING, TS, USER_ID, USERS_FILE
 
 SPEC_FORMS = " | ".join(
     [*MOVIELENS_NAMES, "recbole:<path>", "csv:<path>", "parquet:<path>", "synth:<dir>"]
 )
-SYNTH_EVENTS_DIR = "events"
-SYNTH_CONTEXT = ["device"]  # context columns written by the synthetic generator
+SYNTH_CONTEXT = [DEVICE]  # context columns written by the synthetic generator
 
 
 def synth_mapping() -> ColumnMapping:
@@ -98,10 +98,10 @@ def open_source(
         return load_tabular(where, columns, items=items, users=users, min_rating=min_rating)
     if kind == "synth":
         root = Path(where)
-        events = root / SYNTH_EVENTS_DIR
+        events = root / EVENTS_DIR
         if not events.is_dir():
             raise DataError(
-                f"{root} has no {SYNTH_EVENTS_DIR}/ folder; point synth: at the synthetic "
+                f"{root} has no {EVENTS_DIR}/ folder; point synth: at the synthetic "
                 "generator's output directory"
             )
         items_path = root / ITEMS_FILE
@@ -112,6 +112,6 @@ def open_source(
             items=items if items is not None else (items_path if items_path.is_file() else None),
             users=users if users is not None else (users_path if users_path.is_file() else None),
             min_rating=min_rating,
-            source=f"synthetic log {root} ({SYNTH_EVENTS_DIR}/*.parquet)",
+            source=f"synthetic log {root} ({EVENTS_DIR}/*.parquet)",
         )
     raise DataError(f"unknown source {spec!r}; use one of: {SPEC_FORMS}")
