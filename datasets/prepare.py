@@ -406,6 +406,9 @@ def prepare(
         k_core=k_core,
     )
     splits = SplitConfig(temporal_valid_fraction, temporal_test_fraction)
+    check_fractions(temporal_valid_fraction, temporal_test_fraction)
+    if rows_per_part < 1:
+        raise DataError(f"rows_per_part must be >= 1, got {rows_per_part}")
     with log.step(f"open source {source}", live=False):  # downloads draw their own bar
         raw = open_source(
             source,

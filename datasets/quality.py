@@ -12,6 +12,7 @@ from typing import Literal
 
 import polars as pl
 
+from recstack.errors import DataError
 from recstack.schema import ITEM_ID, RATING, ROW, TS, USER_ID
 
 FUTURE_SLACK_S = 86_400  # a timestamp more than a day after "now" is impossible
@@ -38,6 +39,14 @@ class QualityConfig:
     require_catalogue: bool = True
     min_rating: float | None = None
     k_core: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.non_monotone not in ("sort", "drop"):
+            raise DataError(f"non_monotone must be 'sort' or 'drop', got {self.non_monotone!r}")
+        if self.max_events_per_second is not None and self.max_events_per_second <= 0:
+            raise DataError(f"max_events_per_second must be > 0, got {self.max_events_per_second}")
+        if self.k_core is not None and self.k_core < 1:
+            raise DataError(f"k_core must be >= 1, got {self.k_core}")
 
 
 class QualityLog:

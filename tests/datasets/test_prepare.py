@@ -211,3 +211,20 @@ def test_ml100k_loads_with_the_published_counts(ml100k_dir):
     toy_story = ds.items.filter(pl.col("item_id") == 1)
     assert toy_story["title"].item() == "Toy Story" and toy_story["year"].item() == 1995
     assert ds.interactions[USER_IDX].is_sorted()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"k_core": 0},
+        {"max_events_per_second": 0},
+        {"temporal_test_fraction": 0.0},
+        {"temporal_valid_fraction": 0.6, "temporal_test_fraction": 0.5},
+        {"rows_per_part": 0},
+    ],
+)
+def test_bad_settings_are_refused_before_any_work(tmp_path, bad):
+    raw = _raw(tmp_path, [("u", "a", NOW, "tv")])
+    with pytest.raises(DataError):
+        _prepare(tmp_path, raw, **bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv"]
