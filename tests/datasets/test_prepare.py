@@ -3,9 +3,13 @@
 import json
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recstack.datasets.dataset_dir import load_dataset
 from recstack.datasets.prepare import prepare
@@ -20,6 +24,7 @@ from recstack.schema import (
     TEST,
     TS,
     USER_IDX,
+    VALID,
 )
 
 MAPPING = ColumnMapping(user="uid", item="iid", timestamp="t", context=["device"])
@@ -228,3 +233,45 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, bad):
     with pytest.raises(DataError):
         _prepare(tmp_path, raw, **bad)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv"]
+
+
+raw_logs = st.lists(
+    st.tuples(st.integers(0, 4), st.integers(0, 6), st.integers(0, 3)),  # user, item, ts offset
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(raw_logs, st.integers(1, 6))
+def test_prepare_end_to_end_split_and_partition_properties(rows, rows_per_part):
+    """Through the real pipeline: exact duplicates dropped, LOO = last two events per user by
+    (ts, raw order), and the output does not depend on how the users are partitioned."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        raw = _raw(tmp, [(f"u{u}", f"i{i}", NOW + t, "tv") for u, i, t in rows])
+        one = load_dataset(_prepare(tmp, raw, name="one"))
+        many = load_dataset(_prepare(tmp, raw, name="many", rows_per_part=rows_per_part))
+    assert many.interactions.equals(one.interactions)
+
+    deduped = list(dict.fromkeys(rows))  # exact duplicates: the first occurrence stays
+    expected = {}
+    for user in {u for u, _, _ in deduped}:
+        events = sorted((t, pos, i) for pos, (u, i, t) in enumerate(deduped) if u == user)
+        items = [f"i{i}" for _, _, i in events]
+        expected[f"u{user}"] = (
+            items[-1] if len(items) >= 2 else None,
+            items[-2] if len(items) >= 3 else None,
+        )
+    frame = one.interactions.join(one.users, on=USER_IDX, maintain_order="left").join(
+        one.items, on=ITEM_IDX, maintain_order="left"
+    )
+    got = {}
+    for (user,), events in frame.group_by("user_id"):
+        pick = {
+            code: events.filter(pl.col(SPLIT_LOO) == code)["item_id"].to_list()
+            for code in (TEST, VALID)
+        }
+        got[user] = (pick[TEST][0] if pick[TEST] else None, pick[VALID][0] if pick[VALID] else None)
+        assert events[TS].is_sorted()
+    assert got == expected
