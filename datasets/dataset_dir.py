@@ -5,7 +5,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recstack.errors import DataError
+from recstack.errors import DataError, first_line
 from recstack.manifest import read_manifest
 from recstack.schema import INTERACTIONS_FILE, ITEMS_FILE, USERS_FILE
 
@@ -33,8 +33,9 @@ def _read(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
     try:
         return pl.read_parquet(path, columns=columns)
     except (pl.exceptions.PolarsError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"cannot read {path}: {reason}; re-run `recstack data prepare`") from None
+        raise DataError(
+            f"cannot read {path}: {first_line(exc)}; re-run `recstack data prepare`"
+        ) from None
 
 
 def load_dataset(

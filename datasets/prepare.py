@@ -69,6 +69,9 @@ class SplitConfig:
     temporal_valid_fraction: float = 0.1
     temporal_test_fraction: float = 0.1
 
+    def __post_init__(self) -> None:
+        check_fractions(self.temporal_valid_fraction, self.temporal_test_fraction)
+
 
 def _compact_context(frame: pl.DataFrame) -> pl.DataFrame:
     """String context columns -> Categorical (4 bytes a row instead of a string view)."""
@@ -154,7 +157,6 @@ def ts_quantiles(parts: list[Path], qs: list[float]) -> list[int]:
 
 
 def _temporal_cuts(parts: list[Path], splits: SplitConfig) -> tuple[int, int]:
-    check_fractions(splits.temporal_valid_fraction, splits.temporal_test_fraction)
     test_q = 1 - splits.temporal_test_fraction
     valid_from, test_from = ts_quantiles(parts, [test_q - splits.temporal_valid_fraction, test_q])
     return valid_from, test_from
@@ -166,7 +168,8 @@ def _clean_partitions(
     """Per user range: read its rows (one filtered scan), clean, write a cleaned partition."""
     catalogue = raw.items[ITEM_ID] if raw.items is not None else None
     parts = []
-    source = _range_scannable(raw, len(ranges), parts_dir / "staged.parquet", step)
+    staging = parts_dir / "staged.parquet"
+    source = _range_scannable(raw, len(ranges), staging, step)
     with step.step(f"clean {len(ranges)} user-range partition(s)", total=len(ranges)) as advance:
         for i, (first, last) in enumerate(ranges):
             in_range = pl.col(USER_ID).is_between(pl.lit(first), pl.lit(last), closed="both")
@@ -175,7 +178,7 @@ def _clean_partitions(
             parts.append(parts_dir / f"part-{i:05d}.parquet")
             frame.write_parquet(parts[-1])
             advance()
-    (parts_dir / "staged.parquet").unlink(missing_ok=True)
+    staging.unlink(missing_ok=True)
     if quality.k_core is not None:
         with step.step(f"{quality.k_core}-core filter"):
             while True:
@@ -406,7 +409,6 @@ def prepare(
         k_core=k_core,
     )
     splits = SplitConfig(temporal_valid_fraction, temporal_test_fraction)
-    check_fractions(temporal_valid_fraction, temporal_test_fraction)
     if rows_per_part < 1:
         raise DataError(f"rows_per_part must be >= 1, got {rows_per_part}")
     with log.step(f"open source {source}", live=False):  # downloads draw their own bar

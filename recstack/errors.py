@@ -6,6 +6,14 @@ anything else escaping is a bug.
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception message (polars messages run to a page)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
 class RecstackError(Exception):
     """An error caused by the user's input or environment, with the fix in the message."""
 

@@ -18,6 +18,7 @@ from recstack.errors import DataError
 from recstack.schema import MANIFEST_FILE, SCHEMA_VERSION
 
 _CHUNK = 1 << 20
+CONTENT_HASH = "content_hash"  # manifest key: hash of all file hashes
 
 
 def file_sha256(path: Path) -> str:
@@ -57,7 +58,7 @@ def write_manifest(directory: Path, kind: str, **fields: Any) -> dict:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "code_version": code_version(),
         "files": files,
-        "content_hash": content_hash,
+        CONTENT_HASH: content_hash,
         **fields,
     }
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n")

@@ -22,9 +22,8 @@ from recstack.datasets.sources.tabular import (
     SAMPLE_ROWS,
     check_text_file,
     check_text_head,
-    first_line,
 )
-from recstack.errors import DataError
+from recstack.errors import DataError, first_line
 from recstack.schema import ITEM_ID, RATING, TS, USER_ID
 
 ATOMIC_TYPES = {

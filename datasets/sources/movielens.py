@@ -27,8 +27,8 @@ import polars as pl
 
 from recstack.datasets.download import UnreachableError, cache_dir, download
 from recstack.datasets.sources import RawLog
-from recstack.datasets.sources.tabular import check_text_head, first_line
-from recstack.errors import DataError
+from recstack.datasets.sources.tabular import check_text_head
+from recstack.errors import DataError, first_line
 from recstack.schema import (
     AGE,
     GENDER,

@@ -31,8 +31,7 @@ from recstack.datasets.sources.movielens import (
     USER_SCHEMA,
     title_and_year,
 )
-from recstack.datasets.sources.tabular import first_line
-from recstack.errors import DataError, DownloadError
+from recstack.errors import DataError, DownloadError, first_line
 from recstack.schema import AGE, GENDER, GENRES, ITEM_ID, OCCUPATION, RATING, TS, USER_ID, ZIP
 
 RECBOLE_VERSION = "1.2.1"

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recstack.datasets.sources import RawLog
-from recstack.errors import DataError
+from recstack.errors import DataError, first_line
 from recstack.schema import ITEM_ID, RATING, ROW, TS, USER_ID
 
 TsUnit = Literal["s", "ms", "us", "ns"]
@@ -72,14 +72,6 @@ class ColumnMapping:
 
 
 # --------------------------------------------------------------------------- errors
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception message (polars messages run to a page)."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
 
 
 def _names(files: Sequence[Path] | Path | str) -> str:

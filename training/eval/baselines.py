@@ -15,7 +15,6 @@ history (events strictly before the user's targets), never from a lookup by user
   among equal counts (and ranks by popularity when the last item has no outgoing transition).
 """
 
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -208,10 +207,3 @@ class Markov:
         last = torch.where(batch.lengths > 0, last, PAD_IDX).cpu().numpy()
         scores = self._transitions[last].toarray() + self._tie[None, :]
         return torch.from_numpy(scores).to(batch.users.device)
-
-
-def fit_timed(model, history: pl.DataFrame, n_items: int) -> float:
-    """Fit `model` and return the seconds it took."""
-    start = time.perf_counter()
-    model.fit(history, n_items)
-    return time.perf_counter() - start

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from recstack.datasets.splits import apply_split
 from recstack.errors import RecstackError
+from recstack.manifest import CONTENT_HASH
 from recstack.training.eval.baselines import (
     EASE,
     EASE_L2_GRID,
@@ -35,8 +36,6 @@ from recstack.training.eval.report import (
     write_json,
 )
 from recstack.training.eval.segments import segment_metrics, segments_to_dict
-
-MANIFEST_HASH_KEY = "content_hash"
 
 
 @dataclass
@@ -196,7 +195,7 @@ def baselines_report(
     path = Path(getattr(dataset, "path", "."))
     payload = {
         "dataset": str(path),
-        "manifest_hash": manifest.get(MANIFEST_HASH_KEY),
+        "manifest_hash": manifest.get(CONTENT_HASH),
         "split": split,
         "target": "test",
         "ks": ks,
