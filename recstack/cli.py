@@ -3,6 +3,7 @@
     recstack data prepare --source ml-100k --out data/ml-100k
     recstack data synth --users 6000 --items 3700 --events 1000000 --out data/synth-1m
     recstack eval baselines --dataset data/ml-100k
+    recstack train --config configs/train/sasrec_ml100k.yaml
     recstack demo
 
 Each subcommand is a plain function whose signature and docstring are the CLI (flags, types,
@@ -48,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] == ["train"]:  # LightningCLI has its own parser (trainer/model/data sections)
+            from recstack.training.train_cli import train
+
+            train(argv[1:])
+            return 0
         auto_cli(_components(argv), args=argv, as_positional=False)
     except RecstackError as exc:
         print(f"error: {exc}", file=sys.stderr)

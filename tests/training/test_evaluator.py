@@ -152,6 +152,29 @@ def test_sampled_metrics_are_named_and_never_default():
     assert other.metrics["mrr@10_sampled5"] != result.metrics["mrr@10_sampled5"]
 
 
+def test_accuracy_only_evaluation_skips_beyond_accuracy():
+    seqs = [[1 + (u + j) % 40 for j in range(6)] for u in range(30)]
+    es = build_eval_set(apply_split(make_frame(seqs), "loo"), "test", n_items=40)
+    table = torch.randn(30, 41, generator=torch.Generator().manual_seed(0))
+    full = evaluate(table_score_fn(table), es, device="cpu")
+    fast = evaluate(table_score_fn(table), es, device="cpu", beyond=False)
+    assert "coverage@10" in full.metrics and "coverage@10" not in fast.metrics
+    assert fast.metrics == {k: v for k, v in full.metrics.items() if k in fast.metrics}
+
+
+def test_eval_set_slices_are_shards_of_the_whole():
+    seqs = [[1 + (u + j) % 40 for j in range(3 + u % 5)] for u in range(30)]
+    es = build_eval_set(apply_split(make_frame(seqs), "loo"), "test", n_items=40)
+    table = torch.randn(30, 41, generator=torch.Generator().manual_seed(1))
+    whole = evaluate(table_score_fn(table), es, device="cpu", beyond=False)
+    parts = [
+        evaluate(table_score_fn(table), es.slice(a, b), device="cpu", beyond=False)
+        for a, b in ((0, 11), (11, 30))
+    ]
+    for name, values in whole.per_user.items():
+        np.testing.assert_array_equal(np.concatenate([p.per_user[name] for p in parts]), values)
+
+
 def test_sampled_negatives_are_unseen():
     from recstack.training.eval.evaluator import sample_negatives
 

@@ -14,7 +14,7 @@ items, so such a target could never be hit; `drop_seen_targets=False` keeps them
 misses instead); users left without targets are not evaluated. Both counts are recorded.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -68,6 +68,19 @@ class EvalSet:
     def target_counts(self) -> np.ndarray:
         """[U] number of targets per evaluated user."""
         return np.diff(self.target_indptr)
+
+    def slice(self, start: int, stop: int) -> "EvalSet":
+        """Users start..stop-1 (e.g. one rank's shard); popularity stays that of all users."""
+        h0, h1 = self.history_indptr[start], self.history_indptr[stop]
+        t0, t1 = self.target_indptr[start], self.target_indptr[stop]
+        return replace(
+            self,
+            users=self.users[start:stop],
+            history_indptr=self.history_indptr[start : stop + 1] - h0,
+            history_items=self.history_items[h0:h1],
+            target_indptr=self.target_indptr[start : stop + 1] - t0,
+            target_items=self.target_items[t0:t1],
+        )
 
 
 def _check_target(target: str) -> None:

@@ -104,19 +104,29 @@ def auto_batch_size(n_items: int, max_history: int = 1) -> int:
     return max(1, BATCH_MEMORY_ELEMENTS // max(n_items + 1, max_history, 1))
 
 
-def make_batch(eval_set: EvalSet, start: int, stop: int, device: torch.device) -> EvalBatch:
-    """The EvalBatch of users start..stop-1 of `eval_set` (vectorised right padding)."""
-    indptr = eval_set.history_indptr
-    h0, h1 = int(indptr[start]), int(indptr[stop])
-    lengths = np.diff(indptr[start : stop + 1])
-    b = stop - start
+def _positions(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, counts): the CSR entries of `rows` concatenated, and their count per row."""
+    starts = indptr[rows]
+    counts = indptr[rows + 1] - starts
+    offsets = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+    return offsets + np.arange(int(counts.sum())), counts
+
+
+def make_batch(
+    eval_set: EvalSet, start: int, stop: int, device: torch.device, rows: np.ndarray | None = None
+) -> EvalBatch:
+    """The EvalBatch of users start..stop-1 of `eval_set`, or of the users at positions `rows`
+    (vectorised right padding)."""
+    rows = np.arange(start, stop) if rows is None else rows
+    positions, lengths = _positions(eval_set.history_indptr, rows)
+    b = rows.shape[0]
     width = max(1, int(lengths.max()) if b else 1)
     history = np.full((b, width), PAD_IDX, dtype=np.int64)
     row = np.repeat(np.arange(b), lengths)
-    pos = np.arange(h1 - h0) - np.repeat(indptr[start:stop] - h0, lengths)
-    history[row, pos] = eval_set.history_items[h0:h1]
+    pos = np.arange(positions.shape[0]) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    history[row, pos] = eval_set.history_items[positions]
     return EvalBatch(
-        users=torch.from_numpy(eval_set.users[start:stop].copy()).to(device),
+        users=torch.from_numpy(eval_set.users[rows].copy()).to(device),
         history=torch.from_numpy(history).to(device),
         lengths=torch.from_numpy(lengths.astype(np.int64)).to(device),
     )
@@ -188,6 +198,7 @@ def evaluate(
     device: str | torch.device | None = None,
     sampled: int | None = None,
     seed: int = 0,
+    beyond: bool = True,
 ) -> EvalResult:
     """Full-ranking metrics of `score_fn` on `eval_set` (see module and `metrics` docstrings).
 
@@ -201,6 +212,8 @@ def evaluate(
         device: where scores are masked and ranked; None = cuda if available, else cpu.
         sampled: also compute sampled metrics against this many negatives ("_sampled{N}" keys).
         seed: seed of the negative sample.
+        beyond: also compute coverage, popularity lift and novelty (False during training's
+            per-epoch validation, which only needs accuracy).
     """
     device = resolve_device(device)
     ks = tuple(sorted({int(k) for k in ks}))
@@ -219,14 +232,17 @@ def evaluate(
     tptr = eval_set.target_indptr
 
     with torch.inference_mode():
+        # Longest histories first: batches hold users of similar length (less padding for
+        # sequence models); results go back to each user's own position.
+        order = np.argsort(-lengths, kind="stable")
         for start in range(0, n_users, batch_size):
-            stop = min(n_users, start + batch_size)
-            batch = make_batch(eval_set, start, stop, device)
+            rows = order[start : start + batch_size]
+            batch = make_batch(eval_set, 0, 0, device, rows=rows)
             raw = score_fn(batch)
-            if tuple(raw.shape) != (stop - start, n_cols):
+            if tuple(raw.shape) != (rows.shape[0], n_cols):
                 raise RecstackError(
                     f"score_fn returned shape {tuple(raw.shape)}; expected "
-                    f"[batch={stop - start}, n_items + 1={n_cols}] (column 0 is PAD)"
+                    f"[batch={rows.shape[0]}, n_items + 1={n_cols}] (column 0 is PAD)"
                 )
             scores = raw.to(device=device, dtype=torch.float32)
             if torch.isnan(scores).any():
@@ -235,40 +251,42 @@ def evaluate(
             scores = scores.scatter(1, batch.history, float("-inf"))
             scores[:, PAD_IDX] = float("-inf")
 
-            t0, t1 = int(tptr[start]), int(tptr[stop])
-            counts = torch.from_numpy(np.diff(tptr[start : stop + 1])).to(device)
-            rows = torch.repeat_interleave(torch.arange(stop - start, device=device), counts)
-            items = torch.from_numpy(eval_set.target_items[t0:t1]).to(device)
-            rank = target_ranks(scores, rows, items)
-            never = scores[rows, items] == float("-inf")  # seen, or excluded by score_fn
-            ranks[t0:t1] = rank.masked_fill(never, UNRANKED).cpu().numpy()
-            top[start:stop] = top_k_items(scores, max_k).cpu().numpy()
+            targets, counts = _positions(tptr, rows)
+            counts = torch.from_numpy(counts).to(device)
+            batch_rows = torch.repeat_interleave(torch.arange(rows.shape[0], device=device), counts)
+            items = torch.from_numpy(eval_set.target_items[targets]).to(device)
+            rank = target_ranks(scores, batch_rows, items)
+            never = scores[batch_rows, items] == float("-inf")  # seen, or excluded by score_fn
+            ranks[targets] = rank.masked_fill(never, UNRANKED).cpu().numpy()
+            top[rows] = top_k_items(scores, max_k).cpu().numpy()
             if negatives is not None:
-                neg = torch.from_numpy(negatives[start:stop]).to(device)
-                rank = _sampled_ranks(scores, rows, items, neg).masked_fill(never, UNRANKED)
-                neg_ranks[t0:t1] = rank.cpu().numpy()
+                neg = torch.from_numpy(negatives[rows]).to(device)
+                rank = _sampled_ranks(scores, batch_rows, items, neg).masked_fill(never, UNRANKED)
+                neg_ranks[targets] = rank.cpu().numpy()
 
     per_user = accuracy_metrics(ranks, tptr, ks)
     if negatives is not None:
         neg_ranks += _rank_within_user(ranks, tptr)
         per_user.update(accuracy_metrics(neg_ranks, tptr, ks, suffix=f"_sampled{sampled}"))
-    hist_pop = history_popularity(
-        eval_set.history_indptr,
-        eval_set.history_items,
-        eval_set.item_popularity,
-        eval_set.n_history_users,
-    )
-    beyond_user, beyond_all = beyond_accuracy(
-        top, ks, eval_set.n_items, eval_set.item_popularity, eval_set.n_history_users, hist_pop
-    )
-    per_user.update(beyond_user)
+    beyond_all = {}
+    if beyond:
+        hist_pop = history_popularity(
+            eval_set.history_indptr,
+            eval_set.history_items,
+            eval_set.item_popularity,
+            eval_set.n_history_users,
+        )
+        beyond_user, beyond_all = beyond_accuracy(
+            top, ks, eval_set.n_items, eval_set.item_popularity, eval_set.n_history_users, hist_pop
+        )
+        per_user.update(beyond_user)
     metrics = {
         name: (float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"))
         for name, v in per_user.items()
     }
     metrics.update(beyond_all)
     return EvalResult(
-        metrics=_ordered(metrics, ks, sampled),
+        metrics=_ordered(metrics, ks, sampled, beyond),
         per_user=per_user,
         users=eval_set.users,
         history_lengths=lengths,
@@ -288,10 +306,13 @@ def evaluate(
     )
 
 
-def _ordered(metrics: dict[str, float], ks: tuple[int, ...], sampled: int | None) -> dict:
+def _ordered(
+    metrics: dict[str, float], ks: tuple[int, ...], sampled: int | None, beyond: bool
+) -> dict:
     """Metrics in a stable reading order: accuracy per k, beyond accuracy per k, sampled."""
     names = [f"{m}@{k}" for m in ("hr", "recall", "ndcg", "mrr") for k in ks]
-    names += [f"{m}@{k}" for m in ("coverage", "arp", "pop_lift", "novelty") for k in ks]
+    if beyond:
+        names += [f"{m}@{k}" for m in ("coverage", "arp", "pop_lift", "novelty") for k in ks]
     if sampled:
         names += [f"{m}@{k}_sampled{sampled}" for m in ("hr", "recall", "ndcg", "mrr") for k in ks]
     return {name: metrics[name] for name in names}

@@ -1,0 +1,166 @@
+"""`recstack train` end to end on a tiny dataset: overfitting, the run dir, the report, exact
+resume (also after kill -9), 2-process DDP with gloo, and bad configs refused up front."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from recstack.cli import main
+
+SASREC = "recstack.training.tasks.next_item.NextItemTask"
+RETRIEVAL = "recstack.training.tasks.retrieval.RetrievalTask"
+
+
+def write_config(tmp_path: Path, dataset: Path, task: str = SASREC, **trainer) -> Path:
+    if task == SASREC:
+        model = {"max_len": 16, "dim": 32, "n_layers": 1, "n_heads": 2, "dropout": 0.0}
+    else:
+        model = {"dim": 32, "history_len": 16, "n_heads": 2, "dropout": 0.0}
+    config = {
+        "seed_everything": 0,
+        "run_dir": str(tmp_path / "run"),
+        "baselines": False,
+        "trainer": {
+            "max_epochs": 40,
+            "accelerator": "cpu",
+            "devices": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "log_every_n_steps": 1,
+            **trainer,
+        },
+        "model": {
+            "class_path": task,
+            "init_args": {"model": model, "loss": {"kind": "ce"}, "optim": {"lr": 0.01}},
+        },
+        "data": {"dataset": str(dataset), "batch_size": 8},
+        "early_stopping": {"patience": 100},
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.mark.parametrize("task", [SASREC, RETRIEVAL], ids=["sasrec", "two_tower"])
+def test_overfits_a_tiny_dataset_and_writes_the_run_dir(tmp_path, chain_dir, task):
+    config = write_config(tmp_path, chain_dir, task)
+    assert main(["train", "--config", str(config), "--baselines", "true"]) == 0
+    run = tmp_path / "run"
+    report = json.loads((run / "metrics.json").read_text())
+    assert report["test"]["hr@10"] >= 0.95, report["test"]
+    assert report["valid"]["hr@10"] >= 0.95
+    assert set(report["baselines"]) == {"MostPop", "EASE", "Markov"}
+    assert report["test"]["ndcg@10"] > report["baselines"]["MostPop"]["ndcg@10"]
+    assert report["segments"]["activity"]
+    assert report["history"] and report["history"][0]["wall_s"] > 0
+    for name in (
+        "config.yaml",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "logs/metrics.csv",
+    ):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_from_a_checkpoint_is_exact(tmp_path, chain_dir):
+    # dropout: the RNG must resume too; EMA: its running average must resume too
+    dropout = ["--model.init_args.model.dropout", "0.2", "--model.init_args.optim.ema_decay", "0.9"]
+    straight = write_config(tmp_path / "a", chain_dir, max_epochs=4)
+    assert main(["train", "--config", str(straight), *dropout]) == 0
+    halves = write_config(tmp_path / "b", chain_dir, max_epochs=2)
+    assert main(["train", "--config", str(halves), *dropout]) == 0
+    resumed = ["--trainer.max_epochs", "4", "--ckpt_path", "last"]
+    assert main(["train", "--config", str(halves), *dropout, *resumed]) == 0
+    a = _weights(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
+    b = _weights(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert a.keys() == b.keys() and any(key.startswith("ema.") for key in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def _recstack() -> str:
+    return str(Path(sys.executable).parent / "recstack")
+
+
+def test_resume_after_kill_9_is_exact(tmp_path, chain_dir):
+    """Kill the process mid-run; `--ckpt_path last` continues to the same weights."""
+    slow = {"max_epochs": 6, "limit_train_batches": 1.0}
+    reference = write_config(tmp_path / "ref", chain_dir, **slow)
+    assert main(["train", "--config", str(reference), "--data.batch_size", "2"]) == 0
+    config = write_config(tmp_path / "kill", chain_dir, **slow)
+    command = [_recstack(), "train", "--config", str(config), "--data.batch_size", "2"]
+    last = tmp_path / "kill" / "run" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    epoch = torch.load(last, weights_only=False)["epoch"]
+    assert epoch < 5, "the run finished before it could be killed; make it slower"
+    subprocess.run([*command, "--ckpt_path", "last"], check=True, capture_output=True, timeout=300)
+    a = _weights(tmp_path / "ref" / "run" / "checkpoints" / "last.ckpt")
+    b = _weights(last)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_two_process_ddp_with_gloo_gathers_metrics_over_all_users(tmp_path, chain_dir):
+    from recstack.training.data.datamodule import RecDataModule
+    from recstack.training.eval.evaluator import evaluate
+    from recstack.training.tasks.next_item import NextItemTask
+
+    config = write_config(tmp_path, chain_dir, max_epochs=2, devices=2, strategy="ddp")
+    proc = subprocess.run(
+        [_recstack(), "train", "--config", str(config)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    logged = checkpoint["recstack"]["history"][-1]["val/ndcg@10"]
+    task = NextItemTask.load_from_checkpoint(last, map_location="cpu", weights_only=False)
+    task.net.eval()
+    data = RecDataModule(chain_dir)
+    max_len = task.net.config.max_len
+    result = evaluate(lambda b: task.net.score_all(*b.recent(max_len)), data.eval_set("valid"))
+    assert logged == pytest.approx(result.metrics["ndcg@10"], abs=1e-5)
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--model.init_args.loss.kind", "bogus", "model.loss.kind"),
+        ("--model.init_args.model.dim", "-8", "sasrec dim must be >= 1"),
+        ("--data.dataset", "/no/such/dir", "recstack data prepare"),
+        ("--model.init_args.optim.lr", "0", "lr > 0"),
+    ],
+)
+def test_bad_config_values_fail_before_training(tmp_path, chain_dir, capsys, flag, value, message):
+    config = write_config(tmp_path, chain_dir)
+    assert main(["train", "--config", str(config), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_train_help_lists_the_sections(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--run_dir" in out and "--ckpt_path" in out and "--trainer.max_epochs" in out

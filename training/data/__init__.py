@@ -1,0 +1,1 @@
+"""Training data over a prepared dataset: event arrays, features, batches, the DataModule."""

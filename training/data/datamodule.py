@@ -1,0 +1,206 @@
+"""`RecDataModule`: a prepared dataset dir -> training batches and full-ranking eval sets.
+
+The LightningModule says what it trains on through `train_samples()`: ("windows", max_len)
+for next-item models, ("events", history_len) for retrieval models; the DataModule builds that
+dataset over memory-mapped event arrays (see `event_arrays`).
+
+Protocol (DESIGN §4): models are fitted on the TRAIN events of the chosen split, selected on the
+VALID targets (history = TRAIN) and tested on the TEST targets (history = TRAIN + VALID).
+"""
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, DistributedSampler
+
+from recstack.datasets.dataset_dir import PreparedDataset, load_dataset
+from recstack.datasets.splits import SPLIT, apply_split
+from recstack.errors import DataError
+from recstack.manifest import CONTENT_HASH
+from recstack.schema import TRAIN, USER_IDX
+from recstack.training.data.event_arrays import EventArrays, write_event_arrays
+from recstack.training.data.features import (
+    FeatureVocab,
+    build_vocab,
+    context_codes,
+    item_features,
+    user_codes,
+)
+from recstack.training.data.samples import (
+    EpochSampler,
+    EventSamples,
+    TieShuffle,
+    WindowSamples,
+    keep_batch,
+)
+from recstack.training.eval.eval_set import EvalSet, build_eval_set, history_frame
+
+ARRAYS_VERSION = 2  # bump when the event-array layout changes
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RECSTACK_CACHE", Path.home() / ".cache" / "recstack"))
+
+
+class RecDataModule(LightningDataModule):
+    def __init__(
+        self,
+        dataset: Path,
+        split: Literal["loo", "temporal"] = "loo",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        eval_batch_size: int | None = None,
+        cache_dir: Path | None = None,
+        seed: int = 0,
+        fit_on: Literal["train", "train_valid"] = "train",
+        shuffle_ties: bool = False,
+    ) -> None:
+        """
+        Args:
+            dataset: prepared dataset directory (`recstack data prepare --out ...`).
+            split: "loo" (leave-one-out by time per user) or "temporal" (global time cut).
+            batch_size: training samples per batch (per process under DDP).
+            num_workers: DataLoader worker processes (0 = load in the training process; on
+                small datasets that is fastest, batches are built vectorised either way).
+            eval_batch_size: users per full-ranking batch; None keeps batch x items <= 2^25.
+            cache_dir: where the memory-mapped event arrays go; default $RECSTACK_CACHE/arrays
+                (or ~/.cache/recstack/arrays), keyed by the dataset's content hash.
+            seed: seed of the per-epoch shuffle.
+            fit_on: "train" (the protocol: select on the VALID targets) or "train_valid" (refit
+                for the test: the VALID events become training events too, as the baselines'
+                refit does; validation metrics are then meaningless and not used).
+            shuffle_ties: augmentation: every epoch, put a user's events with equal timestamps
+                in a new random order (their order in the log is arbitrary; ML-100K has half of
+                its events tied to the previous one). Evaluation histories are not touched.
+        """
+        super().__init__()
+        self.dataset_dir = Path(dataset)
+        if not self.dataset_dir.is_dir():
+            raise DataError(
+                f"dataset dir {self.dataset_dir} does not exist; prepare one with "
+                f"`recstack data prepare --source ml-100k --out {self.dataset_dir}`"
+            )
+        if batch_size < 1 or num_workers < 0:
+            raise DataError(f"batch_size must be >= 1 and num_workers >= 0 (got {batch_size}, {num_workers})")
+        self.split = split
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.eval_batch_size = eval_batch_size
+        self.cache_root = Path(cache_dir) if cache_dir else default_cache_dir() / "arrays"
+        self.seed = seed
+        self.fit_on = fit_on
+        self.shuffle_ties = shuffle_ties
+        self.data: PreparedDataset | None = None
+        self.frame: pl.DataFrame | None = None
+        self._eval_sets: dict[str, EvalSet] = {}
+
+    # --- loading -------------------------------------------------------------------------
+    def _load(self) -> None:
+        if self.data is not None:
+            return
+        self.data = load_dataset(self.dataset_dir)
+        self.frame = apply_split(self.data.interactions, self.split)
+        train = self.frame.filter(pl.col(SPLIT) == TRAIN)
+        if train.height == 0:
+            raise DataError(f"{self.dataset_dir}: the {self.split!r} split has no training events")
+        self.vocab = build_vocab(train, self.data.users, self.data.items)
+        self.user_codes = user_codes(self.data.users, self.vocab)
+        self.item_tags, self.item_cats = item_features(self.data.items, self.vocab)
+        counts = np.bincount(train["item_idx"].to_numpy(), minlength=self.n_items + 1)
+        self.item_counts = counts.astype(np.float64)
+
+    @property
+    def n_items(self) -> int:
+        self._load()
+        return self.data.n_items
+
+    @property
+    def n_users(self) -> int:
+        self._load()
+        return self.data.n_users
+
+    @property
+    def arrays_dir(self) -> Path:
+        self._load()
+        key = self.data.manifest.get(CONTENT_HASH, "nohash")[:16]
+        return self.cache_root / f"{key}-{self.split}-{self.fit_on}-v{ARRAYS_VERSION}"
+
+    def feature_vocab(self) -> FeatureVocab:
+        self._load()
+        return self.vocab
+
+    def prepare_data(self) -> None:  # once per node, before setup
+        self._write_arrays()
+
+    def _write_arrays(self) -> Path:
+        self._load()
+        # TRAIN (or TRAIN + VALID) events in time order per user
+        train = history_frame(self.frame, "valid" if self.fit_on == "train" else "test")
+        return write_event_arrays(
+            train, context_codes(train, self.vocab), self.n_users, self.arrays_dir
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        self._load()
+        self.arrays = EventArrays.open(self._write_arrays())
+        if stage == "fit":
+            self.eval_set("valid")  # built now, so the first epoch's timing is the epoch's
+
+    # --- training ------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        kind, length = self.trainer.lightning_module.train_samples()
+        order = TieShuffle(self.arrays, self.seed) if self.shuffle_ties else None
+        if kind == "windows":
+            dataset = WindowSamples(self.arrays, length, order)
+            lengths = dataset.lengths
+        else:
+            dataset = EventSamples(self.arrays, self.user_codes, length, order=order)
+            lengths = None  # histories are capped at history_len: most are full anyway
+        if len(dataset) == 0:
+            raise DataError(f"{self.dataset_dir}: no training samples (users need >= 2 events)")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(len(dataset), self.seed, lengths, self.batch_size),
+            collate_fn=keep_batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    # --- evaluation ----------------------------------------------------------------------
+    def eval_set(self, target: str) -> EvalSet:
+        """Full-ranking users, histories and targets for "valid" or "test"."""
+        if target not in self._eval_sets:
+            self._load()
+            self._eval_sets[target] = build_eval_set(self.frame, target, self.n_items)
+        return self._eval_sets[target]
+
+    def eval_context(self, target: str) -> np.ndarray:
+        """[n_users, C] context codes of each user's first `target` event (0 where none)."""
+        self._load()
+        code = {"valid": 1, "test": 2}[target]
+        first = self.frame.filter(pl.col(SPLIT) == code).unique(USER_IDX, keep="first")
+        codes = context_codes(first, self.vocab)
+        out = np.zeros((self.n_users, codes.shape[1]), dtype=np.int64)
+        out[first[USER_IDX].to_numpy()] = codes
+        return out
+
+    def val_dataloader(self) -> DataLoader:
+        """One item per rank: each rank's validation step evaluates its own shard of users."""
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        shards = list(range(world))
+        sampler = (
+            DistributedSampler(shards, num_replicas=world, rank=rank, shuffle=False)
+            if world > 1
+            else None
+        )
+        return DataLoader(shards, batch_size=1, sampler=sampler)
+
+    def item_counts_tensor(self) -> torch.Tensor:
+        self._load()
+        return torch.from_numpy(self.item_counts)

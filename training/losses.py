@@ -1,0 +1,256 @@
+"""Training losses over the item catalogue (DESIGN §5).
+
+Every loss scores an item by a dot product: logit = query @ item_vectors(item_idx).T. The caller
+applies any temperature or normalisation to `query`. Real items are 1..n_items; PAD_IDX (0) is
+never a class. Logits are promoted to float32 before any softmax or sigmoid.
+
+- `full_cross_entropy`: softmax over the whole catalogue, streamed over chunks of items with an
+  online logsumexp; each chunk is checkpointed, so peak memory is O(N x chunk_items) in forward
+  AND backward.
+- `sampled_softmax`: softmax over the row's positive and a pool of negatives, with the logQ
+  correction of Yi et al. 2019. Convention: every candidate j (the positive included) gets the
+  logit s_j - log q_j, where q_j is the EXPECTED NUMBER OF TIMES item j occurs in the batch's
+  negative pool:
+      uniform   k draws from 1..n_items          q_j = k / n_items          (constant: cancels)
+      in_batch  the batch's N targets            q_j = N * p_j,  p_j = count_j / sum(count)
+      mixed     both pools (Yang et al. 2020)    q_j = N * p_j + k / n_items
+  For mixed, q_j is the mixture's expected count whichever pool drew the candidate (the
+  multiple-importance-sampling "balance heuristic"): correcting by a candidate's own pool alone
+  would give a rare in-batch item the unbounded weight 1 / (N p_j). Popular items have larger q_j,
+  so their logits are lowered more: a popular negative is pushed down less than without the
+  correction, and a rare positive gets a boost relative to popular negatives.
+- `gbce_loss`: gBCE of Petrov & Macdonald 2023 (gSASRec) over k uniform negatives.
+
+Negatives are shared by all rows of a batch and drawn with replacement (duplicates stay). An
+accidental hit, a negative equal to the row's own target, is masked out of that row.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from recstack.errors import RecstackError
+from recstack.schema import PAD_IDX
+
+ItemVectors = Callable[[torch.Tensor], torch.Tensor]  # item_idx long [*] -> vectors [*, d]
+Reduction = Literal["mean", "none"]
+KINDS = ("ce", "sampled", "gbce")
+NEGATIVE_KINDS = ("uniform", "in_batch", "mixed")
+
+
+@dataclass
+class LossConfig:
+    """Which loss `RecLoss` computes; fields other than `kind` apply only to their loss."""
+
+    kind: Literal["ce", "sampled", "gbce"] = "ce"
+    negatives: Literal["uniform", "in_batch", "mixed"] = "uniform"  # sampled only
+    n_negatives: int = 256  # uniform negatives per batch, shared by all rows
+    logq: bool = True  # logQ correction for sampled softmax
+    chunk_items: int = 16384  # full CE: items per chunk
+    gbce_t: float = 0.75  # gBCE calibration t in [0, 1]: 0 = plain BCE, 1 = fully calibrated
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise RecstackError(f"loss kind={self.kind!r} is unknown; use one of {KINDS}")
+        if self.negatives not in NEGATIVE_KINDS:
+            raise RecstackError(
+                f"loss negatives={self.negatives!r} is unknown; use one of {NEGATIVE_KINDS}"
+            )
+        if self.n_negatives < 1:
+            raise RecstackError(f"loss n_negatives={self.n_negatives} must be >= 1")
+        if self.chunk_items < 1:
+            raise RecstackError(f"loss chunk_items={self.chunk_items} must be >= 1")
+        if not 0.0 <= self.gbce_t <= 1.0:
+            raise RecstackError(f"loss gbce_t={self.gbce_t} must lie in [0, 1]")
+
+
+def _reduce(loss: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    return loss.mean() if reduction == "mean" else loss
+
+
+def _chunk_logsumexp(query: torch.Tensor, item_vectors: ItemVectors, start: int, stop: int):
+    """logsumexp over items start..stop-1 of query [N, d] -> [N] float32."""
+    item_idx = torch.arange(start, stop, device=query.device)  # [C]
+    return torch.logsumexp((query @ item_vectors(item_idx).T).float(), dim=1)  # [N, C] -> [N]
+
+
+def full_cross_entropy(
+    query: torch.Tensor,
+    target: torch.Tensor,
+    item_vectors: ItemVectors,
+    n_items: int,
+    chunk_items: int,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Softmax cross-entropy over items 1..n_items: query [N, d], target [N] -> scalar (or [N])."""
+    if n_items <= chunk_items:  # fast path: one [N, n_items] logits matrix
+        item_idx = torch.arange(1, n_items + 1, device=query.device)
+        logits = (query @ item_vectors(item_idx).T).float()  # [N, n_items]
+        return F.cross_entropy(logits, target - 1, reduction=reduction)
+    lse = torch.full((query.shape[0],), -math.inf, device=query.device)  # [N] running logsumexp
+    for start in range(1, n_items + 1, chunk_items):
+        stop = min(start + chunk_items, n_items + 1)
+        if torch.is_grad_enabled():  # recompute the chunk's logits in backward instead of saving
+            chunk = checkpoint(
+                _chunk_logsumexp, query, item_vectors, start, stop, use_reentrant=False
+            )
+        else:
+            chunk = _chunk_logsumexp(query, item_vectors, start, stop)
+        lse = torch.logaddexp(lse, chunk)
+    positive = (query * item_vectors(target)).sum(-1).float()  # [N]
+    return _reduce(lse - positive, reduction)
+
+
+def uniform_negatives(
+    n_items: int, k: int, device: torch.device, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """k item_idx drawn uniformly with replacement from 1..n_items -> [k] long on `device`."""
+    draw_device = generator.device if generator is not None else device
+    return torch.randint(1, n_items + 1, (k,), generator=generator, device=draw_device).to(device)
+
+
+def pool_log_q(
+    item_idx: torch.Tensor, item_log_p: torch.Tensor, n_in_batch: int, n_uniform: int
+) -> torch.Tensor:
+    """log q_j for item_idx [*] -> [*]: log expected count of j in a pool of n_in_batch draws
+    by frequency (item_log_p [n_items + 1], log p_j) and n_uniform uniform draws."""
+    n_items = item_log_p.shape[0] - 1
+    if n_in_batch == 0:
+        return torch.full(item_idx.shape, math.log(n_uniform / n_items), device=item_idx.device)
+    in_batch = item_log_p[item_idx] + math.log(n_in_batch)
+    if n_uniform == 0:
+        return in_batch
+    return torch.logaddexp(in_batch, in_batch.new_tensor(math.log(n_uniform / n_items)))
+
+
+def sampled_softmax(
+    query: torch.Tensor,
+    target: torch.Tensor,
+    item_vectors: ItemVectors,
+    negatives_kind: Literal["uniform", "in_batch", "mixed"],
+    n_negatives: int,
+    item_log_q: torch.Tensor,
+    logq: bool = True,
+    generator: torch.Generator | None = None,
+    negatives: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Sampled softmax with logQ correction (convention in the module docstring).
+
+    query [N, d], target [N] -> scalar (or [N]). item_log_q [n_items + 1]: log p_j, the log
+    probability that one in-batch draw is item j (PAD entry unused). `negatives` [k] long replaces
+    the uniform draw (uniform and mixed only) and counts as k uniform draws.
+    """
+    n_items, n = item_log_q.shape[0] - 1, target.shape[0]
+    use_batch = negatives_kind in ("in_batch", "mixed")
+    if negatives is not None and negatives_kind not in ("uniform", "mixed"):
+        raise RecstackError("explicit negatives need negatives_kind 'uniform' or 'mixed'")
+    if negatives_kind == "in_batch":
+        negatives = target.new_empty(0)
+    elif negatives is None:
+        negatives = uniform_negatives(n_items, n_negatives, query.device, generator)
+    item_idx = torch.cat([target, negatives])  # [N + k]
+    vectors = item_vectors(item_idx)  # [N + k, d]
+    positive = (query * vectors[:n]).sum(-1, keepdim=True).float()  # [N, 1]
+    negative_idx = item_idx if use_batch else negatives  # [M]: in-batch targets, then uniform
+    negative = (query @ (vectors if use_batch else vectors[n:]).T).float()  # [N, M]
+    if logq:
+        pool = (n if use_batch else 0, negatives.shape[0])
+        positive = positive - pool_log_q(target, item_log_q, *pool)[:, None]
+        negative = negative - pool_log_q(negative_idx, item_log_q, *pool)[None, :]
+    negative = negative.masked_fill(negative_idx[None, :] == target[:, None], -math.inf)
+    logits = torch.cat([positive, negative], dim=1)  # [N, 1 + M], positive first
+    return _reduce(torch.logsumexp(logits, dim=1) - logits[:, 0], reduction)
+
+
+def gbce_loss(
+    query: torch.Tensor,
+    target: torch.Tensor,
+    item_vectors: ItemVectors,
+    n_items: int,
+    n_negatives: int,
+    t: float,
+    generator: torch.Generator | None = None,
+    negatives: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """gBCE (gSASRec): -log σ(s+)^β - Σ_neg log(1 - σ(s-)), over k uniform negatives.
+
+    α = k / (n_items - 1), β = α (t (1 - 1/α) + 1/α): t = 0 gives β = 1 (plain BCE), t = 1 gives
+    β = α (calibrated). query [N, d], target [N] -> scalar (or [N]); `negatives` [k] long
+    replaces the uniform draw.
+    """
+    if n_items < 2:
+        raise RecstackError(f"gbce needs n_items >= 2 (got {n_items}); use kind='ce'")
+    if negatives is None:
+        negatives = uniform_negatives(n_items, n_negatives, query.device, generator)
+    alpha = negatives.shape[0] / (n_items - 1)
+    beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
+    n = target.shape[0]
+    vectors = item_vectors(torch.cat([target, negatives]))  # [N + k, d]
+    positive = (query * vectors[:n]).sum(-1).float()  # [N]
+    negative = (query @ vectors[n:].T).float()  # [N, k]
+    log_not_negative = F.logsigmoid(-negative)  # log(1 - σ(s-)), [N, k]
+    log_not_negative = log_not_negative.masked_fill(negatives[None, :] == target[:, None], 0.0)
+    return _reduce(-beta * F.logsigmoid(positive) - log_not_negative.sum(1), reduction)
+
+
+class RecLoss(nn.Module):
+    """The loss named by `config`. item_counts [n_items + 1]: training frequency of each item
+    (PAD entry ignored), used for in-batch logQ; None means uniform. Counts are raw counts:
+    counts below 1 are raised to 1 (an item that appears in a batch has been seen)."""
+
+    def __init__(self, config: LossConfig, n_items: int, item_counts: torch.Tensor | None = None):
+        super().__init__()
+        if n_items < 1 or (config.kind == "gbce" and n_items < 2):
+            raise RecstackError(f"RecLoss n_items={n_items} is too small for kind={config.kind!r}")
+        if item_counts is None:
+            item_counts = torch.ones(n_items + 1)
+        item_counts = torch.as_tensor(item_counts).detach().float()
+        if item_counts.shape != (n_items + 1,):
+            raise RecstackError(
+                f"item_counts has shape {tuple(item_counts.shape)}, expected ({n_items + 1},): "
+                "one count per item_idx 0..n_items, PAD_IDX included"
+            )
+        if not torch.isfinite(item_counts).all() or (item_counts < 0).any():
+            raise RecstackError("item_counts must be finite and >= 0; pass raw training counts")
+        item_counts = item_counts.clamp(min=1.0)
+        item_counts[PAD_IDX] = 0.0
+        self.config, self.n_items = config, n_items
+        self.register_buffer("item_counts", item_counts, persistent=False)
+
+    def item_log_q(self) -> torch.Tensor:
+        """log p_j [n_items + 1]: log probability that one in-batch draw is item j."""
+        return torch.log(self.item_counts / self.item_counts.sum())
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        target: torch.Tensor,
+        item_vectors: ItemVectors,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """query [N, d] float, target [N] long in 1..n_items -> scalar mean loss."""
+        c = self.config
+        if c.kind == "ce":
+            return full_cross_entropy(query, target, item_vectors, self.n_items, c.chunk_items)
+        if c.kind == "gbce":
+            return gbce_loss(
+                query, target, item_vectors, self.n_items, c.n_negatives, c.gbce_t, generator
+            )
+        return sampled_softmax(
+            query,
+            target,
+            item_vectors,
+            c.negatives,
+            c.n_negatives,
+            self.item_log_q(),
+            c.logq,
+            generator,
+        )

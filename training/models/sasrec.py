@@ -1,0 +1,138 @@
+"""SASRec (Kang & McAuley 2018): a causal transformer over a user's item sequence.
+
+Input is right-padded with PAD_IDX (real items first, then zeros). Positions are learned and
+count from the first item of the window, so with causal attention a position never sees the
+padding after it: appending PAD columns changes nothing (DESIGN §6 relies on this for export).
+The next-item scores are the hidden state at a position times the item embedding table (the
+output layer is tied to the input embeddings).
+
+Blocks are pre-norm: x + Attn(LN(x)), x + FFN(LN(x)), with attention from
+`F.scaled_dot_product_attention(is_causal=True)`; a final LayerNorm follows the last block.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recstack.errors import RecstackError
+from recstack.schema import PAD_IDX
+
+
+@dataclass
+class SASRecConfig:
+    n_items: int = 0  # real items are 1..n_items; filled in from the dataset
+    max_len: int = 200  # longest window the model reads (positions 0..max_len-1)
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    ffn_mult: int = 4  # feed-forward width = ffn_mult * dim
+    dropout: float = 0.2  # on embeddings, attention output and feed-forward
+    attn_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.n_items < 0:
+            raise RecstackError(
+                f"sasrec n_items must be >= 0 (0 = from the dataset), got {self.n_items}"
+            )
+        positive = {"max_len": self.max_len, "dim": self.dim}
+        positive |= {"n_layers": self.n_layers, "n_heads": self.n_heads, "ffn_mult": self.ffn_mult}
+        for name, value in positive.items():
+            if value < 1:
+                raise RecstackError(f"sasrec {name} must be >= 1, got {value}")
+        if self.dim % self.n_heads:
+            raise RecstackError(
+                f"sasrec dim ({self.dim}) must be divisible by n_heads ({self.n_heads})"
+            )
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise RecstackError(f"sasrec {name} must be in [0, 1), got {value}")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.dim, 3 * config.dim)
+        self.out = nn.Linear(config.dim, config.dim)
+        self.attn_dropout = config.attn_dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, dim = x.shape  # [B, L, d]
+        q, k, v = self.qkv(x).split(dim, dim=-1)
+        heads = (b, length, self.n_heads, dim // self.n_heads)
+        q, k, v = (t.view(heads).transpose(1, 2) for t in (q, k, v))  # [B, H, L, d/H]
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(b, length, dim))
+
+
+class Block(nn.Module):
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.dim)
+        self.attn = CausalSelfAttention(config)
+        self.norm2 = nn.LayerNorm(config.dim)
+        width = config.ffn_mult * config.dim
+        self.ffn = nn.Sequential(
+            nn.Linear(config.dim, width), nn.GELU(), nn.Linear(width, config.dim)
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x)))
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
+
+class SASRec(nn.Module):
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        if config.n_items < 1:
+            raise RecstackError("SASRec needs n_items >= 1 (the dataset's catalogue size)")
+        self.config = config
+        self.item_emb = nn.Embedding(config.n_items + 1, config.dim, padding_idx=PAD_IDX)
+        self.pos_emb = nn.Embedding(config.max_len, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = nn.LayerNorm(config.dim)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """items [B, L] right-padded item_idx (L <= max_len) -> hidden states [B, L, d].
+
+        Position t's state depends only on items[:, :t + 1].
+        """
+        length = items.shape[1]
+        positions = torch.arange(length, device=items.device)
+        x = self.item_emb(items) * self.config.dim**0.5 + self.pos_emb(positions)[None]
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def item_vectors(self, item_idx: torch.Tensor) -> torch.Tensor:
+        """item_idx [*] -> output vectors [*, d] (the tied input embeddings)."""
+        return self.item_emb(item_idx)
+
+    def last_hidden(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """items [B, L] right-padded, lengths [B] (>= 1) -> state at the last real item [B, d]."""
+        hidden = self.forward(items)
+        index = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+        return hidden.gather(1, index).squeeze(1)
+
+    def score_all(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """items [B, L] right-padded, lengths [B] -> next-item scores [B, n_items + 1]."""
+        return self.last_hidden(items, lengths) @ self.item_emb.weight.T

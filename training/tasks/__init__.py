@@ -1,0 +1,1 @@
+"""LightningModules, one per task: next-item (SASRec) and retrieval (two-tower)."""

@@ -1,0 +1,176 @@
+"""What every task shares: the optimiser, per-epoch seeding and full-ranking validation.
+
+Validation runs the foundation's evaluator (full ranking, seen items masked) once per epoch.
+Under DDP each rank evaluates a contiguous shard of the validation users; per-user metric sums
+and counts are all-reduced, so the logged `val/ndcg@10` is the exact mean over all users on
+every rank (what early stopping and checkpointing read).
+"""
+
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from recstack.errors import RecstackError
+from recstack.training.eval.evaluator import EvalBatch, auto_batch_size, evaluate
+
+VAL_METRICS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")
+MONITOR = "val/ndcg@10"
+MAX_EVAL_USERS = 256  # users per validation batch at most (sorted by history length)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta2: float = 0.98
+    ema_decay: float = 0.0  # > 0: validate, test and export an exponential moving average
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 < self.beta2 < 1:
+            raise RecstackError(
+                f"optim needs lr > 0, weight_decay >= 0, 0 < beta2 < 1 (got {asdict(self)})"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise RecstackError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+def as_config(cls, value):
+    """A config dataclass from itself or from a dict (checkpoints store plain dicts)."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise RecstackError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+        return cls(**value)
+    raise RecstackError(f"expected {cls.__name__} or a dict, got {type(value).__name__}")
+
+
+def batch_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, batch_idx, rank]).generate_state(1)[0])
+
+
+class RecTask(pl.LightningModule):
+    """Subclasses build `self.net` (then call `attach_ema`) in `configure_model` and define
+    `train_samples`, `training_step` and `score_fn` (scoring with `self.scoring_net`)."""
+
+    def __init__(self, optim: OptimConfig | dict, seed: int = 0) -> None:
+        super().__init__()
+        self.optim = as_config(OptimConfig, optim)
+        self.seed = seed
+        self.net: torch.nn.Module | None = None
+        self.ema: AveragedModel | None = None
+        self.history: list[dict[str, Any]] = []  # per-epoch validation metrics with wall time
+        self._fit_started: float | None = None
+
+    def attach_ema(self) -> None:
+        """An exponential moving average of the weights (Polyak averaging), when configured.
+
+        It is a submodule, so checkpoints hold it and resuming continues it exactly.
+        """
+        if self.optim.ema_decay > 0 and self.ema is None:
+            self.ema = AveragedModel(
+                self.net, multi_avg_fn=get_ema_multi_avg_fn(self.optim.ema_decay)
+            )  # buffers (item features) are copied, not averaged
+
+    @property
+    def scoring_net(self) -> torch.nn.Module:
+        """The weights that are validated, tested and exported: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.net
+
+    # --- hooks ----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.net.named_parameters():
+            (no_decay if param.ndim < 2 or "emb" in name else decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": self.optim.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=self.optim.lr, betas=(0.9, self.optim.beta2))
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter() - (
+            self.history[-1]["wall_s"] if self.history else 0
+        )
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Dropout and negative sampling depend only on (seed, epoch, batch, rank), not on what
+        # drew random numbers before (DataLoader iterators do): a run resumed from a checkpoint
+        # replays exactly what an uninterrupted run would have done.
+        torch.manual_seed(batch_seed(self.seed, self.current_epoch, batch_idx, self.global_rank))
+
+    def state_dict_extra(self) -> dict:
+        return {"history": self.history}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["recstack"] = self.state_dict_extra()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("recstack", {}).get("history", []))
+
+    # --- validation -----------------------------------------------------------------------
+    def score_fn(self, target: str):
+        """EvalBatch -> [B, n_items + 1] scores, for the "valid" or "test" targets."""
+        raise NotImplementedError
+
+    def evaluate_shard(self, target: str, rank: int, world: int):
+        eval_set = self.trainer.datamodule.eval_set(target)
+        bounds = np.linspace(0, eval_set.n_users, world + 1).astype(int)
+        shard = eval_set.slice(bounds[rank], bounds[rank + 1])
+        batch_size = self.trainer.datamodule.eval_batch_size
+        if batch_size is None:  # bounded also by the model's activations, not only the scores
+            batch_size = min(MAX_EVAL_USERS, auto_batch_size(shard.n_items))
+        return evaluate(
+            self.score_fn(target),
+            shard,
+            ks=(10, 20),
+            batch_size=batch_size,
+            device=self.device,
+            beyond=False,
+        )
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        net = self.scoring_net
+        was_training = net.training
+        net.eval()
+        result = self.evaluate_shard("valid", self.global_rank, self.trainer.world_size)
+        net.train(was_training)
+        sums = [float(np.nansum(result.per_user[m])) for m in VAL_METRICS]
+        sums.append(float(result.n_users))
+        totals = torch.tensor(sums, dtype=torch.float64, device=self.device)
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        n_users = max(float(totals[-1]), 1.0)
+        metrics = {f"val/{m}": float(totals[i]) / n_users for i, m in enumerate(VAL_METRICS)}
+        self.log_dict(metrics, prog_bar=True, batch_size=1)
+        if not self.trainer.sanity_checking:
+            wall = time.perf_counter() - self._fit_started if self._fit_started else None
+            self.history.append({"epoch": self.current_epoch, "wall_s": wall, **metrics})
+
+    def log_train_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        self.log(
+            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size
+        )
+
+
+class Scorer:
+    """Wraps a net's scoring call for the evaluator, with bf16 autocast on CUDA."""
+
+    def __init__(self, fn, device: torch.device) -> None:
+        self.fn, self.device = fn, device
+
+    def __call__(self, batch: EvalBatch) -> torch.Tensor:
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return self.fn(batch).float()
+        return self.fn(batch)

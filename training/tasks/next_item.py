@@ -1,0 +1,81 @@
+"""`NextItemTask`: SASRec trained to predict every next item of the training sequences.
+
+Each batch holds windows of a user's TRAIN events (inputs [B, L], targets [B, L] = inputs
+shifted by one); every non-PAD target position is one example, so the model at position t sees
+only items 0..t (causal attention) when predicting item t + 1. The loss (full cross-entropy,
+sampled softmax with logQ, or gBCE) is chosen in config.
+"""
+
+from dataclasses import asdict
+
+import torch
+
+from recstack.schema import PAD_IDX
+from recstack.training.losses import LossConfig, RecLoss
+from recstack.training.models.sasrec import SASRec, SASRecConfig
+from recstack.training.tasks.base import OptimConfig, RecTask, Scorer, as_config
+
+
+class NextItemTask(RecTask):
+    def __init__(
+        self,
+        model: SASRecConfig | None = None,
+        loss: LossConfig | None = None,
+        optim: OptimConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            model: SASRec settings; n_items is taken from the dataset.
+            loss: "ce" (full softmax, chunked over the catalogue), "sampled" (logQ-corrected
+                sampled softmax) or "gbce".
+            optim: AdamW settings.
+            seed: seed of dropout and negative sampling (drawn per epoch).
+        """
+        super().__init__(optim or OptimConfig(), seed)
+        model = model if model is not None else {}
+        self.model_config = model if isinstance(model, dict) else asdict(model)
+        self.loss_config = as_config(LossConfig, loss or LossConfig())
+        if self.model_config.get("n_items"):  # from a checkpoint: build now, weights follow
+            self._build(self.model_config["n_items"], None)
+        self.save_hyperparameters(
+            {
+                "model": self.model_config,
+                "loss": asdict(self.loss_config),
+                "optim": asdict(self.optim),
+                "seed": seed,
+            }
+        )
+
+    def _build(
+        self, n_items: int, item_counts: torch.Tensor | None, keep_net: bool = False
+    ) -> None:
+        """The network (unless keep_net and already built) and the loss with item frequencies."""
+        self.model_config["n_items"] = n_items
+        if self.net is None or not keep_net:
+            self.net = SASRec(as_config(SASRecConfig, self.model_config))
+            self.attach_ema()
+        self.loss_fn = RecLoss(self.loss_config, n_items, item_counts)
+
+    def configure_model(self) -> None:
+        if self._trainer is None:  # load_from_checkpoint: the net was built in __init__
+            return
+        datamodule = self.trainer.datamodule
+        self._build(datamodule.n_items, datamodule.item_counts_tensor(), keep_net=True)
+        self.hparams["model"] = self.model_config
+
+    def train_samples(self) -> tuple[str, int]:
+        return "windows", self.net.config.max_len
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        hidden = self.net(batch["items"])  # [B, L, d]
+        targets = batch["targets"]  # [B, L]
+        keep = targets != PAD_IDX
+        loss = self.loss_fn(hidden[keep], targets[keep], self.net.item_vectors)
+        self.log_train_loss(loss, targets.shape[0])  # windows: no GPU sync for a count
+        return loss
+
+    def score_fn(self, target: str) -> Scorer:
+        net = self.scoring_net
+        max_len = net.config.max_len
+        return Scorer(lambda batch: net.score_all(*batch.recent(max_len)), self.device)

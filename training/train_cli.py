@@ -1,0 +1,212 @@
+"""`recstack train --config configs/train/<x>.yaml`: LightningCLI over a task and the DataModule.
+
+    recstack train --config configs/train/sasrec_ml100k.yaml
+    recstack train --config configs/train/sasrec_ml100k.yaml --ckpt_path last   # resume
+    recstack train --config ... --trainer.devices 2 --trainer.strategy ddp    # several GPUs
+
+The config has LightningCLI's sections (`trainer`, `model` with a task class_path, `data`,
+`seed_everything`) plus `run_dir`, `early_stopping` and `checkpoint`. Everything a run writes
+goes into run_dir: config.yaml, checkpoints/{best,last}.ckpt, CSV and TensorBoard logs, and
+metrics.json (test metrics next to the baselines, see `run_report`).
+Precision defaults to bf16-mixed on CUDA and 32-true on CPU.
+"""
+
+import json
+import re
+import time
+import warnings
+from argparse import ArgumentError
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from recstack.errors import RecstackError
+from recstack.training.data.datamodule import RecDataModule
+from recstack.training.run_report import write_run_report
+from recstack.training.tasks.base import MONITOR, RecTask
+
+LAST = "last"
+
+
+def best_checkpoint(trainer) -> str | None:
+    """Path of the best checkpoint by validation NDCG@10 (None if none was saved)."""
+    for callback in trainer.checkpoint_callbacks:
+        if callback.monitor == MONITOR and callback.best_model_path:
+            return callback.best_model_path
+    return None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temp file, then rename: a kill -9 never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        tmp.replace(path)
+
+
+_NOISE = (
+    "Does not validate",
+    "Subtypes:",
+    "Errors:",
+    "Given value",
+    "Expected a <class 'NoneType'>",
+    "Problem with given class_path",
+    "Parser key",
+    "tip:",
+)
+
+
+def explain_config_error(text: str) -> str:
+    """One line out of jsonargparse's nested report: where in the config, and what is wrong."""
+    keys = [k for k in re.findall(r'Parser key "([^"]+)"', text) if k != "init_args"]
+    lines = [line.strip().lstrip("-").strip() for line in text.splitlines()]
+    useful = [line for line in lines if line and not line.startswith(_NOISE)]
+    detail = useful[-1] if useful else text.strip().splitlines()[0]
+    where = f" at {'.'.join(keys)}" if keys else ""
+    return f"invalid config{where}: {detail} (see `recstack train --help`)"
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Save the resolved config as <run_dir>/config.yaml (not in a logger's sub-directory)."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        if trainer.is_global_zero:
+            path = Path(trainer.default_root_dir) / self.config_filename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, path, skip_none=False, overwrite=True)
+
+
+class RecstackCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--run_dir",
+            type=Path,
+            default=Path("runs/train"),
+            help="where the run writes everything",
+        )
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="resume from this checkpoint, or 'last'",
+        )
+        parser.add_argument(
+            "--baselines",
+            type=bool,
+            default=True,
+            help="evaluate MostPop/EASE/Markov into metrics.json",
+        )
+        parser.add_argument(
+            "--quality_threshold",
+            type=float,
+            default=0.10,
+            help="report when val NDCG@10 first reaches it",
+        )
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults(
+            {
+                "early_stopping.monitor": MONITOR,
+                "early_stopping.mode": "max",
+                "early_stopping.patience": 10,
+            }
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": MONITOR,
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best",
+                "checkpoint.save_last": False,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.enable_version_counter": False,
+            }
+        )
+        parser.link_arguments("seed_everything", "data.seed")
+        parser.link_arguments("seed_everything", "model.init_args.seed")
+
+    def instantiate_trainer(self, **kwargs):
+        kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        trainer = super().instantiate_trainer(**kwargs)
+        # last.ckpt after every epoch (Lightning's save_last only follows an improvement), so a
+        # killed run resumes from its latest epoch with --ckpt_path last.
+        last = ModelCheckpoint(
+            dirpath=self.config.checkpoint.dirpath,
+            filename=LAST,
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
+        )
+        trainer.callbacks.append(last)
+        return trainer
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config
+        run_dir = Path(config.run_dir)
+        config.checkpoint.dirpath = str(run_dir / "checkpoints")
+        trainer = config.trainer
+        trainer.default_root_dir = str(run_dir)
+        if trainer.logger in (None, True):
+            trainer.logger = [
+                {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(run_dir), "name": "logs", "version": ""},
+                },
+                {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": str(run_dir), "name": "tensorboard", "version": ""},
+                },
+            ]
+        if trainer.precision in (None, "auto"):
+            on_gpu = torch.cuda.is_available() and trainer.accelerator in ("auto", "gpu", "cuda")
+            trainer.precision = "bf16-mixed" if on_gpu else "32-true"
+
+
+def train(argv: list[str]) -> dict | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+            cli = RecstackCLI(
+                model_class=RecTask,
+                datamodule_class=RecDataModule,
+                subclass_mode_model=True,
+                run=False,
+                args=argv,
+                seed_everything_default=0,
+                save_config_callback=SaveRunConfig,
+                save_config_kwargs={"save_to_log_dir": False, "config_filename": "config.yaml"},
+                trainer_defaults={"num_sanity_val_steps": 0},
+                parser_kwargs={
+                    "description": __doc__,
+                    "exit_on_error": False,
+                    "prog": "recstack train",
+                },
+            )
+    except (ArgumentError, ValueError, TypeError) as exc:
+        raise RecstackError(explain_config_error(str(exc))) from None
+    config = cli.config
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=config.ckpt_path)
+    fit_seconds = time.perf_counter() - started
+    if not cli.trainer.is_global_zero:
+        return None
+    if cli.trainer.interrupted:
+        raise RecstackError(
+            f"training interrupted; resume with --ckpt_path last (run dir {run_dir})"
+        )
+    return write_run_report(
+        cli.model,
+        cli.datamodule,
+        run_dir,
+        best_checkpoint(cli.trainer),
+        fit_seconds,
+        config=json.loads(cli.parser.dump(config, format="json", skip_check=True)),
+        baselines=config.baselines,
+        quality_threshold=config.quality_threshold,
+    )
