@@ -49,16 +49,19 @@ def write_run_report(
     config: dict,
     baselines: bool = True,
     quality_threshold: float = 0.10,
+    tie_orders: int = 1,
     console: Console | None = None,
 ) -> dict:
     console = console or Console(width=200)
     load_best(task, best_path)
     task.scoring_net.eval()
     started = time.perf_counter()
-    result = evaluate(
-        task.score_fn("test"), datamodule.eval_set("test"), ks=(10, 20), device=task.device
-    )
+    test_set = datamodule.eval_set("test")
+    result = evaluate(task.score_fn("test", tie_orders), test_set, ks=(10, 20), device=task.device)
     eval_s = time.perf_counter() - started
+    valid = evaluate(
+        task.score_fn("valid", tie_orders), datamodule.eval_set("valid"), device=task.device
+    )
     data = datamodule.data
     history = task.history
     best = max(history, key=lambda h: h[MONITOR]) if history else {}
@@ -76,7 +79,11 @@ def write_run_report(
         "epochs_trained": len(history),
         "fit_seconds": round(fit_seconds, 2),
         "time_to_quality": time_to_quality(history, quality_threshold),
-        "valid": {k.removeprefix("val/"): v for k, v in best.items() if k.startswith("val/")},
+        "tie_orders": tie_orders,
+        "valid": valid.metrics,  # the best checkpoint, scored like the test
+        "valid_during_training": {
+            k.removeprefix("val/"): v for k, v in best.items() if k.startswith("val/")
+        },
         "test": result.metrics,
         "test_info": {**result.info, "eval_s": round(eval_s, 3)},
         "segments": segments_to_dict(segment_metrics(result, data.users)),

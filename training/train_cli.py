@@ -107,6 +107,13 @@ class RecstackCLI(LightningCLI):
             default=0.10,
             help="report when val NDCG@10 first reaches it",
         )
+        parser.add_argument(
+            "--test_tie_orders",
+            type=int,
+            default=1,
+            help="final valid/test scores: average over this many orders of each history's "
+            "equal-timestamp events (1 = the log's order; per-epoch validation always uses 1)",
+        )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults(
             {
@@ -209,4 +216,5 @@ def train(argv: list[str]) -> dict | None:
         config=json.loads(cli.parser.dump(config, format="json", skip_check=True)),
         baselines=config.baselines,
         quality_threshold=config.quality_threshold,
+        tie_orders=config.test_tie_orders,
     )

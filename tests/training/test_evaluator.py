@@ -175,6 +175,25 @@ def test_eval_set_slices_are_shards_of_the_whole():
         np.testing.assert_array_equal(np.concatenate([p.per_user[name] for p in parts]), values)
 
 
+def test_shuffle_ties_permutes_only_equal_timestamps():
+    # user 0: ts 1, 2, 2, 2, 3 (then valid, test); user 1: 5, 5 (then valid, test)
+    frame = make_frame(
+        [[1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11]], times=[[1, 2, 2, 2, 3, 4, 5], [5, 5, 6, 7]]
+    )
+    es = build_eval_set(apply_split(frame, "loo"), "test", n_items=11)
+    batch = make_batch(es, 0, 2, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(40):
+        shuffled = batch.shuffle_ties(generator)
+        rows = shuffled.history.tolist()
+        assert rows[0][0] == 1 and sorted(rows[0][1:4]) == [2, 3, 4] and rows[0][4:] == [5, 6]
+        assert sorted(rows[1][:2]) == [8, 9] and rows[1][2:] == [10, 0, 0, 0]
+        assert torch.equal(shuffled.lengths, batch.lengths)
+        seen.add(tuple(rows[0][1:4]))
+    assert len(seen) == 6  # every order of the three tied events occurs
+
+
 def test_sampled_negatives_are_unseen():
     from recstack.training.eval.evaluator import sample_negatives
 

@@ -54,6 +54,7 @@ class EvalSet:
     target: str = "test"
     n_users_dropped_no_history: int = 0  # users with targets but fewer than min_history events
     n_targets_dropped_seen: int = 0  # distinct targets dropped: already in the user's history
+    history_ts: np.ndarray | None = None  # [H] int64 timestamps of history_items
 
     @property
     def n_users(self) -> int:
@@ -78,6 +79,7 @@ class EvalSet:
             users=self.users[start:stop],
             history_indptr=self.history_indptr[start : stop + 1] - h0,
             history_items=self.history_items[h0:h1],
+            history_ts=None if self.history_ts is None else self.history_ts[h0:h1],
             target_indptr=self.target_indptr[start : stop + 1] - t0,
             target_items=self.target_items[t0:t1],
         )
@@ -197,6 +199,7 @@ def build_eval_set(
         target=target,
         n_users_dropped_no_history=int(n_dropped),
         n_targets_dropped_seen=int(n_seen),
+        history_ts=hist_eval[TS].to_numpy().astype(np.int64),
     )
 
 

@@ -40,12 +40,32 @@ class EvalBatch:
     """What a score function sees for a batch of B users (all tensors on the eval device).
 
     users [B] long user_idx; history [B, L] long item_idx in time order, right-padded with
-    PAD_IDX (L = longest history in the batch, at least 1); lengths [B] long real lengths.
+    PAD_IDX (L = longest history in the batch, at least 1); lengths [B] long real lengths;
+    history_ts [B, L] long timestamps when the eval set has them (padding: increasing values
+    after the last real one, so padding never ties).
     """
 
     users: torch.Tensor
     history: torch.Tensor
     lengths: torch.Tensor
+    history_ts: torch.Tensor | None = None
+
+    def shuffle_ties(self, generator: torch.Generator) -> "EvalBatch":
+        """The batch with each run of equal-timestamp history events in a random order.
+
+        The order of events logged in the same second is arbitrary; scoring several such orders
+        and averaging marginalises it out. Needs history_ts.
+        """
+        if self.history_ts is None:
+            raise RecstackError("shuffle_ties needs history timestamps (EvalSet.history_ts)")
+        ts = self.history_ts
+        changes = (ts[:, 1:] != ts[:, :-1]).long().cumsum(1)
+        group = torch.cat([torch.zeros_like(ts[:, :1]), changes], dim=1).double()  # [B, L]
+        noise = torch.rand(ts.shape, generator=generator, dtype=torch.float64)
+        order = (group + 0.5 * noise.to(ts.device)).argsort(dim=1)
+        return EvalBatch(
+            self.users, self.history.gather(1, order), self.lengths, ts.gather(1, order)
+        )
 
     def recent(self, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(history [B, min(L, max_len)], lengths [B]): the last max_len events, right-padded."""
@@ -125,10 +145,16 @@ def make_batch(
     row = np.repeat(np.arange(b), lengths)
     pos = np.arange(positions.shape[0]) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     history[row, pos] = eval_set.history_items[positions]
+    history_ts = None
+    if eval_set.history_ts is not None:
+        ts = np.iinfo(np.int64).max - width + np.arange(width)[None, :].repeat(b, 0)
+        ts[row, pos] = eval_set.history_ts[positions]
+        history_ts = torch.from_numpy(ts).to(device)
     return EvalBatch(
         users=torch.from_numpy(eval_set.users[rows].copy()).to(device),
         history=torch.from_numpy(history).to(device),
         lengths=torch.from_numpy(lengths.astype(np.int64)).to(device),
+        history_ts=history_ts,
     )
 
 

@@ -16,6 +16,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from recstack.errors import RecstackError
+from recstack.schema import PAD_IDX
 from recstack.training.eval.evaluator import EvalBatch, auto_batch_size, evaluate
 
 VAL_METRICS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")
@@ -120,8 +121,8 @@ class RecTask(pl.LightningModule):
         self.history = list(checkpoint.get("recstack", {}).get("history", []))
 
     # --- validation -----------------------------------------------------------------------
-    def score_fn(self, target: str):
-        """EvalBatch -> [B, n_items + 1] scores, for the "valid" or "test" targets."""
+    def score_fn(self, target: str, tie_orders: int = 1):
+        """EvalBatch -> [B, n_items + 1] scores, for the "valid" or "test" targets (see Scorer)."""
         raise NotImplementedError
 
     def evaluate_shard(self, target: str, rank: int, world: int):
@@ -164,13 +165,27 @@ class RecTask(pl.LightningModule):
 
 
 class Scorer:
-    """Wraps a net's scoring call for the evaluator, with bf16 autocast on CUDA."""
+    """Wraps a net's scoring call for the evaluator: bf16 autocast on CUDA and, with
+    tie_orders > 1, log-softmax scores averaged over that many orders of each history's
+    equal-timestamp events (the log's order first, then random ones from `seed`)."""
 
-    def __init__(self, fn, device: torch.device) -> None:
-        self.fn, self.device = fn, device
+    def __init__(self, fn, device: torch.device, tie_orders: int = 1, seed: int = 0) -> None:
+        self.fn, self.device, self.tie_orders, self.seed = fn, device, tie_orders, seed
 
-    def __call__(self, batch: EvalBatch) -> torch.Tensor:
+    def _scores(self, batch: EvalBatch) -> torch.Tensor:
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return self.fn(batch).float()
         return self.fn(batch)
+
+    def __call__(self, batch: EvalBatch) -> torch.Tensor:
+        if self.tie_orders <= 1 or batch.history_ts is None:
+            return self._scores(batch)
+        generator = torch.Generator().manual_seed(self.seed)
+        total = None
+        for k in range(self.tie_orders):
+            scores = self._scores(batch if k == 0 else batch.shuffle_ties(generator))
+            scores[:, PAD_IDX] = float("-inf")  # PAD takes no probability mass
+            log_p = torch.log_softmax(scores, dim=1)
+            total = log_p if total is None else total + log_p
+        return total / self.tie_orders

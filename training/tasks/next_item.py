@@ -75,7 +75,8 @@ class NextItemTask(RecTask):
         self.log_train_loss(loss, targets.shape[0])  # windows: no GPU sync for a count
         return loss
 
-    def score_fn(self, target: str) -> Scorer:
+    def score_fn(self, target: str, tie_orders: int = 1) -> Scorer:
         net = self.scoring_net
         max_len = net.config.max_len
-        return Scorer(lambda batch: net.score_all(*batch.recent(max_len)), self.device)
+        score = lambda batch: net.score_all(*batch.recent(max_len))  # noqa: E731
+        return Scorer(score, self.device, tie_orders, self.seed)

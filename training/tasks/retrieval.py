@@ -101,7 +101,7 @@ class RetrievalTask(RecTask):
         self.log_train_loss(loss, batch["targets"].shape[0])
         return loss
 
-    def score_fn(self, target: str) -> Scorer:
+    def score_fn(self, target: str, tie_orders: int = 1) -> Scorer:
         datamodule = self.trainer.datamodule
         context = torch.from_numpy(datamodule.eval_context(target)).to(self.device)
         user_codes = torch.from_numpy(datamodule.user_codes).to(self.device)
@@ -114,4 +114,4 @@ class RetrievalTask(RecTask):
             vectors = self.user_vectors(history, lengths, context[users], user_codes[users], net)
             return net.logits(vectors, net.all_item_vectors())
 
-        return Scorer(score, self.device)
+        return Scorer(score, self.device, tie_orders, self.seed)
