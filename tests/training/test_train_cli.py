@@ -57,7 +57,8 @@ def _weights(path: Path) -> dict:
 @pytest.mark.parametrize("task", [SASREC, RETRIEVAL], ids=["sasrec", "two_tower"])
 def test_overfits_a_tiny_dataset_and_writes_the_run_dir(tmp_path, chain_dir, task):
     config = write_config(tmp_path, chain_dir, task)
-    assert main(["train", "--config", str(config), "--baselines", "true"]) == 0
+    stop_when_fitted = ["--early_stopping.stopping_threshold", "0.99"]  # val NDCG@10
+    assert main(["train", "--config", str(config), "--baselines", "true", *stop_when_fitted]) == 0
     run = tmp_path / "run"
     report = json.loads((run / "metrics.json").read_text())
     assert report["test"]["hr@10"] >= 0.95, report["test"]

@@ -23,7 +23,11 @@ from recstack.datasets.splits import SPLIT, apply_split
 from recstack.errors import DataError
 from recstack.manifest import CONTENT_HASH
 from recstack.schema import TRAIN, USER_IDX
-from recstack.training.data.event_arrays import EventArrays, write_event_arrays
+from recstack.training.data.event_arrays import (
+    EventArrays,
+    arrays_complete,
+    write_event_arrays,
+)
 from recstack.training.data.features import (
     FeatureVocab,
     build_vocab,
@@ -138,7 +142,8 @@ class RecDataModule(LightningDataModule):
         self._write_arrays()
 
     def _write_arrays(self) -> Path:
-        self._load()
+        if arrays_complete(self.arrays_dir):  # keyed by content: nothing to redo
+            return self.arrays_dir
         # TRAIN (or TRAIN + VALID) events in time order per user
         train = history_frame(self.frame, "valid" if self.fit_on == "train" else "test")
         return write_event_arrays(

@@ -65,13 +65,17 @@ class EventArrays:
         return int(self.items.shape[0])
 
 
+def arrays_complete(path: Path) -> bool:
+    return all((Path(path) / f"{name}.npy").exists() for name in FILES)
+
+
 def write_event_arrays(events: pl.DataFrame, context: np.ndarray, n_users: int, out: Path) -> Path:
     """Write `events` (user_idx, item_idx sorted by user then time) and their context codes.
 
     Does nothing when `out` already holds a complete set (it is keyed by content).
     """
     out = Path(out)
-    if all((out / f"{name}.npy").exists() for name in FILES):
+    if arrays_complete(out):
         return out
     users = events[USER_IDX].to_numpy().astype(np.int64)
     indptr = np.searchsorted(users, np.arange(n_users + 1), side="left").astype(np.int64)
@@ -85,7 +89,7 @@ def write_event_arrays(events: pl.DataFrame, context: np.ndarray, n_users: int, 
         try:
             os.rename(tmp, out)
         except OSError:  # another rank renamed its copy first: same content, keep theirs
-            if not all((out / f"{name}.npy").exists() for name in FILES):
+            if not arrays_complete(out):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -18,6 +18,7 @@ from torch import nn
 
 from recstack.errors import RecstackError
 from recstack.schema import PAD_IDX
+from recstack.training.models.init import init_weights
 
 
 @dataclass
@@ -98,17 +99,7 @@ class SASRec(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(config.dim)
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear | nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
+        self.apply(init_weights)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """items [B, L] right-padded item_idx (L <= max_len) -> hidden states [B, L, d].

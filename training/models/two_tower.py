@@ -29,6 +29,7 @@ from torch import nn
 
 from recstack.errors import RecstackError
 from recstack.schema import PAD_IDX
+from recstack.training.models.init import init_weights
 
 POOLINGS = ("attention", "mean")
 SIMILARITIES = ("dot", "cosine")
@@ -143,19 +144,9 @@ class TwoTower(nn.Module):
             self.attn_out = nn.Linear(dim, dim)
         n_fields = 1 + len(sizes.context) + len(sizes.user)
         self.user_mlp = _mlp(dim * n_fields, dim, config.dropout)
-        self.apply(self._init)
+        self.apply(init_weights)
         if config.pooling == "attention":
             nn.init.normal_(self.null_kv, std=0.02)
-
-    @staticmethod
-    def _init(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear | nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
 
     # ---- item features ------------------------------------------------------------------
 
