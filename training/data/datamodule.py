@@ -8,7 +8,6 @@ Protocol (DESIGN §4): models are fitted on the TRAIN events of the chosen split
 VALID targets (history = TRAIN) and tested on the TEST targets (history = TRAIN + VALID).
 """
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -19,10 +18,11 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
 from recstack.datasets.dataset_dir import PreparedDataset, load_dataset
+from recstack.datasets.download import cache_dir as download_cache_dir
 from recstack.datasets.splits import SPLIT, apply_split
 from recstack.errors import DataError
 from recstack.manifest import CONTENT_HASH
-from recstack.schema import TRAIN, USER_IDX
+from recstack.schema import ITEM_IDX, TRAIN, USER_IDX
 from recstack.training.data.event_arrays import (
     EventArrays,
     arrays_complete,
@@ -42,13 +42,9 @@ from recstack.training.data.samples import (
     WindowSamples,
     keep_batch,
 )
-from recstack.training.eval.eval_set import EvalSet, build_eval_set, history_frame
+from recstack.training.eval.eval_set import TARGET_CODE, EvalSet, build_eval_set, history_frame
 
 ARRAYS_VERSION = 2  # bump when the event-array layout changes
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RECSTACK_CACHE", Path.home() / ".cache" / "recstack"))
 
 
 class RecDataModule(LightningDataModule):
@@ -95,7 +91,7 @@ class RecDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.eval_batch_size = eval_batch_size
-        self.cache_root = Path(cache_dir) if cache_dir else default_cache_dir() / "arrays"
+        self.cache_root = Path(cache_dir) if cache_dir else download_cache_dir() / "arrays"
         self.seed = seed
         self.fit_on = fit_on
         self.shuffle_ties = shuffle_ties
@@ -115,7 +111,7 @@ class RecDataModule(LightningDataModule):
         self.vocab = build_vocab(train, self.data.users, self.data.items)
         self.user_codes = user_codes(self.data.users, self.vocab)
         self.item_tags, self.item_cats = item_features(self.data.items, self.vocab)
-        counts = np.bincount(train["item_idx"].to_numpy(), minlength=self.n_items + 1)
+        counts = np.bincount(train[ITEM_IDX].to_numpy(), minlength=self.n_items + 1)
         self.item_counts = counts.astype(np.float64)
 
     @property
@@ -188,8 +184,7 @@ class RecDataModule(LightningDataModule):
     def eval_context(self, target: str) -> np.ndarray:
         """[n_users, C] context codes of each user's first `target` event (0 where none)."""
         self._load()
-        code = {"valid": 1, "test": 2}[target]
-        first = self.frame.filter(pl.col(SPLIT) == code).unique(USER_IDX, keep="first")
+        first = self.frame.filter(pl.col(SPLIT) == TARGET_CODE[target]).unique(USER_IDX, keep="first")
         codes = context_codes(first, self.vocab)
         out = np.zeros((self.n_users, codes.shape[1]), dtype=np.int64)
         out[first[USER_IDX].to_numpy()] = codes

@@ -25,7 +25,7 @@ from recstack.schema import ITEM_IDX, PAD_IDX, TEST, TRAIN, TS, USER_IDX, VALID
 
 TARGETS = ("valid", "test")
 _HISTORY_CODES = {"valid": (TRAIN,), "test": (TRAIN, VALID)}
-_TARGET_CODE = {"valid": VALID, "test": TEST}
+TARGET_CODE = {"valid": VALID, "test": TEST}
 _POS = "_eval_pos"
 _KEY = "_eval_key"
 
@@ -151,7 +151,7 @@ def build_eval_set(
     stride = n_items + 1
     key = (pl.col(USER_IDX).cast(pl.Int64) * stride + pl.col(ITEM_IDX).cast(pl.Int64)).alias(_KEY)
     hist = ordered.filter(pl.col(SPLIT).is_in(_HISTORY_CODES[target])).with_columns(key)
-    tgt = ordered.filter(pl.col(SPLIT) == _TARGET_CODE[target]).with_columns(key)
+    tgt = ordered.filter(pl.col(SPLIT) == TARGET_CODE[target]).with_columns(key)
 
     # No leakage: every history event of a user precedes every one of its targets.
     last_hist = hist.group_by(USER_IDX).agg(pl.col(_POS).max().alias("_last"))

@@ -18,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from recstack.errors import RecstackError
 from recstack.schema import PAD_IDX
 from recstack.training.eval.evaluator import EvalBatch, auto_batch_size, evaluate
+from recstack.training.losses import LossConfig, RecLoss
 
 VAL_METRICS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")
 MONITOR = "val/ndcg@10"
@@ -58,14 +59,18 @@ def batch_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
 
 
 class RecTask(pl.LightningModule):
-    """Subclasses build `self.net` (then call `attach_ema`) in `configure_model` and define
+    """Subclasses define `build_from_data` (the net from a dataset, then `attach_ema`),
     `train_samples`, `training_step` and `score_fn` (scoring with `self.scoring_net`)."""
 
-    def __init__(self, optim: OptimConfig | dict, seed: int = 0) -> None:
+    def __init__(
+        self, optim: OptimConfig | dict | None, loss: LossConfig | dict | None, seed: int = 0
+    ) -> None:
         super().__init__()
-        self.optim = as_config(OptimConfig, optim)
+        self.optim = as_config(OptimConfig, optim or OptimConfig())
+        self.loss_config = as_config(LossConfig, loss or LossConfig())
         self.seed = seed
         self.net: torch.nn.Module | None = None
+        self.loss_fn: RecLoss | None = None  # needs the dataset's item frequencies
         self.ema: AveragedModel | None = None
         self.history: list[dict[str, Any]] = []  # per-epoch validation metrics with wall time
         self._fit_started: float | None = None
@@ -86,6 +91,19 @@ class RecTask(pl.LightningModule):
         return self.ema.module if self.ema is not None else self.net
 
     # --- hooks ----------------------------------------------------------------------------
+    def build_from_data(self, datamodule) -> None:
+        """Build `self.net` with the sizes (and features) of `datamodule`'s dataset."""
+        raise NotImplementedError
+
+    def configure_model(self) -> None:
+        if self._trainer is None:  # load_from_checkpoint: the net was built in __init__
+            return
+        datamodule = self.trainer.datamodule
+        if self.net is None:
+            self.build_from_data(datamodule)
+        counts = datamodule.item_counts_tensor()
+        self.loss_fn = RecLoss(self.loss_config, datamodule.n_items, counts)
+
     def configure_optimizers(self):
         decay, no_decay = [], []
         for name, param in self.net.named_parameters():
@@ -111,11 +129,8 @@ class RecTask(pl.LightningModule):
         # replays exactly what an uninterrupted run would have done.
         torch.manual_seed(batch_seed(self.seed, self.current_epoch, batch_idx, self.global_rank))
 
-    def state_dict_extra(self) -> dict:
-        return {"history": self.history}
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["recstack"] = self.state_dict_extra()
+        checkpoint["recstack"] = {"history": self.history}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("recstack", {}).get("history", []))

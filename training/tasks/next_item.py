@@ -11,7 +11,7 @@ from dataclasses import asdict
 import torch
 
 from recstack.schema import PAD_IDX
-from recstack.training.losses import LossConfig, RecLoss
+from recstack.training.losses import LossConfig
 from recstack.training.models.sasrec import SASRec, SASRecConfig
 from recstack.training.tasks.base import OptimConfig, RecTask, Scorer, as_config
 
@@ -32,12 +32,11 @@ class NextItemTask(RecTask):
             optim: AdamW settings.
             seed: seed of dropout and negative sampling (drawn per epoch).
         """
-        super().__init__(optim or OptimConfig(), seed)
+        super().__init__(optim, loss, seed)
         model = model if model is not None else {}
         self.model_config = model if isinstance(model, dict) else asdict(model)
-        self.loss_config = as_config(LossConfig, loss or LossConfig())
         if self.model_config.get("n_items"):  # from a checkpoint: build now, weights follow
-            self._build(self.model_config["n_items"], None)
+            self._build_net()
         self.save_hyperparameters(
             {
                 "model": self.model_config,
@@ -47,21 +46,13 @@ class NextItemTask(RecTask):
             }
         )
 
-    def _build(
-        self, n_items: int, item_counts: torch.Tensor | None, keep_net: bool = False
-    ) -> None:
-        """The network (unless keep_net and already built) and the loss with item frequencies."""
-        self.model_config["n_items"] = n_items
-        if self.net is None or not keep_net:
-            self.net = SASRec(as_config(SASRecConfig, self.model_config))
-            self.attach_ema()
-        self.loss_fn = RecLoss(self.loss_config, n_items, item_counts)
+    def _build_net(self) -> None:
+        self.net = SASRec(as_config(SASRecConfig, self.model_config))
+        self.attach_ema()
 
-    def configure_model(self) -> None:
-        if self._trainer is None:  # load_from_checkpoint: the net was built in __init__
-            return
-        datamodule = self.trainer.datamodule
-        self._build(datamodule.n_items, datamodule.item_counts_tensor(), keep_net=True)
+    def build_from_data(self, datamodule) -> None:
+        self.model_config["n_items"] = datamodule.n_items
+        self._build_net()
         self.hparams["model"] = self.model_config
 
     def train_samples(self) -> tuple[str, int]:

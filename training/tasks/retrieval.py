@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 import torch
 
-from recstack.training.losses import LossConfig, RecLoss
+from recstack.training.losses import LossConfig
 from recstack.training.models.two_tower import FeatureSizes, TwoTower, TwoTowerConfig
 from recstack.training.tasks.base import OptimConfig, RecTask, Scorer, as_config
 
@@ -36,13 +36,12 @@ class RetrievalTask(RecTask):
             sizes: feature cardinalities; filled in from the dataset (leave unset).
             vocab: feature vocabularies; filled in from the dataset (leave unset).
         """
-        super().__init__(optim or OptimConfig(), seed)
+        super().__init__(optim, loss, seed)
         self.model_config = as_config(TwoTowerConfig, model or TwoTowerConfig())
-        self.loss_config = as_config(LossConfig, loss or LossConfig())
         self.sizes = sizes
         self.vocab = vocab
         if sizes:  # from a checkpoint: build now, weights and item features follow
-            self._build(sizes, None)
+            self.net = TwoTower(self.model_config, FeatureSizes(**sizes))
             self.attach_ema()
         self.save_hyperparameters(
             {
@@ -55,27 +54,16 @@ class RetrievalTask(RecTask):
             }
         )
 
-    def _build(self, sizes: dict, item_counts: torch.Tensor | None) -> None:
-        self.net = TwoTower(self.model_config, FeatureSizes(**sizes))
-        self.loss_fn = RecLoss(self.loss_config, sizes["n_items"], item_counts)
-
-    def configure_model(self) -> None:
-        if self._trainer is None:  # load_from_checkpoint: the net was built in __init__
-            return
-        datamodule = self.trainer.datamodule
-        counts = datamodule.item_counts_tensor()
-        if self.net is None:
-            vocab = datamodule.feature_vocab()
-            self.sizes = asdict(vocab.sizes(datamodule.n_items))
-            self.vocab = vocab.to_dict()
-            self._build(self.sizes, counts)
-            self.net.set_item_features(
-                torch.from_numpy(datamodule.item_tags), torch.from_numpy(datamodule.item_cats)
-            )
-            self.attach_ema()
-            self.hparams["sizes"], self.hparams["vocab"] = self.sizes, self.vocab
-        else:
-            self.loss_fn = RecLoss(self.loss_config, self.sizes["n_items"], counts)
+    def build_from_data(self, datamodule) -> None:
+        vocab = datamodule.feature_vocab()
+        self.sizes = asdict(vocab.sizes(datamodule.n_items))
+        self.vocab = vocab.to_dict()
+        self.net = TwoTower(self.model_config, FeatureSizes(**self.sizes))
+        self.net.set_item_features(
+            torch.from_numpy(datamodule.item_tags), torch.from_numpy(datamodule.item_cats)
+        )
+        self.attach_ema()  # after the item features: the average copies them
+        self.hparams["sizes"], self.hparams["vocab"] = self.sizes, self.vocab
 
     def train_samples(self) -> tuple[str, int]:
         return "events", self.model_config.history_len
