@@ -4,6 +4,7 @@
     recstack data synth --users 6000 --items 3700 --events 1000000 --out data/synth-1m
     recstack eval baselines --dataset data/ml-100k
     recstack train --config configs/train/sasrec_ml100k.yaml
+    recstack tune --config configs/train/sasrec_ml100k.yaml --search configs/search/sasrec.yaml
     recstack demo
 
 Each subcommand is a plain function whose signature and docstring are the CLI (flags, types,
@@ -53,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             from recstack.training.train_cli import train
 
             train(argv[1:])
+            return 0
+        if argv[:1] == ["tune"]:  # parses its own flags, then runs `train` configs in-process
+            from recstack.training.tuning.tune_cli import tune
+
+            tune(argv[1:])
             return 0
         auto_cli(_components(argv), args=argv, as_positional=False)
     except RecstackError as exc:

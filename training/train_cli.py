@@ -19,7 +19,7 @@ from argparse import ArgumentError
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -69,6 +69,40 @@ def explain_config_error(text: str) -> str:
     detail = useful[-1] if useful else text.strip().splitlines()[0]
     where = f" at {'.'.join(keys)}" if keys else ""
     return f"invalid config{where}: {detail} (see `recstack train --help`)"
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stop with a clear error when the training loss becomes NaN or infinite, instead of
+    training on for hours with broken weights. Each step only updates a flag on the device;
+    it is read (a GPU sync) every `every` steps and before each validation."""
+
+    def __init__(self, every: int = 20) -> None:
+        self.every = every
+        self._bad: torch.Tensor | None = None
+        self._first: tuple[int, int] | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        bad = ~torch.isfinite(loss.detach())
+        self._bad = bad if self._bad is None else self._bad | bad
+        if self._first is None:
+            self._first = (trainer.current_epoch, batch_idx)
+        if batch_idx % self.every == 0:
+            self._check(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer) -> None:
+        if self._bad is not None and bool(self._bad.item()):
+            epoch, batch = self._first
+            raise RecstackError(
+                f"training loss became nan or inf (epoch {trainer.current_epoch}, checked since "
+                f"epoch {epoch} batch {batch}): lower model.optim.lr or raise the loss temperature"
+            )
+        self._bad, self._first = None, None
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -148,7 +182,7 @@ class RecstackCLI(LightningCLI):
             save_top_k=1,
             enable_version_counter=False,
         )
-        trainer.callbacks.append(last)
+        trainer.callbacks.extend([last, StopOnNonFiniteLoss()])
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -173,28 +207,56 @@ class RecstackCLI(LightningCLI):
             trainer.precision = "bf16-mixed" if on_gpu else "32-true"
 
 
-def train(argv: list[str]) -> dict | None:
+def build_cli(
+    argv: list[str] | dict,
+    callbacks: list | None = None,
+    save_config: bool = True,
+    prog: str = "recstack train",
+    cli_class: type[RecstackCLI] = RecstackCLI,
+) -> RecstackCLI:
+    """Parse a training config into a ready Trainer, task and DataModule (nothing runs yet).
+
+    `callbacks` join the configured ones (tuning adds its pruning callback); a config error is
+    raised as one RecstackError line."""
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
-            cli = RecstackCLI(
+            return cli_class(
                 model_class=RecTask,
                 datamodule_class=RecDataModule,
                 subclass_mode_model=True,
                 run=False,
                 args=argv,
                 seed_everything_default=0,
-                save_config_callback=SaveRunConfig,
+                save_config_callback=SaveRunConfig if save_config else None,
                 save_config_kwargs={"save_to_log_dir": False, "config_filename": "config.yaml"},
-                trainer_defaults={"num_sanity_val_steps": 0},
-                parser_kwargs={
-                    "description": __doc__,
-                    "exit_on_error": False,
-                    "prog": "recstack train",
-                },
+                trainer_defaults={"num_sanity_val_steps": 0, "callbacks": list(callbacks or [])},
+                parser_kwargs={"description": __doc__, "exit_on_error": False, "prog": prog},
             )
     except (ArgumentError, ValueError, TypeError) as exc:
         raise RecstackError(explain_config_error(str(exc))) from None
+
+
+def resolved_config(cli: RecstackCLI) -> dict:
+    return json.loads(cli.parser.dump(cli.config, format="json", skip_validation=True))
+
+
+class _ParseOnly(RecstackCLI):
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def check_config(config: dict) -> dict:
+    """Validate a training config (types, keys, choices) without building anything; returns
+    it with every default filled in. Raises a one-line RecstackError."""
+    return resolved_config(build_cli(config, save_config=False, cli_class=_ParseOnly))
+
+
+def train(argv: list[str]) -> dict | None:
+    cli = build_cli(argv)
     config = cli.config
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +275,7 @@ def train(argv: list[str]) -> dict | None:
         run_dir,
         best_checkpoint(cli.trainer),
         fit_seconds,
-        config=json.loads(cli.parser.dump(config, format="json", skip_check=True)),
+        config=resolved_config(cli),
         baselines=config.baselines,
         quality_threshold=config.quality_threshold,
         tie_orders=config.test_tie_orders,

@@ -11,43 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from train_configs import RETRIEVAL, SASREC, write_config
 
 from recstack.cli import main
-
-SASREC = "recstack.training.tasks.next_item.NextItemTask"
-RETRIEVAL = "recstack.training.tasks.retrieval.RetrievalTask"
-
-
-def write_config(tmp_path: Path, dataset: Path, task: str = SASREC, **trainer) -> Path:
-    if task == SASREC:
-        model = {"max_len": 16, "dim": 32, "n_layers": 1, "n_heads": 2, "dropout": 0.0}
-    else:
-        model = {"dim": 32, "history_len": 16, "n_heads": 2, "dropout": 0.0}
-    config = {
-        "seed_everything": 0,
-        "run_dir": str(tmp_path / "run"),
-        "baselines": False,
-        "trainer": {
-            "max_epochs": 40,
-            "accelerator": "cpu",
-            "devices": 1,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "log_every_n_steps": 1,
-            **trainer,
-        },
-        "model": {
-            "class_path": task,
-            "init_args": {"model": model, "loss": {"kind": "ce"}, "optim": {"lr": 0.01}},
-        },
-        "data": {"dataset": str(dataset), "batch_size": 8},
-        "early_stopping": {"patience": 100},
-    }
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def _weights(path: Path) -> dict:
@@ -157,6 +123,13 @@ def test_bad_config_values_fail_before_training(tmp_path, chain_dir, capsys, fla
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_diverging_loss_stops_training_with_a_clear_error(tmp_path, chain_dir, capsys):
+    config = write_config(tmp_path, chain_dir, max_epochs=5)
+    assert main(["train", "--config", str(config), "--model.optim.lr", "1e12"]) == 2
+    err = capsys.readouterr().err
+    assert "training loss became nan" in err and "lower model.optim.lr" in err, err
 
 
 def test_train_help_lists_the_sections(capsys):

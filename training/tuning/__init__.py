@@ -1,0 +1,1 @@
+"""Hyper-parameter search with Optuna over `recstack train` configs (see `tune_cli`)."""
