@@ -27,6 +27,13 @@ COMMANDS: dict[str, str | dict[str, str]] = {
 }
 
 
+EPILOG = (
+    "Training and tuning take LightningCLI configs and have their own --help: "
+    "recstack train --config configs/train/<x>.yaml; "
+    "recstack tune --config configs/train/<x>.yaml --search configs/search/<x>.yaml"
+)
+
+
 def _load(target: str):
     module, name = target.split(":")
     return getattr(importlib.import_module(module), name)
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
             tune(argv[1:])
             return 0
-        auto_cli(_components(argv), args=argv, as_positional=False)
+        auto_cli(_components(argv), args=argv, as_positional=False, epilog=EPILOG)
     except RecstackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

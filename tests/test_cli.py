@@ -39,7 +39,8 @@ def _config_command(path: Path) -> list[str]:
     return match.group(1).split()
 
 
-CONFIGS = sorted(ROOT.glob("configs/**/*.yaml"))
+SEARCH_SPACES = sorted(ROOT.glob("configs/search/*.yaml"))  # see test_search_space.py
+CONFIGS = sorted(set(ROOT.glob("configs/**/*.yaml")) - set(SEARCH_SPACES))
 
 
 def test_configs_exist():
@@ -52,6 +53,14 @@ def test_every_config_parses(config, capsys):
         main([*_config_command(config), "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0, capsys.readouterr().err
     assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.parametrize("search", SEARCH_SPACES, ids=lambda p: p.name)
+def test_every_search_space_names_its_tune_command(search):
+    first = search.read_text().splitlines()[0]
+    match = re.match(r"# recstack tune --config (\S+) --search (\S+)", first)
+    assert match, f"{search}: first line must be '# recstack tune --config ... --search {search}'"
+    assert (ROOT / match.group(1)).is_file() and ROOT / match.group(2) == search
 
 
 def test_console_script_is_installed():

@@ -36,11 +36,13 @@ class TrialFailed(Exception):
 
 
 class _QuietRecordedFailures(logging.Filter):
-    """Optuna logs a failed trial with its traceback; ours already printed the reason."""
+    """Optuna logs a failed or interrupted trial with its traceback; the worker has already
+    printed the reason in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, TrialFailed) and "failed with value None" not in str(record.msg)
+        recorded = isinstance(exc, TrialFailed | KeyboardInterrupt)
+        return not recorded and "failed with value None" not in str(record.msg)
 
 
 logging.getLogger("optuna.study._optimize").addFilter(_QuietRecordedFailures())
@@ -117,7 +119,8 @@ class Objective:
         if best is None:
             raise RecstackError("no validation epoch finished (raise trainer.max_epochs)")
         trial.set_user_attr("best_epoch", best["epoch"])
-        trial.set_user_attr("best_checkpoint", best_checkpoint(cli.trainer))
+        checkpoint = best_checkpoint(cli.trainer)
+        trial.set_user_attr("best_checkpoint", checkpoint and str(Path(checkpoint).resolve()))
         trial.set_user_attr(
             "val_metrics",
             {k.removeprefix("val/"): v for k, v in best.items() if k.startswith("val/")},

@@ -100,7 +100,7 @@ def _accounted(study: optuna.Study) -> int:
     )
 
 
-def _check(base: dict, space: SearchSpace, out: Path) -> dict:
+def check_search_space(base: dict, space: SearchSpace, out: Path) -> dict:
     """Fail before the first trial on a key or value the training config does not accept.
     Returns the base config with the fixed values, resolved (defaults filled in)."""
     resolved = check_config(trial_config(base, space.fixed, out / "trials" / "check"))
@@ -127,7 +127,7 @@ def tune(argv: list[str]) -> dict:
     name = args.study or Path(args.config).stem
     out = Path(args.out or Path("runs/tune") / name)
     out.mkdir(parents=True, exist_ok=True)
-    resolved = _check(base, space, out)
+    resolved = check_search_space(base, space, out)
     storage = args.storage or default_storage(out)
     seed = space.sampler.get("seed", 0)
     study, new = open_study(

@@ -7,8 +7,10 @@ import pytest
 import yaml
 
 from recstack.errors import RecstackError
+from recstack.training.train_cli import check_config
 from recstack.training.tuning.search_space import load_search_space
 from recstack.training.tuning.trial_config import MISSING, get_dotted, set_dotted, trial_config
+from recstack.training.tuning.tune_cli import check_search_space
 
 CONFIGS = Path(__file__).parents[3] / "configs"
 
@@ -131,3 +133,24 @@ def test_dotted_keys_reach_into_init_args_like_the_command_line():
     assert get_dotted(config, "model.optim.beta2", MISSING) is MISSING
     with pytest.raises(RecstackError, match="not a section"):
         set_dotted(config, "data.batch_size.x", 1)
+
+
+@pytest.mark.parametrize(
+    ("search", "model"),
+    [("sasrec", "sasrec"), ("sasrec_ml100k", "sasrec"), ("two_tower", "two_tower")],
+)
+def test_shipped_search_spaces_fit_their_training_configs(tmp_path, search, model):
+    """Every searched key is a setting of the matching ML-100K config, and the config with
+    the fixed values and each param's first value parses (no trial would fail on a key)."""
+    space = load_search_space(CONFIGS / "search" / f"{search}.yaml")
+    base = yaml.safe_load((CONFIGS / "train" / f"{model}_ml100k.yaml").read_text())
+    resolved = check_search_space(base, space, tmp_path)
+    for param in space.params:
+        assert get_dotted(resolved, param.name, MISSING) is not MISSING, param.name
+    first = {
+        p.name: p.distribution.choices[0]
+        if isinstance(p.distribution, optuna.distributions.CategoricalDistribution)
+        else p.distribution.low
+        for p in space.params
+    }
+    check_config(trial_config(base, {**space.fixed, **first}, tmp_path / "t"))

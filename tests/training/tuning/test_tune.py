@@ -108,6 +108,24 @@ def test_study_prunes_resumes_after_kill_and_best_yaml_reproduces(tmp_path, chai
     )
 
 
+def test_ctrl_c_requeues_the_running_trial(tmp_path, chain_dir):
+    search = {**SEARCH, "fixed": {"trainer.max_epochs": 30}, "pruner": {"kind": "none"}}
+    args = setup_study(tmp_path, chain_dir, search)
+    out = tmp_path / "study"
+    worker = subprocess.Popen(
+        tune_command(args, out, 2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    wait_for(out / "trials" / "0000" / "checkpoints" / "last.ckpt", worker)  # mid-training
+    worker.send_signal(signal.SIGINT)
+    output, _ = worker.communicate(timeout=120)
+    assert worker.returncode == 130, output
+    assert "run the same command again" in output and "Traceback" not in output
+    trials = load(out).trials
+    assert trials[0].state == TrialState.FAIL
+    assert trials[1].state == TrialState.WAITING and trials[1].user_attrs[RETRY_OF] == 0
+    assert trials[1].system_attrs["fixed_params"] == trials[0].params  # queued again
+
+
 def test_two_workers_share_one_sqlite_study(tmp_path, chain_dir):
     search = {**SEARCH, "params": {"model.optim.lr": {"type": "float", "low": 0.003, "high": 0.03}}}
     args = setup_study(tmp_path, chain_dir, search)
