@@ -143,7 +143,8 @@ def tune(argv: list[str]) -> dict:
             np.random.SeedSequence([seed, len(study.trials), args.worker_id]).generate_state(1)[0]
         )
     study.sampler = space.make_sampler(seed)
-    if new and args.default_trial and args.worker_id == 0:  # one worker queues it, not each
+    queued = any(t.user_attrs.get(DEFAULT_TRIAL) for t in study.get_trials(deepcopy=False))
+    if args.default_trial and args.worker_id == 0 and not queued:  # worker 0 only: once
         values = space.values_of({p.name: get_dotted(resolved, p.name) for p in space.params})
         study.enqueue_trial(values, user_attrs={DEFAULT_TRIAL: True}, skip_if_exists=True)
     lost = recover_dead_workers(study)

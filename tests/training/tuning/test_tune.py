@@ -200,7 +200,12 @@ def test_joining_with_another_search_space_is_refused(tmp_path, chain_dir, capsy
 @pytest.mark.integration
 def test_workers_share_a_postgresql_study(tmp_path, chain_dir, postgres_url):
     """What several machines do: each worker has its own study dir, one shared storage."""
-    search = {**SEARCH, "pruner": {"kind": "none"}, "fixed": {"trainer.max_epochs": 20}}
+    search = {
+        **SEARCH,
+        "pruner": {"kind": "none"},
+        "fixed": {"trainer.max_epochs": 20},
+        "params": {"model.optim.lr": {"type": "float", "low": 0.003, "high": 0.03}},
+    }
     args = setup_study(tmp_path, chain_dir, search)
     workers = [
         subprocess.Popen(
@@ -222,7 +227,8 @@ def test_workers_share_a_postgresql_study(tmp_path, chain_dir, postgres_url):
         (t.number, t.user_attrs["pid"]) for t in study.trials
     ]
     defaults = [t for t in study.trials if t.user_attrs.get("default_config")]
-    assert len(defaults) == 1  # the base config was queued once, not once per worker
+    assert len(defaults) == 1  # the base config (lr 0.01) was queued once, not once per worker
+    assert defaults[0].params == {"model.optim.lr": 0.01}
     # each machine's report names the same best trial; its test metrics come from the
     # machine that holds its checkpoint
     best = study.best_trial.number
