@@ -5,6 +5,7 @@ one SQLite study, failed trials recorded with their reason, and best.yaml reprod
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -237,3 +238,28 @@ def test_workers_share_a_postgresql_study(tmp_path, chain_dir, postgres_url):
         assert report["best"]["number"] == best
     assert any("test" in json.loads((tmp_path / f"machine{i}" / "report.json").read_text())["best"]
                for i in range(2))  # fmt: skip
+
+
+def test_a_trial_whose_worker_elsewhere_went_silent_is_requeued(tmp_path, chain_dir):
+    """A worker on another machine died mid-trial: its heartbeat stops, and after the grace
+    period the next worker to start a trial marks it failed and queues its params again."""
+    args = setup_study(tmp_path, chain_dir)
+    out = tmp_path / "study"
+    assert main(["tune", *args, "--out", str(out), "--n-trials", "0"]) == 0  # create the study
+    study = load(out)
+    orphan = study.ask(
+        {"model.optim.lr": optuna.distributions.CategoricalDistribution([0.01, 1e-5])}
+    )
+    orphan.set_user_attr("host", "another-machine")
+    orphan.set_user_attr("pid", 1)
+    study._storage.record_heartbeat(orphan._trial_id)
+    with sqlite3.connect(out / "study.db") as db:  # its last heartbeat: an hour ago
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour')")
+
+    assert main(["tune", *args, "--out", str(out), "--n-trials", "2"]) == 0
+    trials = load(out).trials
+    lost = trials[orphan.number]
+    assert lost.state == TrialState.FAIL
+    retry = next(t for t in trials if t.user_attrs.get(RETRY_OF) == orphan.number)
+    assert retry.user_attrs[RETRY_REASON] == "no heartbeat from its worker"
+    assert retry.params == {"model.optim.lr": 0.01} and retry.state == TrialState.COMPLETE
