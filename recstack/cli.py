@@ -5,6 +5,7 @@
     recstack eval baselines --dataset data/ml-100k
     recstack train --config configs/train/sasrec_ml100k.yaml
     recstack tune --config configs/train/sasrec_ml100k.yaml --search configs/search/sasrec.yaml
+    recstack export --ckpt runs/sasrec-ml100k/checkpoints/best.ckpt --out artifacts/sasrec/v1
     recstack demo
 
 Each subcommand is a plain function whose signature and docstring are the CLI (flags, types,
@@ -23,6 +24,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "synth": "recstack.datasets.synth:synthesize",
     },
     "eval": {"baselines": "recstack.training.eval.baselines_cmd:run_baselines"},
+    "export": "recstack.training.export.export_cmd:export",
     "demo": "recstack.demo:demo",
 }
 

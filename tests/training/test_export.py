@@ -1,0 +1,94 @@
+"""`recstack export`: SASRec checkpoint -> ONNX artifact dir, parity with torch, and refusals."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from train_configs import RETRIEVAL, SASREC, write_config
+
+from recstack.cli import main
+from recstack.errors import DataError
+from recstack.manifest import read_manifest
+from recstack.training.export import export_cmd
+from recstack.training.export.export_cmd import ARTIFACT_KIND
+from recstack.training.tasks.next_item import NextItemTask
+
+
+def train(tmp_path: Path, dataset: Path, task=None) -> Path:
+    config = write_config(tmp_path, dataset, task or SASREC, max_epochs=2)
+    assert main(["train", "--config", str(config)]) == 0
+    return tmp_path / "run" / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture(scope="module")
+def sasrec_ckpt(tmp_path_factory, chain_dir) -> Path:
+    return train(tmp_path_factory.mktemp("sasrec"), chain_dir)
+
+
+def test_export_writes_an_artifact_that_scores_like_torch(tmp_path, sasrec_ckpt):
+    out = tmp_path / "artifacts" / "sasrec" / "v1"
+    assert main(["export", "--ckpt", str(sasrec_ckpt), "--out", str(out)]) == 0
+    manifest = read_manifest(out, ARTIFACT_KIND)  # every file's hash checks out
+    assert set(manifest["files"]) == {"sasrec.onnx", "item_embeddings.npy", "items.parquet"}
+    assert manifest["model_kind"] == "sasrec" and manifest["onnx"]["opset"] >= 17
+    assert manifest["parity"]["max_abs_diff"] < 1e-4 and len(manifest["parity"]["checks"]) >= 4
+    assert manifest["training"]["test"]["ndcg@10"] >= 0 and manifest["vocab"]["dataset_hash"]
+
+    # the artifact's next-item scores equal the checkpoint's, for a batch not used at export
+    task = NextItemTask.load_from_checkpoint(sasrec_ckpt, map_location="cpu", weights_only=False)
+    net = task.scoring_net.eval()
+    items = torch.tensor([[3, 4, 5, 0], [7, 8, 9, 10], [1, 0, 0, 0]])
+    lengths = torch.tensor([3, 4, 1])
+    with torch.no_grad():
+        expected = net.score_all(items, lengths).numpy()
+    session = ort.InferenceSession(str(out / "sasrec.onnx"), providers=["CPUExecutionProvider"])
+    state = session.run(["state"], {"items": items.numpy(), "lengths": lengths.numpy()})[0]
+    scores = state @ np.load(out / "item_embeddings.npy").T
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
+
+
+def test_a_corrupt_or_incomplete_artifact_is_refused(tmp_path, sasrec_ckpt):
+    out = tmp_path / "v1"
+    export_cmd.export(sasrec_ckpt, out)
+    onnx_file = out / "sasrec.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="does not match the hash"):
+        read_manifest(out, ARTIFACT_KIND)
+    (out / "item_embeddings.npy").unlink()
+    with pytest.raises(DataError, match="missing"):
+        read_manifest(out, ARTIFACT_KIND)
+
+
+def test_export_refuses_to_overwrite_and_leaves_nothing_half_written(
+    tmp_path, sasrec_ckpt, capsys, monkeypatch
+):
+    out = tmp_path / "v1"
+    export_cmd.export(sasrec_ckpt, out)
+    assert main(["export", "--ckpt", str(sasrec_ckpt), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+
+    def broken(net, staging):
+        (staging / "sasrec.onnx").write_bytes(b"half")
+        raise RuntimeError("export crashed")
+
+    monkeypatch.setattr(export_cmd, "export_sasrec", broken)
+    with pytest.raises(RuntimeError):
+        export_cmd.export(sasrec_ckpt, tmp_path / "v2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v1"]  # no v2, no staging dir
+
+
+def test_bad_inputs_get_one_line_errors(tmp_path, chain_dir, capsys):
+    assert (
+        main(["export", "--ckpt", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "a")]) == 2
+    )
+    assert "does not exist" in capsys.readouterr().err
+    two_tower = train(tmp_path / "tt", chain_dir, task=RETRIEVAL)
+    assert main(["export", "--ckpt", str(two_tower), "--out", str(tmp_path / "b")]) == 2
+    assert "not built yet" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    assert json.loads((two_tower.parent.parent / "metrics.json").read_text())["test"]

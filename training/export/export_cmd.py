@@ -1,0 +1,108 @@
+"""`recstack export`: a training checkpoint -> an artifact dir for serving.
+
+    recstack export --ckpt runs/sasrec-ml100k/checkpoints/best.ckpt --out artifacts/sasrec-ml100k/v1
+
+The artifact dir holds the ONNX model, the item embeddings, the dataset's item vocab
+(items.parquet: item_id <-> item_idx, titles and features) and manifest.json (kind "artifact":
+model kind, ONNX input/output names and shapes, opset, dims, the parity check's figures, the
+run's validation and test metrics, the dataset's manifest hash, sha256 of every file). It is
+written to a temp dir and renamed, so a failed export leaves nothing behind.
+"""
+
+import importlib
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import yaml
+
+from recstack.datasets.dataset_dir import DATASET_KIND
+from recstack.errors import RecstackError, first_line
+from recstack.manifest import CONTENT_HASH, read_manifest, write_manifest
+from recstack.schema import ITEMS_FILE
+from recstack.training.export.sasrec_onnx import export_sasrec
+from recstack.training.run_report import METRICS_FILE
+
+ARTIFACT_KIND = "artifact"
+
+
+def _run_config(ckpt: Path) -> dict:
+    """The resolved training config saved next to the checkpoint (<run>/config.yaml)."""
+    path = ckpt.parent.parent / "config.yaml"
+    if not path.is_file():
+        raise RecstackError(
+            f"{path} is missing: export needs the run dir that `recstack train` wrote"
+        )
+    return yaml.safe_load(path.read_text())
+
+
+def _load_task(ckpt: Path, class_path: str):
+    module, _, name = class_path.rpartition(".")
+    task_class = getattr(importlib.import_module(module), name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return task_class.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
+    except (RuntimeError, KeyError, EOFError, ValueError) as exc:
+        raise RecstackError(f"cannot load checkpoint {ckpt}: {first_line(exc)}") from None
+
+
+def export(ckpt: Path, out: Path, overwrite: bool = False) -> Path:
+    """Export a trained model to an artifact dir for serving.
+
+    Args:
+        ckpt: checkpoint of a `recstack train` run (e.g. <run>/checkpoints/best.ckpt).
+        out: artifact dir to create (e.g. artifacts/<name>/<version>).
+        overwrite: replace `out` if it exists.
+    """
+    ckpt, out = Path(ckpt), Path(out)
+    if not ckpt.is_file():
+        raise RecstackError(f"checkpoint {ckpt} does not exist (see <run>/checkpoints/)")
+    if out.exists() and not overwrite:
+        raise RecstackError(f"{out} exists; choose a new version dir or pass --overwrite true")
+    config = _run_config(ckpt)
+    class_path = config["model"]["class_path"]
+    if not class_path.endswith("NextItemTask"):
+        raise RecstackError(
+            f"export of {class_path.rpartition('.')[2]} is not built yet; only SASRec "
+            "(NextItemTask) checkpoints export today"
+        )
+    dataset = Path(config["data"]["dataset"])
+    data_manifest = read_manifest(dataset, DATASET_KIND, verify=False)
+    task = _load_task(ckpt, class_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        fields = export_sasrec(task.scoring_net, staging)
+        shutil.copy2(dataset / ITEMS_FILE, staging / ITEMS_FILE)
+        metrics_path = ckpt.parent.parent / METRICS_FILE
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        write_manifest(
+            staging,
+            ARTIFACT_KIND,
+            **fields,
+            vocab={"file": ITEMS_FILE, "dataset_hash": data_manifest.get(CONTENT_HASH)},
+            training={
+                "checkpoint": str(ckpt),
+                "seed": config.get("seed_everything"),
+                "valid": metrics.get("valid"),
+                "test": metrics.get("test"),
+            },
+            torch_version=torch.__version__,
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        staging.chmod(0o755)  # mkdtemp makes it private
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    manifest = read_manifest(out, ARTIFACT_KIND)
+    parity = manifest["parity"]
+    print(
+        f"exported {manifest['model_kind']} to {out}: parity max |onnx - torch| = "
+        f"{parity['max_abs_diff']:.1e} over {len(parity['checks'])} shapes"
+    )
+    return out
