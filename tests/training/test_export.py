@@ -32,7 +32,11 @@ def test_export_writes_an_artifact_that_scores_like_torch(tmp_path, sasrec_ckpt)
     out = tmp_path / "artifacts" / "sasrec" / "v1"
     assert main(["export", "--ckpt", str(sasrec_ckpt), "--out", str(out)]) == 0
     manifest = read_manifest(out, ARTIFACT_KIND)  # every file's hash checks out
-    assert set(manifest["files"]) == {"sasrec.onnx", "item_embeddings.npy", "items.parquet"}
+    assert set(manifest["files"]) == {
+        "sasrec.onnx", "item_embeddings.npy", "items.parquet", "popularity.npy"
+    }  # fmt: skip
+    popularity = np.load(out / "popularity.npy")
+    assert popularity[0] == 0 and popularity.sum() == 40 * 12  # every event of the chain log
     assert manifest["model_kind"] == "sasrec" and manifest["onnx"]["opset"] >= 17
     assert manifest["parity"]["max_abs_diff"] < 1e-4 and len(manifest["parity"]["checks"]) >= 4
     assert manifest["training"]["test"]["ndcg@10"] >= 0 and manifest["vocab"]["dataset_hash"]

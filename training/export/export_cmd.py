@@ -3,7 +3,8 @@
     recstack export --ckpt runs/sasrec-ml100k/checkpoints/best.ckpt --out artifacts/sasrec-ml100k/v1
 
 The artifact dir holds the ONNX model, the item embeddings, the dataset's item vocab
-(items.parquet: item_id <-> item_idx, titles and features) and manifest.json (kind "artifact":
+(items.parquet: item_id <-> item_idx, titles and features), the popularity of every item
+(popularity.npy: events per item over the whole log) and manifest.json (kind "artifact":
 model kind, ONNX input/output names and shapes, opset, dims, the parity check's figures, the
 run's validation and test metrics, the dataset's manifest hash, sha256 of every file). It is
 written to a temp dir and renamed, so a failed export leaves nothing behind.
@@ -16,17 +17,20 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
-from recstack.datasets.dataset_dir import DATASET_KIND
+from recstack.datasets.dataset_dir import load_dataset
 from recstack.errors import RecstackError, first_line
 from recstack.manifest import CONTENT_HASH, read_manifest, write_manifest
-from recstack.schema import ITEMS_FILE
+from recstack.schema import ITEM_IDX, ITEMS_FILE
+from recstack.training.eval.baselines import item_counts
 from recstack.training.export.sasrec_onnx import export_sasrec
 from recstack.training.run_report import METRICS_FILE
 
 ARTIFACT_KIND = "artifact"
+POPULARITY_FILE = "popularity.npy"  # float64 [n_items + 1]: events per item_idx, PAD = 0
 
 
 def _run_config(ckpt: Path) -> dict:
@@ -70,21 +74,23 @@ def export(ckpt: Path, out: Path, overwrite: bool = False) -> Path:
             f"export of {class_path.rpartition('.')[2]} is not built yet; only SASRec "
             "(NextItemTask) checkpoints export today"
         )
-    dataset = Path(config["data"]["dataset"])
-    data_manifest = read_manifest(dataset, DATASET_KIND, verify=False)
+    data = load_dataset(config["data"]["dataset"], columns=[ITEM_IDX])
     task = _load_task(ckpt, class_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         fields = export_sasrec(task.scoring_net, staging)
-        shutil.copy2(dataset / ITEMS_FILE, staging / ITEMS_FILE)
+        shutil.copy2(data.path / ITEMS_FILE, staging / ITEMS_FILE)
+        # events per item over the whole log: the popularity control arm and the fallbacks
+        np.save(staging / POPULARITY_FILE, item_counts(data.interactions, data.n_items))
         metrics_path = ckpt.parent.parent / METRICS_FILE
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
         write_manifest(
             staging,
             ARTIFACT_KIND,
             **fields,
-            vocab={"file": ITEMS_FILE, "dataset_hash": data_manifest.get(CONTENT_HASH)},
+            vocab={"file": ITEMS_FILE, "dataset_hash": data.manifest.get(CONTENT_HASH)},
+            popularity={"file": POPULARITY_FILE, "shape": [data.n_items + 1], "of": "all events"},
             training={
                 "checkpoint": str(ckpt),
                 "seed": config.get("seed_everything"),
