@@ -31,6 +31,16 @@ def time_to_quality(history: list[dict], threshold: float) -> dict:
     return {"threshold": threshold, "epoch": None, "wall_s": None}
 
 
+def best_entry(history: list[dict]) -> dict:
+    """The history entry (one per validated epoch) with the highest val NDCG@10; {} if none."""
+    return max(history, key=lambda h: h[MONITOR]) if history else {}
+
+
+def val_metrics(entry: dict) -> dict:
+    """A history entry's validation metrics without the "val/" prefix."""
+    return {k.removeprefix("val/"): v for k, v in entry.items() if k.startswith("val/")}
+
+
 def load_best(task, best_path: str | Path | None) -> dict | None:
     """Load the best checkpoint's weights into `task` (kept as is when there is none)."""
     if not best_path:
@@ -64,7 +74,7 @@ def write_run_report(
     )
     data = datamodule.data
     history = task.history
-    best = max(history, key=lambda h: h[MONITOR]) if history else {}
+    best = best_entry(history)
     name = type(task.net).__name__
     rows = {name: result.metrics}
     payload = {
@@ -81,9 +91,7 @@ def write_run_report(
         "time_to_quality": time_to_quality(history, quality_threshold),
         "tie_orders": tie_orders,
         "valid": valid.metrics,  # the best checkpoint, scored like the test
-        "valid_during_training": {
-            k.removeprefix("val/"): v for k, v in best.items() if k.startswith("val/")
-        },
+        "valid_during_training": val_metrics(best),
         "test": result.metrics,
         "test_info": {**result.info, "eval_s": round(eval_s, 3)},
         "segments": segments_to_dict(segment_metrics(result, data.users)),

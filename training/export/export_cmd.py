@@ -33,9 +33,9 @@ ARTIFACT_KIND = "artifact"
 POPULARITY_FILE = "popularity.npy"  # float64 [n_items + 1]: events per item_idx, PAD = 0
 
 
-def _run_config(ckpt: Path) -> dict:
-    """The resolved training config saved next to the checkpoint (<run>/config.yaml)."""
-    path = ckpt.parent.parent / "config.yaml"
+def _run_config(run_dir: Path) -> dict:
+    """The resolved training config `recstack train` saved in the run dir."""
+    path = run_dir / "config.yaml"
     if not path.is_file():
         raise RecstackError(
             f"{path} is missing: export needs the run dir that `recstack train` wrote"
@@ -67,7 +67,8 @@ def export(ckpt: Path, out: Path, overwrite: bool = False) -> Path:
         raise RecstackError(f"checkpoint {ckpt} does not exist (see <run>/checkpoints/)")
     if out.exists() and not overwrite:
         raise RecstackError(f"{out} exists; choose a new version dir or pass --overwrite true")
-    config = _run_config(ckpt)
+    run_dir = ckpt.parent.parent  # <run>/checkpoints/<name>.ckpt
+    config = _run_config(run_dir)
     class_path = config["model"]["class_path"]
     if not class_path.endswith("NextItemTask"):
         raise RecstackError(
@@ -83,7 +84,7 @@ def export(ckpt: Path, out: Path, overwrite: bool = False) -> Path:
         shutil.copy2(data.path / ITEMS_FILE, staging / ITEMS_FILE)
         # events per item over the whole log: the popularity control arm and the fallbacks
         np.save(staging / POPULARITY_FILE, item_counts(data.interactions, data.n_items))
-        metrics_path = ckpt.parent.parent / METRICS_FILE
+        metrics_path = run_dir / METRICS_FILE
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
         write_manifest(
             staging,

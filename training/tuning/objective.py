@@ -22,6 +22,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 from rich.console import Console
 
 from recstack.errors import RecstackError, first_line
+from recstack.training.run_report import best_entry, val_metrics
 from recstack.training.tasks.base import MONITOR
 from recstack.training.train_cli import best_checkpoint, build_cli
 from recstack.training.tuning.search_space import SearchSpace
@@ -115,14 +116,11 @@ class Objective:
             history = cli.model.history
             trial.set_user_attr("epochs", len(history))
             trial.set_user_attr("fit_s", round(time.perf_counter() - started, 1))
-        best = max(history, key=lambda h: h[MONITOR]) if history else None
-        if best is None:
+        best = best_entry(history)
+        if not best:
             raise RecstackError("no validation epoch finished (raise trainer.max_epochs)")
         trial.set_user_attr("best_epoch", best["epoch"])
         checkpoint = best_checkpoint(cli.trainer)
         trial.set_user_attr("best_checkpoint", checkpoint and str(Path(checkpoint).resolve()))
-        trial.set_user_attr(
-            "val_metrics",
-            {k.removeprefix("val/"): v for k, v in best.items() if k.startswith("val/")},
-        )
+        trial.set_user_attr("val_metrics", val_metrics(best))
         return float(best[MONITOR])

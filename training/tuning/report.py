@@ -21,17 +21,16 @@ from rich.table import Table
 
 from recstack.errors import RecstackError, first_line
 from recstack.training.eval.report import write_json
+from recstack.training.tasks.base import VAL_METRICS
 from recstack.training.tuning.best_trial import evaluate_best, test_rows, write_best_config
-from recstack.training.tuning.study import FAIL_REASON, RETRY_OF, lost_trials
+from recstack.training.tuning.study import DEFAULT_TRIAL, FAIL_REASON, RETRY_OF, lost_trials
 
-DEFAULT_TRIAL = "default_config"  # user attr of the trial enqueued from the base config
 PLOTS = {
     "optimization_history": optuna.visualization.matplotlib.plot_optimization_history,
     "parallel_coordinate": optuna.visualization.matplotlib.plot_parallel_coordinate,
     "param_importances": optuna.visualization.matplotlib.plot_param_importances,
     "intermediate_values": optuna.visualization.matplotlib.plot_intermediate_values,
 }
-REPORT_METRICS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")
 
 
 def _note(trial: FrozenTrial, lost: dict[int, str]) -> str:
@@ -57,7 +56,7 @@ def _short_names(keys: list[str]) -> dict[str, str]:
 
 def trial_rows(study: optuna.Study) -> tuple[list[dict], list[str]]:
     trials = study.get_trials(deepcopy=False)
-    lost = lost_trials(study)
+    lost = lost_trials(study, trials)
     keys = sorted({k for t in trials for k in t.params}, key=lambda k: k.split(".")[-1])
     rows = []
     for t in trials:
@@ -142,7 +141,7 @@ def study_summary(study: optuna.Study) -> dict:
     states = {s.name.lower(): 0 for s in TrialState}
     for t in trials:
         states[t.state.name.lower()] += 1
-    lost = len(lost_trials(study))
+    lost = len(lost_trials(study, trials))
     default = next(
         (t for t in trials if t.user_attrs.get(DEFAULT_TRIAL) and t.value is not None), None
     )
@@ -175,7 +174,7 @@ def _test_section(best: FrozenTrial, metrics: dict | None) -> tuple[list[str], d
     lines = [
         "## Best trial on the test set (computed once, after selection)",
         "",
-        markdown_table(test_rows(metrics), ["split", *REPORT_METRICS]),
+        markdown_table(test_rows(metrics), ["split", *VAL_METRICS]),
         "",
     ]
     return lines, {"valid": metrics["valid"], "test": metrics["test"]}

@@ -27,6 +27,7 @@ GRACE_S = 120
 RETRY_OF = "retry_of"  # user attr of a re-queued trial: the number of the trial it replaces
 RETRY_REASON = "retry_reason"  # ... and why that one was lost
 FAIL_REASON = "fail_reason"  # user attr: why a trial failed (its own fault: config, NaN, OOM)
+DEFAULT_TRIAL = "default_config"  # user attr of the trial queued from the base config
 SPACE_HASH = "space_hash"  # study user attr: base config + search space it was created with
 
 
@@ -47,11 +48,13 @@ def requeue(
     study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number, RETRY_REASON: reason})
 
 
-def lost_trials(study: optuna.Study) -> dict[int, str]:
-    """Trials lost with their worker (and re-queued): number -> reason."""
+def lost_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> dict[int, str]:
+    """Trials lost with their worker (and re-queued): number -> reason. `trials`: the
+    study's trials when the caller has already read them."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     return {
         t.user_attrs[RETRY_OF]: t.user_attrs.get(RETRY_REASON, "")
-        for t in study.get_trials(deepcopy=False)
+        for t in trials
         if RETRY_OF in t.user_attrs
     }
 
@@ -80,11 +83,10 @@ def recover_dead_workers(study: optuna.Study) -> list[int]:
 
 def finished_trials(study: optuna.Study) -> int:
     """Trials that count towards --n-trials (lost ones are re-queued, so they do not)."""
-    lost = lost_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    lost = lost_trials(study, trials)
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(
-        1 for t in study.get_trials(deepcopy=False) if t.state in done and t.number not in lost
-    )
+    return sum(1 for t in trials if t.state in done and t.number not in lost)
 
 
 def make_storage(url: str, attempts: int = 5) -> RDBStorage:

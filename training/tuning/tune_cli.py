@@ -23,9 +23,10 @@ from rich.console import Console
 from recstack.errors import RecstackError
 from recstack.training.train_cli import check_config
 from recstack.training.tuning.objective import Objective, TrialFailed
-from recstack.training.tuning.report import DEFAULT_TRIAL, write_report
+from recstack.training.tuning.report import write_report
 from recstack.training.tuning.search_space import SearchSpace, load_search_space
 from recstack.training.tuning.study import (
+    DEFAULT_TRIAL,
     default_storage,
     finished_trials,
     open_study,
