@@ -379,11 +379,13 @@ def prepare(
     """Prepare a raw interaction log into a dataset dir (Parquet, vocab, splits, reports).
 
     Args:
-        source: ml-100k | ml-1m | ml-20m | ml-25m | recbole:PATH | csv:PATH | parquet:PATH | synth:DIR
+        source: ml-100k | ml-1m | ml-20m | ml-25m | recbole:PATH | csv:PATH | parquet:PATH |
+            synth:DIR | events:DIR (the service's event log, the feedback loop)
         out: dataset directory to write (written to a temp dir, then renamed into place).
         columns: column mapping for csv:/parquet: sources (user, item, timestamp, rating, context).
-        items: optional item catalogue file (csv/parquet) for csv:/parquet: sources.
-        users: optional user attribute file (csv/parquet) for csv:/parquet: sources.
+        items: optional item catalogue file (csv/parquet) for csv:/parquet:/synth:/events:
+            sources (a prepared dataset's items.parquet works for events:).
+        users: optional user attribute file (csv/parquet) for the same sources.
         min_rating: keep only ratings >= this (explicit -> implicit). Default: keep all.
         k_core: iteratively keep users and items with >= k interactions. Default: off.
         max_events_per_second: drop users above this event rate (bots). Default: off.

@@ -6,6 +6,8 @@
     recstack train --config configs/train/sasrec_ml100k.yaml
     recstack tune --config configs/train/sasrec_ml100k.yaml --search configs/search/sasrec.yaml
     recstack export --ckpt runs/sasrec-ml100k/checkpoints/best.ckpt --out artifacts/sasrec/v1
+    recstack serve --config configs/serve_ml100k.yaml
+    recstack events compact --log runs/serve/events
     recstack demo
 
 Each subcommand is a plain function whose signature and docstring are the CLI (flags, types,
@@ -26,13 +28,19 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "eval": {"baselines": "recstack.training.eval.baselines_cmd:run_baselines"},
     "export": "recstack.training.export.export_cmd:export",
     "demo": "recstack.demo:demo",
+    "experiments": {"report": "recstack.serving.experiments_cmd:report"},
+    "events": {
+        "compact": "recstack.serving.events_cmd:compact_log",
+        "rebuild": "recstack.serving.events_cmd:rebuild",
+    },
 }
 
 
 EPILOG = (
     "Training and tuning take LightningCLI configs and have their own --help: "
     "recstack train --config configs/train/<x>.yaml; "
-    "recstack tune --config configs/train/<x>.yaml --search configs/search/<x>.yaml"
+    "recstack tune --config configs/train/<x>.yaml --search configs/search/<x>.yaml; "
+    "recstack serve --config configs/serve_ml100k.yaml [--update]"
 )
 
 
@@ -68,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             from recstack.training.tuning.tune_cli import tune
 
             tune(argv[1:])
+            return 0
+        if argv[:1] == ["serve"]:  # --config is the Serve YAML, not jsonargparse's own --config
+            from recstack.serving.serve_cmd import serve_cli
+
+            serve_cli(argv[1:])
             return 0
         auto_cli(_components(argv), args=argv, as_positional=False, epilog=EPILOG)
     except RecstackError as exc:

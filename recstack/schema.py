@@ -15,6 +15,14 @@ RATING = "rating"  # optional, float32
 ROW = "row"  # original row order in the raw log (stable tie-break for equal timestamps)
 DEVICE = "device"  # context column: mobile / desktop / tv ... (synthetic logs, serving context)
 
+# --- serving event log columns (recstack.serving.event_log), besides USER_ID, ITEM_ID, TS ---
+EVENT_TYPE = "type"  # view / click / purchase / impression / rating
+RECEIVED_AT = "received_at"  # int64 milliseconds since the epoch, server time
+ARM = "arm"  # experiment arm that produced the recommendation, null if none
+MODEL_VERSION = "model_version"
+REQUEST_ID = "request_id"
+CONTEXT = "context"  # JSON text of the request's context dict
+
 # --- prepared dataset columns ---
 USER_IDX = "user_idx"  # int32, dense 0..n_users-1
 ITEM_IDX = "item_idx"  # int32, dense 1..n_items (PAD_IDX = 0 is never an item)

@@ -40,7 +40,8 @@ def _config_command(path: Path) -> list[str]:
 
 
 SEARCH_SPACES = sorted(ROOT.glob("configs/search/*.yaml"))  # see test_search_space.py
-CONFIGS = sorted(set(ROOT.glob("configs/**/*.yaml")) - set(SEARCH_SPACES))
+SERVE_CONFIGS = sorted(ROOT.glob("configs/serve_*.yaml"))  # Ray Serve YAMLs, checked below
+CONFIGS = sorted(set(ROOT.glob("configs/**/*.yaml")) - set(SEARCH_SPACES) - set(SERVE_CONFIGS))
 
 
 def test_configs_exist():
@@ -53,6 +54,15 @@ def test_every_config_parses(config, capsys):
         main([*_config_command(config), "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0, capsys.readouterr().err
     assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.parametrize("config", SERVE_CONFIGS, ids=lambda p: p.name)
+def test_every_serve_config_parses(config):
+    from recstack.serving.config import read_serve_config
+
+    assert config.read_text().startswith(f"# recstack serve --config {config.relative_to(ROOT)}")
+    checked = read_serve_config(config)  # args, experiment arms, both deployments' models
+    assert checked["args"].experiment is not None
 
 
 @pytest.mark.parametrize("search", SEARCH_SPACES, ids=lambda p: p.name)

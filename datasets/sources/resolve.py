@@ -3,7 +3,10 @@
 Specs: `ml-100k | ml-1m | ml-20m | ml-25m` (GroupLens, cached), `recbole:<path>` (RecBole atomic
 files: a dir or a `<dir>/<name>` prefix), `csv:<path>` / `parquet:<path>` (a file, a directory
 or a glob, with a `ColumnMapping`), `synth:<dir>` (our synthetic generator's output:
-`<dir>/events/*.parquet` + `<dir>/items.parquet` + `<dir>/users.parquet`).
+`<dir>/events/*.parquet` + `<dir>/items.parquet` + `<dir>/users.parquet`), `events:<dir>` (the
+service's event log: its view/click/purchase/rating events, erased users left out; the
+feedback loop. Read through `recstack.event_log_format`, the log's contract, which datasets/
+shares with serving/ without importing serving/).
 """
 
 from __future__ import annotations
@@ -19,14 +22,36 @@ from recstack.datasets.sources.tabular import (
     ColumnMapping,
     file_format,
     load_tabular,
+    read_side_table,
     resolve_files,
 )
 from recstack.datasets.synth import EVENTS_DIR
 from recstack.errors import DataError
-from recstack.schema import DEVICE, ITEM_ID, ITEMS_FILE, RATING, TS, USER_ID, USERS_FILE
+from recstack.event_log_format import INTERACTION_TYPES, read_events, segment_files
+from recstack.schema import (
+    CONTEXT,
+    DEVICE,
+    EVENT_TYPE,
+    ITEM_ID,
+    ITEM_IDX,
+    ITEMS_FILE,
+    RATING,
+    RECEIVED_AT,
+    TS,
+    USER_ID,
+    USER_IDX,
+    USERS_FILE,
+)
 
 SPEC_FORMS = " | ".join(
-    [*MOVIELENS_NAMES, "recbole:<path>", "csv:<path>", "parquet:<path>", "synth:<dir>"]
+    [
+        *MOVIELENS_NAMES,
+        "recbole:<path>",
+        "csv:<path>",
+        "parquet:<path>",
+        "synth:<dir>",
+        "events:<dir>",
+    ]
 )
 SYNTH_CONTEXT = [DEVICE]  # context columns written by the synthetic generator
 
@@ -34,6 +59,48 @@ SYNTH_CONTEXT = [DEVICE]  # context columns written by the synthetic generator
 def synth_mapping() -> ColumnMapping:
     """How the synthetic generator's events are laid out (already in our column names)."""
     return ColumnMapping(user=USER_ID, item=ITEM_ID, timestamp=TS, context=list(SYNTH_CONTEXT))
+
+
+def _side_table(path: Path | None, key: str) -> tuple[pl.DataFrame | None, list[Path]]:
+    """An items/users table for string ids; a prepared dataset's stale dense index is dropped."""
+    if path is None:
+        return None, []
+    table, files = read_side_table(path, [key], key, pl.String)
+    return table.drop(ITEM_IDX, USER_IDX, strict=False), files
+
+
+def load_event_log(root: Path, items: Path | None = None, users: Path | None = None) -> RawLog:
+    """The service's event log as a RawLog: user_id, item_id (strings), ts, device.
+
+    Only interactions (view/click/purchase/rating; no impressions), in arrival order; users
+    erased before an event arrived are left out. `device` comes from the logged request
+    context (null where absent).
+    """
+    sealed, opened = segment_files(root)
+    table = read_events(root)
+    if table.num_rows == 0:
+        raise DataError(f"the event log {root} holds no events; nothing to prepare")
+    interactions = (
+        pl.from_arrow(table)
+        .lazy()
+        .filter(pl.col(EVENT_TYPE).is_in(INTERACTION_TYPES))
+        .sort(RECEIVED_AT, maintain_order=True)
+        .select(
+            USER_ID,
+            ITEM_ID,
+            TS,
+            pl.col(CONTEXT).str.json_path_match(f"$.{DEVICE}").alias(DEVICE),
+        )
+    )
+    items_df, item_files = _side_table(items, ITEM_ID)
+    users_df, user_files = _side_table(users, USER_ID)
+    return RawLog(
+        interactions=interactions,
+        items=items_df,
+        users=users_df,
+        source=f"event log {root} ({len(sealed)} sealed + {len(opened)} open segment(s))",
+        files=[*sealed, *opened, *item_files, *user_files],
+    )
 
 
 def _atomic_fields(columns: ColumnMapping | None) -> dict[str, str]:
@@ -114,4 +181,11 @@ def open_source(
             min_rating=min_rating,
             source=f"synthetic log {root} ({EVENTS_DIR}/*.parquet)",
         )
+    if kind == "events":
+        if columns is not None or min_rating is not None:
+            raise DataError(
+                f"{spec}: the event log has a fixed layout and no rating values; drop "
+                "columns/min_rating (items/users tables are allowed)"
+            )
+        return load_event_log(Path(where), items=items, users=users)
     raise DataError(f"unknown source {spec!r}; use one of: {SPEC_FORMS}")

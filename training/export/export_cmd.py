@@ -2,12 +2,15 @@
 
     recstack export --ckpt runs/sasrec-ml100k/checkpoints/best.ckpt --out artifacts/sasrec-ml100k/v1
 
-The artifact dir holds the ONNX model, the item embeddings, the dataset's item vocab
-(items.parquet: item_id <-> item_idx, titles and features), the popularity of every item
-(popularity.npy: events per item over the whole log) and manifest.json (kind "artifact":
-model kind, ONNX input/output names and shapes, opset, dims, the parity check's figures, the
-run's validation and test metrics, the dataset's manifest hash, sha256 of every file). It is
-written to a temp dir and renamed, so a failed export leaves nothing behind.
+The task class picks the model files: SASRec (NextItemTask) -> sasrec.onnx (sasrec_onnx.py);
+two-tower (RetrievalTask) -> user_tower.onnx, item_tower.onnx, features.json and
+user_features.parquet (two_tower_onnx.py). Every artifact dir also holds the item embeddings,
+the dataset's item vocab (items.parquet: item_id <-> item_idx, titles and features), the
+popularity of every item (popularity.npy: events per item over the whole log) and
+manifest.json (kind "artifact": model kind, ONNX input/output names and shapes, opset, dims,
+the parity check's figures, the run's validation and test metrics, the dataset's manifest
+hash, sha256 of every file). It is written to a temp dir and renamed, so a failed export
+leaves nothing behind.
 """
 
 import importlib
@@ -25,22 +28,27 @@ from recstack.datasets.dataset_dir import load_dataset
 from recstack.errors import RecstackError, first_line
 from recstack.manifest import CONTENT_HASH, read_manifest, write_manifest
 from recstack.schema import ITEM_IDX, ITEMS_FILE
+from recstack.training.data.features import FeatureVocab
 from recstack.training.eval.baselines import item_counts
 from recstack.training.export.sasrec_onnx import export_sasrec
+from recstack.training.export.two_tower_onnx import export_two_tower
 from recstack.training.run_report import METRICS_FILE
+from recstack.training.tasks.next_item import NextItemTask
+from recstack.training.tasks.retrieval import RetrievalTask
 
 ARTIFACT_KIND = "artifact"
 POPULARITY_FILE = "popularity.npy"  # float64 [n_items + 1]: events per item_idx, PAD = 0
+EXPORTABLE = ("NextItemTask", "RetrievalTask")  # task classes with an exporter
 
 
 def _run_config(run_dir: Path) -> dict:
-    """The resolved training config `recstack train` saved in the run dir."""
+    """The resolved training config `recstack train` saved in the run dir (runs written before
+    config.yaml moved to the run dir have it in logs/)."""
     path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise RecstackError(
-            f"{path} is missing: export needs the run dir that `recstack train` wrote"
-        )
-    return yaml.safe_load(path.read_text())
+    for candidate in (path, run_dir / "logs" / "config.yaml"):
+        if candidate.is_file():
+            return yaml.safe_load(candidate.read_text())
+    raise RecstackError(f"{path} is missing: export needs the run dir that `recstack train` wrote")
 
 
 def _load_task(ckpt: Path, class_path: str):
@@ -52,6 +60,16 @@ def _load_task(ckpt: Path, class_path: str):
             return task_class.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
     except (RuntimeError, KeyError, EOFError, ValueError) as exc:
         raise RecstackError(f"cannot load checkpoint {ckpt}: {first_line(exc)}") from None
+
+
+def _model_files(task, data, staging: Path) -> dict:
+    """Write the model's own files into `staging`; returns its manifest fields."""
+    if isinstance(task, RetrievalTask):
+        vocab = FeatureVocab(**task.vocab)
+        return export_two_tower(task.scoring_net, vocab, data, staging)
+    if isinstance(task, NextItemTask):
+        return export_sasrec(task.scoring_net, staging)
+    raise RecstackError(f"no exporter for {type(task).__name__} (exportable: {EXPORTABLE})")
 
 
 def export(ckpt: Path, out: Path, overwrite: bool = False) -> Path:
@@ -70,17 +88,17 @@ def export(ckpt: Path, out: Path, overwrite: bool = False) -> Path:
     run_dir = ckpt.parent.parent  # <run>/checkpoints/<name>.ckpt
     config = _run_config(run_dir)
     class_path = config["model"]["class_path"]
-    if not class_path.endswith("NextItemTask"):
+    if class_path.rpartition(".")[2] not in EXPORTABLE:
         raise RecstackError(
-            f"export of {class_path.rpartition('.')[2]} is not built yet; only SASRec "
-            "(NextItemTask) checkpoints export today"
+            f"export of {class_path.rpartition('.')[2]} is not built yet; SASRec "
+            "(NextItemTask) and two-tower (RetrievalTask) checkpoints export"
         )
     data = load_dataset(config["data"]["dataset"], columns=[ITEM_IDX])
     task = _load_task(ckpt, class_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        fields = export_sasrec(task.scoring_net, staging)
+        fields = _model_files(task, data, staging)
         shutil.copy2(data.path / ITEMS_FILE, staging / ITEMS_FILE)
         # events per item over the whole log: the popularity control arm and the fallbacks
         np.save(staging / POPULARITY_FILE, item_counts(data.interactions, data.n_items))

@@ -11,18 +11,24 @@ since a size-1 example fixes that dimension (DESIGN §6).
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
-from recstack.errors import RecstackError
+from recstack.training.export.onnx_common import (
+    MAX_BATCH,
+    OPSET,
+    compare,
+    dynamic_dim,
+    export_onnx,
+    parity_report,
+    parity_shapes,
+    session,
+)
 from recstack.training.models.sasrec import SASRec
 
 ONNX_FILE = "sasrec.onnx"
 EMBEDDINGS_FILE = "item_embeddings.npy"
 INPUTS = ("items", "lengths")
 OUTPUT = "state"
-OPSET = 18
-PARITY_ATOL = 1e-4
 
 
 class SASRecState(torch.nn.Module):
@@ -46,47 +52,32 @@ def _example(batch: int, length: int, n_items: int, generator: torch.Generator):
 
 def parity(module: SASRecState, path: Path, n_items: int, max_len: int) -> dict:
     """Max |onnxruntime - torch| over several batch sizes and lengths; raises if off or NaN."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_session = session(path)
     generator = torch.Generator().manual_seed(0)
-    shapes = sorted(
-        {(1, 1), (2, 2), (3, min(7, max_len)), (16, max_len), (64, max(1, max_len // 2))}
-    )
-    worst, checks = 0.0, []
-    for batch, length in shapes:
+    checks = []
+    for batch, length in parity_shapes(max_len):
         items, lengths = _example(batch, length, n_items, generator)
         with torch.no_grad():
             expected = module(items, lengths).numpy()
-        got = session.run([OUTPUT], {"items": items.numpy(), "lengths": lengths.numpy()})[0]
-        if not np.isfinite(got).all():
-            raise RecstackError(f"ONNX export gives NaN/inf at batch {batch}, length {length}")
-        diff = float(np.abs(got - expected).max())
-        checks.append({"batch": batch, "length": length, "max_abs_diff": diff})
-        worst = max(worst, diff)
-    if worst > PARITY_ATOL:
-        raise RecstackError(
-            f"ONNX export differs from torch by {worst:.2e} (> {PARITY_ATOL}): {checks}"
-        )
-    return {"max_abs_diff": worst, "atol": PARITY_ATOL, "checks": checks}
+        got = onnx_session.run([OUTPUT], {"items": items.numpy(), "lengths": lengths.numpy()})[0]
+        checks.append(compare(got, expected, batch=batch, length=length))
+    return parity_report(checks)
 
 
 def export_sasrec(net: SASRec, out: Path) -> dict:
     """Write sasrec.onnx and item_embeddings.npy into `out`; returns the manifest fields."""
     module = SASRecState(net.eval().cpu()).eval()
     config = net.config
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    length = torch.export.Dim("length", min=1, max=config.max_len)
+    batch = dynamic_dim("batch", MAX_BATCH)
+    length = dynamic_dim("length", config.max_len)
     example = _example(2, min(3, config.max_len), config.n_items, torch.Generator().manual_seed(0))
-    torch.onnx.export(
+    export_onnx(
         module,
         example,
-        str(out / ONNX_FILE),
-        dynamo=True,
-        dynamic_shapes={"items": {0: batch, 1: length}, "lengths": {0: batch}},
+        out / ONNX_FILE,
+        dynamic_shapes=({0: batch, 1: length}, {0: batch}),
         input_names=list(INPUTS),
         output_names=[OUTPUT],
-        opset_version=OPSET,
-        external_data=False,
-        verbose=False,
     )
     embeddings = net.item_emb.weight.detach().float().cpu().numpy()
     np.save(out / EMBEDDINGS_FILE, embeddings)

@@ -1,0 +1,176 @@
+"""The HTTP API (FastAPI): routes, API-key scopes, error bodies, metrics. OpenAPI at /docs.
+
+`make_api()` builds the app; whoever hosts it (the Ray Serve ingress, or uvicorn) calls
+`attach(service, keys)` first. The state lives in this module, not in `app.state`, because Ray
+Serve ships a pickled copy of the app to each replica: one ingress replica per process.
+Every error is a JSON body `{"error": "..."}` with a 4xx (or 503 while not ready) status.
+"""
+
+import time
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from recstack import __version__
+from recstack.errors import RecstackError
+from recstack.serving import metrics, schemas
+from recstack.serving.auth import ADMIN, APP, ApiKeys
+from recstack.serving.model_slots import UnknownModel
+from recstack.serving.service import NotFound, RecommendService
+from recstack.serving.store.base import StoreUnavailable
+
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: larger bodies get 413 before they are read
+UserId = Annotated[str, Path(min_length=1, max_length=128)]
+_bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer <key>`")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+_ERRORS = {
+    401: {"model": schemas.ErrorBody, "description": "missing or unknown API key"},
+    403: {"model": schemas.ErrorBody, "description": "the key lacks this endpoint's scope"},
+    422: {"model": schemas.ErrorBody, "description": "invalid request"},
+}
+
+
+_STATE: dict = {}
+
+
+def attach(service: RecommendService, keys: ApiKeys) -> None:
+    """Serve `service`, guarded by `keys`, from this process's app."""
+    _STATE["service"], _STATE["keys"] = service, keys
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _scope(scope: str):
+    def check(creds: Credentials) -> None:
+        if creds is None or not creds.credentials:
+            raise HttpError(401, "missing API key: send `Authorization: Bearer <key>`")
+        granted = _keys().scopes_of(creds.credentials)
+        if not granted:
+            raise HttpError(401, "unknown API key")
+        if scope not in granted:
+            raise HttpError(403, f"this endpoint needs a key with the {scope!r} scope")
+
+    return Depends(check)
+
+
+# Routes and dependencies reach the state only through these module-level functions: Ray pickles
+# the app's closures by value (with a copy of any dict they name) but module functions by name.
+def _service(request: Request) -> RecommendService:
+    return _STATE["service"]
+
+
+def _keys() -> ApiKeys:
+    return _STATE["keys"]
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def _install_handlers(api: FastAPI) -> None:
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    handlers = {
+        HttpError: lambda exc: error(exc.status, str(exc)),
+        RequestValidationError: lambda exc: error(422, _validation_message(exc)),
+        NotFound: lambda exc: error(404, str(exc)),
+        UnknownModel: lambda exc: error(503, f"{exc}; check the serve config's models"),
+        StoreUnavailable: lambda exc: error(503, f"online store unavailable: {exc}"),
+        RecstackError: lambda exc: error(400, str(exc)),
+    }
+    for exc_class, make in handlers.items():
+        api.add_exception_handler(exc_class, lambda _req, exc, make=make: make(exc))
+
+    @api.middleware("http")
+    async def limit_and_time(request: Request, call_next):
+        start = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            response = error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.REQUESTS.labels(path, str(response.status_code)).inc()
+        metrics.LATENCY.labels(path).observe(time.perf_counter() - start)
+        return response
+
+
+def make_api() -> FastAPI:
+    api = FastAPI(
+        title="recstack",
+        version=__version__,
+        description="Recommendations over HTTP: retrieval + ranking, real-time history, experiments.",
+    )
+    _install_handlers(api)
+    app_scope, admin_scope = _scope(APP), _scope(ADMIN)
+
+    @api.post("/v1/recommend", dependencies=[app_scope], responses=_ERRORS)
+    async def recommend(
+        body: schemas.RecommendRequest, request: Request
+    ) -> schemas.RecommendResponse:
+        return await _service(request).recommend(body)
+
+    @api.get("/v1/similar/{item_id}", dependencies=[app_scope], responses=_ERRORS)
+    async def similar(
+        request: Request,
+        item_id: Annotated[str, Path(min_length=1, max_length=128)],
+        k: Annotated[int, Query(ge=1, le=schemas.MAX_K)] = 10,
+    ) -> schemas.SimilarResponse:
+        return await _service(request).similar(item_id, k)
+
+    @api.post("/v1/events", status_code=202, dependencies=[app_scope], responses=_ERRORS)
+    async def events(body: schemas.EventsRequest, request: Request) -> schemas.EventsResponse:
+        return await _service(request).events(body)
+
+    @api.put("/v1/users/{user_id}/consent", dependencies=[app_scope], responses=_ERRORS)
+    async def consent(user_id: UserId, body: schemas.Consent, request: Request) -> schemas.Consent:
+        return _service(request).set_consent(user_id, body)
+
+    @api.post("/v1/users/{user_id}/onboarding", dependencies=[app_scope], responses=_ERRORS)
+    async def onboarding(
+        user_id: UserId, body: schemas.Onboarding, request: Request
+    ) -> schemas.OnboardingResponse:
+        return await _service(request).onboarding(user_id, body)
+
+    @api.get("/v1/users/{user_id}/data", dependencies=[admin_scope], responses=_ERRORS)
+    async def user_data(user_id: UserId, request: Request) -> schemas.UserData:
+        return await _service(request).user_data(user_id)
+
+    @api.delete("/v1/users/{user_id}", dependencies=[admin_scope], responses=_ERRORS)
+    async def erase(user_id: UserId, request: Request) -> schemas.ErasureResponse:
+        return await _service(request).erase(user_id)
+
+    @api.get("/v1/experiments/report", dependencies=[admin_scope], responses=_ERRORS)
+    async def experiments_report(request: Request) -> dict:
+        return await _service(request).experiment_report()
+
+    @api.get("/metrics", dependencies=[admin_scope], responses=_ERRORS)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @api.get("/readyz", responses={503: {"model": schemas.ErrorBody}})
+    async def readyz(request: Request):
+        problems = await _service(request).readiness()
+        if problems:
+            return JSONResponse({"error": "; ".join(problems)}, status_code=503)
+        return {"status": "ready"}
+
+    return api

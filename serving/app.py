@@ -1,0 +1,143 @@
+"""The Ray Serve application: Ingress (FastAPI) -> Retriever and Ranker deployments.
+
+    serve run configs/serve_ml100k.yaml          # or: recstack serve --config <same yaml>
+
+`build_app(args)` is the config's import_path; replica counts, autoscaling and the models
+(`user_config`) of each deployment come from the YAML. Retriever and Ranker batch concurrent
+calls with `@serve.batch` (one ONNX run per batch). Replicas take a fraction of a CPU each
+so the whole app fits a 2-core laptop; raise `ray_actor_options.num_cpus` on a real node.
+"""
+
+import os
+from collections import defaultdict
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from recstack.serving.api import attach, make_api
+from recstack.serving.auth import ApiKeys
+from recstack.serving.backend import RankerReplica, RetrieverReplica
+from recstack.serving.config import INGRESS, RANKER, RETRIEVER, parse_args, parse_models
+from recstack.serving.event_log import EventLog
+from recstack.serving.ranking import Ranked, RankRequest
+from recstack.serving.retrieval import Candidates, RetrievalRequest
+from recstack.serving.service import RecommendService, ServiceSettings
+from recstack.serving.store import open_store
+from recstack.serving.store.seed import seed_from_dataset
+
+BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0005}
+api = make_api()
+
+
+def _grouped(calls: list[tuple[str, object]], run) -> list:
+    """Run `run(model, requests)` once per model; results in call order."""
+    by_model: dict[str, list[int]] = defaultdict(list)
+    for i, (model, _) in enumerate(calls):
+        by_model[model].append(i)
+    out: list = [None] * len(calls)
+    for model, rows in by_model.items():
+        for row, result in zip(rows, run(model, [calls[r][1] for r in rows]), strict=True):
+            out[row] = result
+    return out
+
+
+@serve.deployment(name=RETRIEVER, ray_actor_options={"num_cpus": 0.25})
+class RetrieverDeployment:
+    def __init__(self) -> None:
+        self.replica: RetrieverReplica | None = None
+
+    def reconfigure(self, user_config: dict) -> None:
+        config = parse_models(user_config, RETRIEVER)
+        if self.replica is None or self.replica.index != config.index:
+            self.replica = RetrieverReplica(config.models, config.index)
+        else:
+            self.replica.slots.apply(config.models)
+
+    @serve.batch(**BATCH)
+    async def retrieve(self, calls: list[tuple[str, RetrievalRequest]]) -> list[Candidates]:
+        return _grouped(calls, self.replica.retrieve)
+
+    def info(self) -> dict:
+        return self.replica.info()
+
+
+@serve.deployment(name=RANKER, ray_actor_options={"num_cpus": 0.25})
+class RankerDeployment:
+    def __init__(self) -> None:
+        self.replica: RankerReplica | None = None
+
+    def reconfigure(self, user_config: dict) -> None:
+        config = parse_models(user_config, RANKER)
+        if self.replica is None:
+            self.replica = RankerReplica(config.models)
+        else:
+            self.replica.slots.apply(config.models)
+
+    @serve.batch(**BATCH)
+    async def rank(self, calls: list[tuple[str, RankRequest]]) -> list[Ranked]:
+        return _grouped(calls, self.replica.rank)
+
+    def popular(self, model: str, k: int, exclude: list[str], explain: bool) -> Ranked:
+        return self.replica.popular(model, k, exclude, explain)
+
+    def similar(self, model: str, item_id: str, k: int) -> Ranked | None:
+        return self.replica.similar(model, item_id, k)
+
+    def unknown_items(self, model: str, item_ids: list[str]) -> int:
+        return self.replica.unknown_items(model, item_ids)
+
+    def info(self) -> dict:
+        return self.replica.info()
+
+
+class RayBackend:
+    """The service's backend calls, sent to the Retriever / Ranker replicas."""
+
+    def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle) -> None:
+        self.retriever, self.ranker = retriever, ranker
+
+    async def retrieve(self, model: str, request: RetrievalRequest) -> Candidates:
+        return await self.retriever.retrieve.remote((model, request))
+
+    async def rank(self, model: str, request: RankRequest) -> Ranked:
+        return await self.ranker.rank.remote((model, request))
+
+    async def popular(self, model: str, k: int, exclude: list[str], explain: bool) -> Ranked:
+        return await self.ranker.popular.remote(model, k, exclude, explain)
+
+    async def similar(self, model: str, item_id: str, k: int) -> Ranked | None:
+        return await self.ranker.similar.remote(model, item_id, k)
+
+    async def unknown_items(self, model: str, item_ids: list[str]) -> int:
+        return await self.ranker.unknown_items.remote(model, item_ids)
+
+    async def info(self) -> dict:
+        return {
+            "retriever": await self.retriever.info.remote(),
+            "ranker": await self.ranker.info.remote(),
+        }
+
+
+@serve.deployment(name=INGRESS, ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle, args: dict) -> None:
+        settings = parse_args(args)
+        store = open_store(settings.store)
+        if settings.seed_histories_from is not None:
+            seed_from_dataset(store, settings.seed_histories_from, settings.history_limit)
+        writer = f"ingress-{os.getpid()}"
+        service = RecommendService(
+            RayBackend(retriever, ranker),
+            store,
+            EventLog(settings.event_log, writer=writer),
+            settings.experiment,
+            ServiceSettings(settings.default_model, settings.retrieve_n, settings.history_limit),
+        )
+        attach(service, ApiKeys.from_environment())
+
+
+def build_app(args: dict) -> serve.Application:
+    """The app for `serve run` / `recstack serve`: args = the config's applications[0].args."""
+    parse_args(args)  # fail in the driver, with the config's names, before any replica starts
+    return Ingress.bind(RetrieverDeployment.bind(), RankerDeployment.bind(), args)

@@ -1,0 +1,178 @@
+"""Load an artifact dir written by `recstack export`, with no torch: onnxruntime + numpy only.
+
+An artifact (DESIGN §3) holds an ONNX model that turns a history into one query vector and the
+item embeddings that vector is scored against:
+
+    sasrec:    sasrec.onnx      items [B, L], lengths [B] (>= 1)             -> state [B, d]
+    two_tower: user_tower.onnx  history [B, L], lengths [B] (>= 0), context  -> user_vec [B, d]
+                                [B, C], user [B, U] (inputs listed in the manifest)
+    both:      item_embeddings.npy [n_items + 1, d]; score(item) = query . embedding[item_idx]
+
+`load_artifact` refuses a missing or corrupt dir (manifest hashes), an unknown model kind or
+an ONNX input layout it does not know, each with a message that says what to do.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import polars as pl
+
+from recstack.errors import DataError
+from recstack.manifest import CONTENT_HASH, read_manifest
+from recstack.schema import ITEM_ID, ITEM_IDX, ITEMS_FILE, PAD_IDX, TITLE, USER_ID
+
+ARTIFACT_KIND = "artifact"  # the manifest kind `recstack export` writes
+MODEL_KINDS = ("sasrec", "two_tower")
+
+
+def providers() -> list[str]:
+    """CUDA when this onnxruntime build has it, CPU otherwise."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads  # a replica per core scales better than threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers())
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise DataError(f"cannot load ONNX model {path}: {exc}; re-export the artifact") from None
+
+
+@dataclass
+class Catalog:
+    """The item vocabulary of an artifact: item_idx <-> item_id, titles, popularity."""
+
+    item_ids: list[str]  # [n_items + 1], index = item_idx, entry PAD_IDX = ""
+    titles: list[str]
+    popularity: np.ndarray  # float64 [n_items + 1]: events per item, PAD = 0
+    index: dict[str, int] = field(repr=False)  # item_id -> item_idx
+    vocab_hash: str = ""  # the dataset hash the vocab came from
+
+    @classmethod
+    def load(cls, path: Path, manifest: dict) -> "Catalog":
+        items = pl.read_parquet(path / ITEMS_FILE).sort(ITEM_IDX)
+        n_items = items.height
+        if items[ITEM_IDX].to_list() != list(range(1, n_items + 1)):
+            raise DataError(f"{path / ITEMS_FILE} does not hold item_idx 1..{n_items}")
+        item_ids = ["", *items[ITEM_ID].cast(pl.String).to_list()]
+        titles = ["", *items[TITLE].fill_null("").to_list()] if TITLE in items.columns else []
+        popularity = np.load(path / manifest["popularity"]["file"])
+        if popularity.shape != (n_items + 1,):
+            raise DataError(f"{path}: popularity has shape {popularity.shape}, not [{n_items + 1}]")
+        return cls(
+            item_ids=item_ids,
+            titles=titles or [""] * (n_items + 1),
+            popularity=popularity.astype(np.float64),
+            index={item_id: idx for idx, item_id in enumerate(item_ids) if idx != PAD_IDX},
+            vocab_hash=str(manifest.get("vocab", {}).get("dataset_hash")),
+        )
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids) - 1
+
+    def to_idx(self, item_ids: list[str]) -> tuple[list[int], int]:
+        """External ids -> item_idx; unknown ids are dropped and counted."""
+        known = [self.index[i] for i in item_ids if i in self.index]
+        return known, len(item_ids) - len(known)
+
+
+@dataclass
+class Artifact:
+    """One exported model, ready to encode histories into query vectors."""
+
+    path: Path
+    manifest: dict
+    kind: str  # "sasrec" | "two_tower"
+    session: ort.InferenceSession
+    input_names: list[str]
+    output_name: str
+    item_embeddings: np.ndarray  # float32 [n_items + 1, d]
+    max_length: int  # longest history the model reads
+    catalog: Catalog
+    features: dict | None = None  # two-tower: features.json
+    user_codes: dict[str, np.ndarray] | None = None  # two-tower: user_id -> codes [U]
+
+    @property
+    def version(self) -> str:
+        """`<name>/<version>` from the dir layout plus the content hash prefix."""
+        return f"{self.path.parent.name}/{self.path.name}@{self.manifest[CONTENT_HASH][:8]}"
+
+    @property
+    def dim(self) -> int:
+        return int(self.item_embeddings.shape[1])
+
+
+def _check_inputs(path: Path, session: ort.InferenceSession, manifest: dict) -> list[str]:
+    names = [i.name for i in session.get_inputs()]
+    inputs = manifest["onnx"]["inputs"]  # {name: shape} or [{"name": ...}, ...]
+    declared = [i["name"] if isinstance(i, dict) else i for i in inputs]
+    if names != declared:
+        raise DataError(
+            f"{path}: ONNX inputs {names} differ from the manifest's {declared}; re-export"
+        )
+    return names
+
+
+def _user_codes(path: Path, manifest: dict) -> dict[str, np.ndarray]:
+    file = manifest.get("user_features", {}).get("file")
+    if not file:
+        return {}
+    frame = pl.read_parquet(path / file)
+    ids = frame[USER_ID].cast(pl.String).to_list()
+    codes = frame.drop(USER_ID).to_numpy().astype(np.int64)  # [n_users, U]
+    return dict(zip(ids, codes, strict=True))
+
+
+def load_artifact(path: Path, threads: int = 1) -> Artifact:
+    """Verify (manifest hashes) and load an artifact dir; DataError says what is wrong."""
+    path = Path(path)
+    manifest = read_manifest(path, ARTIFACT_KIND)
+    kind = manifest.get("model_kind")
+    if kind not in MODEL_KINDS:
+        raise DataError(f"{path}: model kind {kind!r} is not servable (one of {MODEL_KINDS})")
+    try:
+        onnx = manifest["onnx"]
+        session = _session(path / onnx["file"], threads)
+        embeddings = np.load(path / manifest["item_embeddings"]["file"]).astype(np.float32)
+        catalog = Catalog.load(path, manifest)
+        features = None
+        if kind == "two_tower":
+            features = json.loads((path / manifest["features"]["file"]).read_text())
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{path}/manifest.json lacks {exc}; re-export the artifact") from None
+    if embeddings.shape != (catalog.n_items + 1, manifest["dim"]):
+        raise DataError(
+            f"{path}: item embeddings {embeddings.shape} do not match {catalog.n_items} items "
+            f"x dim {manifest['dim']}; re-export the artifact"
+        )
+    return Artifact(
+        path=path,
+        manifest=manifest,
+        kind=kind,
+        session=session,
+        input_names=_check_inputs(path, session, manifest),
+        output_name=session.get_outputs()[0].name,
+        item_embeddings=embeddings,
+        max_length=int(onnx["max_length"]),
+        catalog=catalog,
+        features=features,
+        user_codes=_user_codes(path, manifest) if kind == "two_tower" else None,
+    )
+
+
+def check_same_vocab(retriever: Artifact, ranker: Artifact) -> None:
+    """Retriever and ranker must index the same catalogue, or candidates mean other items."""
+    if retriever.catalog.item_ids != ranker.catalog.item_ids:
+        raise DataError(
+            f"retriever {retriever.path} and ranker {ranker.path} have different item "
+            f"vocabularies (datasets {retriever.catalog.vocab_hash[:12]} vs "
+            f"{ranker.catalog.vocab_hash[:12]}); export both from runs on the same dataset"
+        )

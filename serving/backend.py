@@ -1,0 +1,88 @@
+"""What the service logic calls to retrieve and rank: in-process models, or Ray Serve replicas.
+
+Both backends have the same async methods, so `RecommendService` runs unchanged inside the
+Ray ingress (calls go to the Retriever / Ranker deployments) and in-process (tests, the
+latency benchmark without HTTP and Ray).
+"""
+
+from pathlib import Path
+
+from recstack.serving.item_index import Method
+from recstack.serving.model_slots import ModelSlots
+from recstack.serving.ranking import Ranked, Ranker, RankRequest
+from recstack.serving.retrieval import Candidates, RetrievalRequest, Retriever
+
+
+class RetrieverReplica:
+    """Named retrievers of one replica (hot-swappable)."""
+
+    def __init__(self, models: dict[str, str], index: Method = "auto") -> None:
+        self.index = index
+        self.slots: ModelSlots[Retriever] = ModelSlots(lambda path: Retriever.load(path, index))
+        self.slots.apply(models)
+
+    def retrieve(self, model: str, requests: list[RetrievalRequest]) -> list[Candidates]:
+        return self.slots.get(model).retrieve(requests)
+
+    def info(self) -> dict:
+        return {
+            "models": {
+                name: {"version": m.artifact.version, "vocab": m.artifact.catalog.vocab_hash}
+                for name, m in self.slots.models.items()
+            },
+            "errors": self.slots.errors,
+        }
+
+
+class RankerReplica:
+    """Named rankers of one replica (hot-swappable); also popularity and similar items."""
+
+    def __init__(self, models: dict[str, str]) -> None:
+        self.slots: ModelSlots[Ranker] = ModelSlots(Ranker.load)
+        self.slots.apply(models)
+
+    def rank(self, model: str, requests: list[RankRequest]) -> list[Ranked]:
+        return self.slots.get(model).rank(requests)
+
+    def popular(self, model: str, k: int, exclude: list[str], explain: bool) -> Ranked:
+        return self.slots.get(model).popular(k, exclude, explain)
+
+    def similar(self, model: str, item_id: str, k: int) -> Ranked | None:
+        return self.slots.get(model).similar(item_id, k)
+
+    def unknown_items(self, model: str, item_ids: list[str]) -> int:
+        return self.slots.get(model).artifact.catalog.to_idx(item_ids)[1]
+
+    def info(self) -> dict:
+        return RetrieverReplica.info(self)  # same shape: {models: {name: version, vocab}, errors}
+
+
+class LocalBackend:
+    """Retriever and ranker in this process."""
+
+    def __init__(
+        self,
+        retrievers: dict[str, str | Path],
+        rankers: dict[str, str | Path],
+        index: Method = "auto",
+    ):
+        self.retriever = RetrieverReplica({k: str(v) for k, v in retrievers.items()}, index)
+        self.ranker = RankerReplica({k: str(v) for k, v in rankers.items()})
+
+    async def retrieve(self, model: str, request: RetrievalRequest) -> Candidates:
+        return self.retriever.retrieve(model, [request])[0]
+
+    async def rank(self, model: str, request: RankRequest) -> Ranked:
+        return self.ranker.rank(model, [request])[0]
+
+    async def popular(self, model: str, k: int, exclude: list[str], explain: bool) -> Ranked:
+        return self.ranker.popular(model, k, exclude, explain)
+
+    async def similar(self, model: str, item_id: str, k: int) -> Ranked | None:
+        return self.ranker.similar(model, item_id, k)
+
+    async def unknown_items(self, model: str, item_ids: list[str]) -> int:
+        return self.ranker.unknown_items(model, item_ids)
+
+    async def info(self) -> dict:
+        return {"retriever": self.retriever.info(), "ranker": self.ranker.info()}

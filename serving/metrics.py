@@ -1,0 +1,38 @@
+"""Prometheus metrics of an ingress replica (prometheus_client; scraped at GET /metrics).
+
+Each ingress replica serves its own registry; Prometheus sums over replicas. Labels carry no
+user ids or keys.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+REGISTRY = CollectorRegistry()
+
+REQUESTS = Counter(
+    "recstack_requests", "HTTP requests by route and status", ["route", "status"], registry=REGISTRY
+)
+LATENCY = Histogram(
+    "recstack_request_seconds",
+    "Server-side latency by route",
+    ["route"],
+    buckets=(0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+RECOMMENDATIONS = Counter(
+    "recstack_recommendations",
+    "Recommend responses by arm and fallback",
+    ["arm", "fallback"],
+    registry=REGISTRY,
+)
+UNKNOWN_ITEMS = Counter(
+    "recstack_unknown_items",
+    "History/exclude/onboarding ids not in the catalogue (ignored)",
+    registry=REGISTRY,
+)
+EVENTS = Counter("recstack_events", "Events accepted by type", ["type"], registry=REGISTRY)
+EVENTS_DROPPED = Counter(
+    "recstack_events_dropped",
+    "Events dropped because the user opted out of tracking",
+    registry=REGISTRY,
+)
+STORE_ERRORS = Counter("recstack_store_errors", "Online store calls that failed", registry=REGISTRY)

@@ -1,0 +1,112 @@
+"""Ranking: score a user's candidates with an artifact (SASRec in the shipped config).
+
+    score(item) = state(history) . embedding[item]      state: the ONNX model's [B, d] output
+
+With `explain`, each returned item carries the history item whose embedding is closest to it
+(cosine), with its title: "because you watched X". The popularity ranking (control arm and
+fallbacks) lives here too, because it needs the same catalogue.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from recstack.serving.artifact import Artifact, load_artifact
+from recstack.serving.query import encode
+
+POPULAR_REASON = {"kind": "popular", "text": "popular now"}
+
+
+@dataclass
+class RankRequest:
+    history: list[str]  # item ids, oldest first (must contain a known item)
+    candidates: list[str]
+    k: int
+    explain: bool = False
+
+
+@dataclass
+class Ranked:
+    item_ids: list[str]
+    scores: list[float]
+    reasons: list[dict] | None
+    model_version: str
+    titles: list[str] = field(default_factory=list)
+
+
+class Ranker:
+    def __init__(self, artifact: Artifact) -> None:
+        self.artifact = artifact
+        emb = artifact.item_embeddings
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        self.unit = emb / np.maximum(norms, 1e-12)  # [n_items + 1, d] for explanations
+        self.popular_order = np.argsort(-artifact.catalog.popularity[1:], kind="stable") + 1
+
+    @classmethod
+    def load(cls, path: Path) -> "Ranker":
+        return cls(load_artifact(path))
+
+    def _reasons(self, history: list[int], items: np.ndarray) -> list[dict]:
+        catalog = self.artifact.catalog
+        if not history:
+            return [dict(POPULAR_REASON) for _ in items]
+        similarity = self.unit[items] @ self.unit[history].T  # [k, H]
+        best = similarity.argmax(axis=1)
+        return [
+            {
+                "kind": "similar_to_history",
+                "because_of": catalog.item_ids[history[j]],
+                "title": catalog.titles[history[j]],
+                "similarity": round(float(similarity[row, j]), 4),
+            }
+            for row, j in enumerate(best)
+        ]
+
+    def _ranked(self, idx, scores, reasons) -> Ranked:
+        catalog = self.artifact.catalog
+        return Ranked(
+            item_ids=[catalog.item_ids[i] for i in idx],
+            scores=[float(s) for s in scores],
+            reasons=reasons,
+            model_version=self.artifact.version,
+            titles=[catalog.titles[i] for i in idx],
+        )
+
+    def rank(self, requests: list[RankRequest]) -> list[Ranked]:
+        """One ONNX call for the batch; each row keeps its k best candidates."""
+        catalog = self.artifact.catalog
+        histories = [catalog.to_idx(r.history)[0] for r in requests]
+        states = encode(self.artifact, histories)  # [B, d]
+        out = []
+        for row, request in enumerate(requests):
+            cands = np.array(catalog.to_idx(request.candidates)[0], dtype=np.int64)  # [N]
+            scores = self.artifact.item_embeddings[cands] @ states[row]  # [N]
+            order = np.argsort(-scores, kind="stable")[: request.k]
+            reasons = self._reasons(histories[row], cands[order]) if request.explain else None
+            out.append(self._ranked(cands[order], scores[order], reasons))
+        return out
+
+    def popular(self, k: int, exclude: list[str], explain: bool = False) -> Ranked:
+        """The k most popular items (events over the training log) not in `exclude`."""
+        skip = set(self.artifact.catalog.to_idx(exclude)[0])
+        idx = [int(i) for i in self.popular_order[: k + len(skip)] if int(i) not in skip][:k]
+        scores = self.artifact.catalog.popularity[idx]
+        reasons = [dict(POPULAR_REASON) for _ in idx] if explain else None
+        return self._ranked(np.array(idx, dtype=np.int64), scores, reasons)
+
+    def similar(self, item_id: str, k: int) -> Ranked | None:
+        """Items closest to `item_id` by embedding cosine; None for an unknown id."""
+        idx = self.artifact.catalog.index.get(item_id)
+        if idx is None:
+            return None
+        similarity = self.unit @ self.unit[idx]  # [n_items + 1]
+        similarity[[0, idx]] = -np.inf
+        top = (
+            np.argpartition(-similarity, k - 1)[:k]
+            if k < len(similarity) - 2
+            else np.arange(len(similarity))
+        )
+        top = top[np.argsort(-similarity[top], kind="stable")]
+        top = top[np.isfinite(similarity[top])][:k]
+        return self._ranked(top, similarity[top], None)

@@ -1,0 +1,131 @@
+"""Request and response bodies of the HTTP API (pydantic v2; the OpenAPI schema at /docs).
+
+Requests forbid unknown fields and bound every size, so a bad request gets a 422 that names
+the field, never a 500 or a replica stuck on a huge payload.
+"""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_K = 1000
+MAX_HISTORY = 1000  # items in an explicit history / exclude list / onboarding list
+MAX_EVENTS = 1000  # events per POST /v1/events
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+ContextValue = Annotated[str, StringConstraints(max_length=128)] | int | float | bool | None
+Context = Annotated[
+    dict[Annotated[str, StringConstraints(max_length=64)], ContextValue], Field(max_length=32)
+]
+Fallback = Literal["cold_start", "opted_out", "store_unavailable"]
+EventType = Literal["view", "click", "purchase", "impression", "rating"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendRequest(Strict):
+    user_id: Id | None = Field(
+        None, description="omit for an anonymous session (give recent_items)"
+    )
+    k: int = Field(10, ge=1, le=MAX_K, description="how many items to return")
+    context: Context = Field(
+        default_factory=dict, description='e.g. {"device": "mobile", "ts": 1700000000}'
+    )
+    exclude: list[Id] = Field(default_factory=list, max_length=MAX_HISTORY)
+    recent_items: list[Id] | None = Field(
+        None,
+        max_length=MAX_HISTORY,
+        description="explicit history, oldest first (anonymous sessions)",
+    )
+    explain: bool = False
+
+
+class Reason(BaseModel):
+    kind: Literal["similar_to_history", "popular"]
+    because_of: str | None = None
+    title: str | None = None
+    similarity: float | None = None
+    text: str | None = None
+
+
+class Item(BaseModel):
+    item_id: str
+    score: float
+    title: str | None = None
+    reason: Reason | None = None
+
+
+class RecommendResponse(BaseModel):
+    items: list[Item]
+    arm: str
+    model_version: str
+    fallback: Fallback | None = Field(
+        None, description="set whenever the result is not personalised by the model"
+    )
+    personalised_from: Literal["history", "request", "onboarding"] | None = None
+    unknown_items: int = Field(0, description="history ids not in the model's catalogue (ignored)")
+    request_id: str
+
+
+class SimilarResponse(BaseModel):
+    item_id: str
+    items: list[Item]
+    model_version: str
+    request_id: str
+
+
+class Event(Strict):
+    user_id: Id
+    item_id: Id
+    type: EventType
+    ts: int = Field(ge=0, le=2**40, description="event time, seconds since the epoch (UTC)")
+    context: Context | None = None
+    request_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    model_version: Annotated[str, StringConstraints(max_length=128)] | None = None
+
+
+class EventsRequest(Strict):
+    events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    dropped_no_consent: int
+    history_updated: bool = Field(
+        description="false when the online store was unreachable; the log has them"
+    )
+
+
+class Consent(Strict):
+    personalization: bool = Field(True, description="use this user's history to personalise")
+    tracking: bool = Field(True, description="store this user's events")
+
+
+class Onboarding(Strict):
+    items: list[Id] = Field(
+        min_length=1, max_length=MAX_HISTORY, description="items the user likes"
+    )
+
+
+class OnboardingResponse(BaseModel):
+    stored: int
+    unknown_items: int
+
+
+class ErasureResponse(BaseModel):
+    user_id: str
+    erased_online_state: bool
+    event_log_tombstoned: bool
+
+
+class UserData(BaseModel):
+    user_id: str
+    history: list[str]
+    consent: dict[str, bool] | None
+    onboarding: list[str]
+    events: list[dict]
+
+
+class ErrorBody(BaseModel):
+    error: str

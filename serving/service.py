@@ -1,0 +1,269 @@
+"""The product logic behind the HTTP routes, free of FastAPI and Ray.
+
+recommend: consent -> arm -> history (request, online store, onboarding) -> retrieve N ->
+rank k -> explanations. Whenever the model cannot personalise, the popularity ranking answers
+and the response says why (`fallback`): cold_start (no usable history), opted_out (consent),
+store_unavailable (the online store is down). The popularity control arm is not a fallback.
+
+events: durable in the event log first (202 only after fsync), then appended to the users'
+online histories, so the next recommendation sees them on any replica sharing the store.
+"""
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+import pyarrow.compute as pc
+
+from recstack.errors import RecstackError
+from recstack.serving import metrics, schemas
+from recstack.serving.event_log import EventLog, read_events, tombstone
+from recstack.serving.experiments import Arm, Experiment, assign, experiment_report
+from recstack.serving.ranking import Ranked, RankRequest
+from recstack.serving.retrieval import RetrievalRequest
+from recstack.serving.store.base import OnlineStore, StoreUnavailable
+
+HISTORY_EVENTS = ("view", "click", "purchase", "rating")  # impressions are not history
+
+
+class NotFound(RecstackError):
+    """An id the service does not know (-> 404)."""
+
+
+@dataclass
+class ServiceSettings:
+    default_model: str = "main"  # model set for users outside any experiment
+    retrieve_n: int = 100  # candidates the retriever hands the ranker
+    history_limit: int = 200  # most recent items read from the online store
+
+
+def _items(ranked: Ranked) -> list[schemas.Item]:
+    reasons = ranked.reasons or [None] * len(ranked.item_ids)
+    return [
+        schemas.Item(item_id=i, score=s, title=t or None, reason=r)
+        for i, s, t, r in zip(ranked.item_ids, ranked.scores, ranked.titles, reasons, strict=True)
+    ]
+
+
+class RecommendService:
+    def __init__(
+        self,
+        backend,
+        store: OnlineStore,
+        event_log: EventLog,
+        experiment: Experiment | None,
+        settings: ServiceSettings,
+    ) -> None:
+        self.backend, self.store, self.log = backend, store, event_log
+        self.experiment, self.settings = experiment, settings
+        self.default_arm = Arm(
+            name=settings.default_model, kind="model", model=settings.default_model, weight=1.0
+        )
+        if experiment is not None:
+            model_arms = [a for a in experiment.arms if a.kind == "model"]
+            self.default_arm = model_arms[0] if model_arms else self.default_arm
+
+    def arm_of(self, user_id: str | None) -> Arm:
+        if user_id is None or self.experiment is None:
+            return self.default_arm  # anonymous sessions are outside the experiment
+        return assign(self.experiment, user_id)
+
+    def _store(self, method: str, *args):
+        try:
+            return getattr(self.store, method)(*args)
+        except StoreUnavailable:
+            metrics.STORE_ERRORS.inc()
+            raise
+
+    def models_needed(self) -> set[str]:
+        arms = self.experiment.arms if self.experiment else [self.default_arm]
+        return {self.settings.default_model} | {a.model for a in arms if a.model}
+
+    async def readiness(self) -> list[str]:
+        """Why this replica cannot serve yet (empty list = ready)."""
+        problems = []
+        try:
+            self.store.ping()
+        except StoreUnavailable as exc:
+            problems.append(f"online store: {exc}")
+        info = await self.backend.info()
+        for name in sorted(self.models_needed()):
+            found = [info[side]["models"].get(name) for side in ("retriever", "ranker")]
+            if None in found:
+                sides = [
+                    s for s, f in zip(("retriever", "ranker"), found, strict=True) if f is None
+                ]
+                problems.append(f"model {name!r} not loaded by the {' and '.join(sides)}")
+            elif found[0]["vocab"] != found[1]["vocab"]:
+                problems.append(
+                    f"model {name!r}: retriever and ranker come from different datasets"
+                )
+        for side in ("retriever", "ranker"):
+            problems += [f"{side} {name}: {err}" for name, err in info[side]["errors"].items()]
+        return problems
+
+    # ---- recommend ------------------------------------------------------------------------
+
+    async def recommend(self, req: schemas.RecommendRequest) -> schemas.RecommendResponse:
+        request_id = uuid.uuid4().hex
+        arm = self.arm_of(req.user_id)
+        model = arm.model or self.settings.default_model
+        fallback, source, history = None, None, []
+        try:
+            consent = self._store("consent", req.user_id) if req.user_id else None
+            if consent is not None and not consent.get("personalization", True):
+                fallback = "opted_out"
+            elif req.recent_items is not None:
+                history, source = list(req.recent_items), "request"
+            elif req.user_id:
+                history = self._store("history", req.user_id, self.settings.history_limit)
+                source = "history"
+                if not history:
+                    history, source = self._store("onboarding", req.user_id), "onboarding"
+        except StoreUnavailable:
+            fallback, history = "store_unavailable", list(req.recent_items or [])
+            source = "request" if history else None
+        ranked, unknown = None, 0
+        if fallback in (None, "store_unavailable") and history and arm.kind == "model":
+            candidates = await self.backend.retrieve(
+                model,
+                RetrievalRequest(
+                    history,
+                    dict(req.context),
+                    req.user_id,
+                    list(req.exclude),
+                    self.settings.retrieve_n,
+                ),
+            )
+            unknown = candidates.unknown_items
+            if candidates.item_ids:
+                ranked = await self.backend.rank(
+                    model, RankRequest(history, candidates.item_ids, req.k, req.explain)
+                )
+                fallback = None  # personalised from the request's own history
+        if ranked is None:
+            fallback = fallback or ("cold_start" if arm.kind == "model" else None)
+            source = None
+            ranked = await self.backend.popular(model, req.k, [*history, *req.exclude], req.explain)
+        metrics.UNKNOWN_ITEMS.inc(unknown)
+        metrics.RECOMMENDATIONS.labels(arm.name, fallback or "none").inc()
+        return schemas.RecommendResponse(
+            items=_items(ranked),
+            arm=arm.name,
+            model_version=ranked.model_version
+            if arm.kind == "model"
+            else f"popularity@{ranked.model_version}",
+            fallback=fallback,
+            personalised_from=source if fallback is None and arm.kind == "model" else None,
+            unknown_items=unknown,
+            request_id=request_id,
+        )
+
+    async def similar(self, item_id: str, k: int) -> schemas.SimilarResponse:
+        ranked = await self.backend.similar(self.settings.default_model, item_id, k)
+        if ranked is None:
+            raise NotFound(f"item {item_id!r} is not in the catalogue")
+        return schemas.SimilarResponse(
+            item_id=item_id,
+            items=_items(ranked),
+            model_version=ranked.model_version,
+            request_id=uuid.uuid4().hex,
+        )
+
+    # ---- events and user state --------------------------------------------------------------
+
+    def _tracking_allowed(self, user_id: str, cache: dict[str, bool]) -> bool:
+        if user_id not in cache:
+            try:
+                consent = self._store("consent", user_id)
+            except StoreUnavailable:
+                consent = None  # unknown consent: the default (tracking on) applies
+            cache[user_id] = consent is None or consent.get("tracking", True)
+        return cache[user_id]
+
+    async def events(self, req: schemas.EventsRequest) -> schemas.EventsResponse:
+        allowed: dict[str, bool] = {}
+        now_ms = int(time.time() * 1000)
+        rows = []
+        for event in req.events:
+            if not self._tracking_allowed(event.user_id, allowed):
+                continue
+            rows.append(
+                {
+                    "user_id": event.user_id,
+                    "item_id": event.item_id,
+                    "type": event.type,
+                    "ts": event.ts,
+                    "received_at": now_ms,
+                    "arm": self.arm_of(event.user_id).name,
+                    "model_version": event.model_version,
+                    "request_id": event.request_id,
+                    "context": None if event.context is None else _json(event.context),
+                }
+            )
+        if rows:
+            await asyncio.to_thread(self.log.append, rows)  # durable before we answer
+        dropped = len(req.events) - len(rows)
+        metrics.EVENTS_DROPPED.inc(dropped)
+        for row in rows:
+            metrics.EVENTS.labels(row["type"]).inc()
+        updated = True
+        try:
+            for user_id, items in _histories(rows).items():
+                self._store("append_history", user_id, items)
+        except StoreUnavailable:
+            updated = False
+        return schemas.EventsResponse(
+            accepted=len(rows), dropped_no_consent=dropped, history_updated=updated
+        )
+
+    def set_consent(self, user_id: str, consent: schemas.Consent) -> schemas.Consent:
+        self._store("set_consent", user_id, consent.model_dump())
+        return consent
+
+    async def onboarding(
+        self, user_id: str, body: schemas.Onboarding
+    ) -> schemas.OnboardingResponse:
+        unknown = await self.backend.unknown_items(self.settings.default_model, body.items)
+        self._store("set_onboarding", user_id, list(body.items))
+        metrics.UNKNOWN_ITEMS.inc(unknown)
+        return schemas.OnboardingResponse(stored=len(body.items), unknown_items=unknown)
+
+    async def user_data(self, user_id: str) -> schemas.UserData:
+        state = self._store("user_data", user_id)
+        events = await asyncio.to_thread(read_events, self.log.directory)
+        mine = events.filter(pc.equal(events["user_id"], user_id))
+        return schemas.UserData(
+            user_id=user_id,
+            history=state.get("history", []),
+            consent=state.get("consent"),
+            onboarding=state.get("onboarding", []),
+            events=mine.to_pylist(),
+        )
+
+    async def erase(self, user_id: str) -> schemas.ErasureResponse:
+        erased = self._store("erase", user_id)
+        await asyncio.to_thread(tombstone, self.log.directory, user_id)
+        await asyncio.to_thread(self.log.seal)  # this replica's rows of the user leave disk now
+        return schemas.ErasureResponse(
+            user_id=user_id, erased_online_state=erased, event_log_tombstoned=True
+        )
+
+    async def experiment_report(self) -> dict:
+        events = await asyncio.to_thread(read_events, self.log.directory)
+        return experiment_report(events, self.experiment)
+
+
+def _json(value: dict) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _histories(rows: list[dict]) -> dict[str, list[str]]:
+    """user -> item ids of history events, in event-time order (stable)."""
+    out: dict[str, list[tuple[int, str]]] = {}
+    for row in rows:
+        if row["type"] in HISTORY_EVENTS:
+            out.setdefault(row["user_id"], []).append((row["ts"], row["item_id"]))
+    return {u: [i for _, i in sorted(pairs, key=lambda p: p[0])] for u, pairs in out.items()}

@@ -1,0 +1,76 @@
+"""Serve config YAMLs and API keys for tests that run the real Ray Serve app."""
+
+import os
+import socket
+from pathlib import Path
+
+import yaml
+
+APP_KEY = "app-key-for-tests-0123456789"
+ADMIN_KEY = "admin-key-for-tests-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_test_keys() -> None:
+    """Keys through the environment, as in production (Ray workers inherit it)."""
+    os.environ["RECSTACK_APP_KEYS"] = APP_KEY
+    os.environ["RECSTACK_ADMIN_KEYS"] = ADMIN_KEY
+
+
+def write_serve_config(
+    path: Path,
+    artifacts: dict[str, Path],
+    state: Path,
+    port: int,
+    store: dict | None = None,
+    ranker: Path | None = None,
+    replicas: int = 1,
+    weights: tuple[float, float] = (0.5, 0.5),
+) -> Path:
+    config = {
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [
+            {
+                "name": "recstack",
+                "route_prefix": "/",
+                "import_path": "recstack.serving.app:build_app",
+                "args": {
+                    "store": store or {"kind": "embedded", "path": str(state / "state.sqlite")},
+                    "event_log": str(state / "events"),
+                    "seed_histories_from": str(artifacts["dataset"]),
+                    "experiment": {
+                        "name": "test",
+                        "salt": "s1",
+                        "arms": [
+                            {
+                                "name": "model",
+                                "kind": "model",
+                                "model": "main",
+                                "weight": weights[0],
+                            },
+                            {"name": "popularity", "kind": "popularity", "weight": weights[1]},
+                        ],
+                    },
+                },
+                "deployments": [
+                    {"name": "Ingress", "num_replicas": replicas},
+                    {
+                        "name": "Retriever",
+                        "user_config": {"models": {"main": str(artifacts["retriever"])}},
+                    },
+                    {
+                        "name": "Ranker",
+                        "num_replicas": replicas,
+                        "user_config": {"models": {"main": str(ranker or artifacts["ranker"])}},
+                    },
+                ],
+            }
+        ],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

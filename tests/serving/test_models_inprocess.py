@@ -1,0 +1,94 @@
+"""Retrieval, ranking and artifact loading in-process (no Ray), on small ML-100K artifacts."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from recstack.errors import DataError
+from recstack.serving.artifact import check_same_vocab, load_artifact
+from recstack.serving.auth import ApiKeys
+from recstack.serving.item_index import ItemIndex
+from recstack.serving.model_slots import ModelSlots, UnknownModel
+from recstack.serving.ranking import Ranker, RankRequest
+from recstack.serving.retrieval import RetrievalRequest, Retriever
+
+
+def test_exact_and_hnsw_search_agree_and_honour_exclusions():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(2001, 16)).astype(np.float32)
+    queries = rng.normal(size=(8, 16)).astype(np.float32)
+    exclude = [set(range(1, 50))] * 8
+    exact_idx, exact_scores = ItemIndex(emb, "exact").search(queries, 20, exclude)
+    brute = queries @ emb.T
+    brute[:, 0] = -np.inf
+    brute[:, 1:50] = -np.inf
+    np.testing.assert_array_equal(exact_idx, np.argsort(-brute, axis=1)[:, :20])
+    assert np.all(np.diff(exact_scores, axis=1) <= 0)
+    hnsw_idx, _ = ItemIndex(emb, "hnsw").search(queries, 20, exclude)
+    recall = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(exact_idx, hnsw_idx, strict=True)])
+    assert recall >= 0.9 and not (set(hnsw_idx.ravel()) & exclude[0]) and 0 not in hnsw_idx
+    few, scores = ItemIndex(emb[:4], "exact").search(queries[:1], 10, [{1}])
+    assert (
+        list(few[0][:2]) != [-1, -1]
+        and (few[0][2:] == -1).all()
+        and np.isneginf(scores[0][2:]).all()
+    )
+
+
+def test_retrieve_then_rank_on_real_artifacts(ml100k_artifacts):
+    retriever = Retriever.load(ml100k_artifacts["retriever"])
+    ranker = Ranker.load(ml100k_artifacts["ranker"])
+    check_same_vocab(retriever.artifact, ranker.artifact)
+    history = ["50", "172", "181", "not-an-item"]
+    requests = [
+        RetrievalRequest(history, {"ts": 1_700_000_000}, "1", ["100"], 100),
+        RetrievalRequest([], {}, None, [], 30),  # cold: the two-tower reads context only
+    ]
+    warm, cold = retriever.retrieve(requests)
+    assert len(warm.item_ids) == 100 and warm.unknown_items == 1 and len(cold.item_ids) == 30
+    assert not {"50", "172", "181", "100"} & set(warm.item_ids)
+    ranked = ranker.rank([RankRequest(history, warm.item_ids, 10, explain=True)])[0]
+    assert len(ranked.item_ids) == 10 and set(ranked.item_ids) <= set(warm.item_ids)
+    assert {r["because_of"] for r in ranked.reasons} <= {"50", "172", "181"}
+    sasrec_as_retriever = Retriever.load(ml100k_artifacts["ranker"])
+    assert sasrec_as_retriever.retrieve([RetrievalRequest([], {}, None, [], 10)])[0].item_ids == []
+
+
+def test_a_vocab_mismatch_between_retriever_and_ranker_is_refused(ml100k_artifacts, tmp_path):
+    retriever = load_artifact(ml100k_artifacts["retriever"])
+    ranker = load_artifact(ml100k_artifacts["ranker"])
+    ranker.catalog.item_ids = ranker.catalog.item_ids[:-1]
+    with pytest.raises(DataError, match="different item vocabularies"):
+        check_same_vocab(retriever, ranker)
+
+
+def test_model_slots_keep_the_old_model_when_a_new_dir_is_bad(ml100k_artifacts, tmp_path):
+    slots = ModelSlots(Ranker.load)
+    assert slots.apply({"main": str(ml100k_artifacts["ranker"])}) == {}
+    old = slots.get("main")
+    bad = tmp_path / "bad"
+    shutil.copytree(ml100k_artifacts["ranker"], bad)
+    (bad / "sasrec.onnx").write_bytes(b"not onnx")
+    errors = slots.apply({"main": str(bad)})
+    assert "does not match the hash" in errors["main"] and slots.get("main") is old
+    with pytest.raises(UnknownModel, match="not loaded"):
+        slots.get("other")
+
+
+def test_api_keys_come_from_the_environment_or_a_file(monkeypatch, tmp_path):
+    for name in ("RECSTACK_APP_KEYS", "RECSTACK_ADMIN_KEYS", "RECSTACK_API_KEYS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(Exception, match="no API keys"):
+        ApiKeys.from_environment()
+    monkeypatch.setenv("RECSTACK_APP_KEYS", "short")
+    with pytest.raises(Exception, match=">= 16 characters"):
+        ApiKeys.from_environment()
+    secret = tmp_path / "keys.json"
+    secret.write_text('{"app": ["a-very-long-app-key-1"], "admin": ["a-very-long-admin-key"]}')
+    monkeypatch.delenv("RECSTACK_APP_KEYS")
+    monkeypatch.setenv("RECSTACK_API_KEYS_FILE", str(secret))
+    keys = ApiKeys.from_environment()
+    assert keys.scopes_of("a-very-long-app-key-1") == {"app"}
+    assert keys.scopes_of("a-very-long-admin-key") == {"app", "admin"}
+    assert keys.scopes_of("a-very-long-app-key-2") == set()

@@ -1,0 +1,288 @@
+"""Contract tests of every endpoint against a real Ray Serve app (one per module).
+
+Models: a small SASRec ranker and two-tower retriever trained briefly on ML-100K and exported.
+"""
+
+import shutil
+import threading
+import time
+
+import pyarrow.compute as pc
+import pytest
+import requests
+from service_config import ADMIN_KEY, APP_KEY, free_port, set_test_keys, write_serve_config
+
+from recstack.serving import serve_cmd
+from recstack.serving.event_log import read_events
+from recstack.serving.experiments import Experiment, assign
+
+pytestmark = pytest.mark.integration
+APP = {"Authorization": f"Bearer {APP_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+EXPERIMENT = Experiment(
+    name="test",
+    salt="s1",
+    arms=[
+        {"name": "model", "kind": "model", "model": "main", "weight": 0.5},
+        {"name": "popularity", "kind": "popularity", "weight": 0.5},
+    ],
+)
+
+
+def user_in(arm: str, start: int = 1) -> str:
+    """A user id >= start (ML-100K users are 1..943) assigned to `arm`."""
+    return next(str(u) for u in range(start, start + 100) if assign(EXPERIMENT, str(u)).name == arm)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, ml100k_artifacts):
+    root = tmp_path_factory.mktemp("serve")
+    set_test_keys()
+    config = write_serve_config(root / "serve.yaml", ml100k_artifacts, root / "state", free_port())
+    url = serve_cmd.start(config, temp_dir=root / "ray")
+    try:
+        yield {"url": url, "root": root, "config": config, "artifacts": ml100k_artifacts}
+    finally:
+        serve_cmd.stop()
+
+
+def post(service, path, body, headers=APP):
+    return requests.post(service["url"] + path, json=body, headers=headers, timeout=30)
+
+
+def get(service, path, headers=APP):
+    return requests.get(service["url"] + path, headers=headers, timeout=30)
+
+
+def test_health_needs_no_key_and_everything_else_does(service):
+    assert get(service, "/healthz", headers={}).json() == {"status": "ok"}
+    assert get(service, "/readyz", headers={}).status_code == 200
+    body = {"user_id": "1", "k": 5}
+    assert post(service, "/v1/recommend", body, headers={}).status_code == 401
+    wrong = post(
+        service, "/v1/recommend", body, headers={"Authorization": "Bearer nope-nope-nope-nope"}
+    )
+    assert wrong.status_code == 401 and "unknown API key" in wrong.json()["error"]
+    assert post(service, "/v1/recommend", body).status_code == 200
+    assert post(service, "/v1/recommend", body, headers=ADMIN).status_code == 200  # admin has app
+    for path in ("/v1/users/1/data", "/v1/experiments/report", "/metrics"):
+        response = get(service, path)
+        assert response.status_code == 403 and "admin" in response.json()["error"], path
+    assert (
+        requests.delete(service["url"] + "/v1/users/1", headers=APP, timeout=10).status_code == 403
+    )
+
+
+def test_recommend_personalises_with_titles_and_explanations(service):
+    user = user_in("model")
+    response = post(service, "/v1/recommend", {"user_id": user, "k": 10, "explain": True})
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["arm"] == "model" and body["fallback"] is None
+    assert body["personalised_from"] == "history" and body["model_version"].startswith(
+        "NextItemTask/v1@"
+    )
+    assert len(body["items"]) == 10 and len({i["item_id"] for i in body["items"]}) == 10
+    assert all(i["title"] for i in body["items"])
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    reasons = [i["reason"] for i in body["items"]]
+    assert all(
+        r["kind"] == "similar_to_history" and r["because_of"] and r["title"] for r in reasons
+    )
+
+
+def test_popularity_arm_and_stable_assignment(service):
+    user = user_in("popularity")
+    first = post(service, "/v1/recommend", {"user_id": user, "k": 5, "explain": True}).json()
+    again = post(service, "/v1/recommend", {"user_id": user, "k": 5}).json()
+    assert first["arm"] == again["arm"] == "popularity" and first["fallback"] is None
+    assert first["model_version"].startswith("popularity@")
+    assert first["items"][0]["reason"]["text"] == "popular now"
+
+
+def test_an_event_changes_the_next_recommendation_at_once(service):
+    user = user_in("model", start=100)
+    before = post(service, "/v1/recommend", {"user_id": user, "k": 10}).json()["items"]
+    watched = [i["item_id"] for i in before[:3]]
+    events = [
+        {
+            "user_id": user,
+            "item_id": item,
+            "type": "view",
+            "ts": 1_900_000_000 + n,
+            "context": {"device": "mobile"},
+        }
+        for n, item in enumerate(watched)
+    ]
+    response = post(service, "/v1/events", {"events": events})
+    assert response.status_code == 202, response.text
+    assert response.json() == {"accepted": 3, "dropped_no_consent": 0, "history_updated": True}
+    after = post(service, "/v1/recommend", {"user_id": user, "k": 10}).json()["items"]
+    assert not set(watched) & {i["item_id"] for i in after}  # seen items are not recommended
+    assert [i["item_id"] for i in after] != [i["item_id"] for i in before]
+    logged = read_events(service["root"] / "state" / "events")
+    mine = logged.filter(pc.equal(logged["user_id"], user)).to_pylist()
+    assert [e["item_id"] for e in mine] == watched and {e["arm"] for e in mine} == {"model"}
+
+
+def test_cold_start_onboarding_and_anonymous_sessions(service):
+    cold = post(service, "/v1/recommend", {"user_id": "new-user-1", "k": 5, "explain": True}).json()
+    if cold["arm"] == "model":
+        assert cold["fallback"] == "cold_start" and cold["items"][0]["reason"]["kind"] == "popular"
+    user = user_in("model", start=2000)  # not in ML-100K
+    response = post(
+        service, f"/v1/users/{user}/onboarding", {"items": ["50", "181", "no-such-item"]}
+    )
+    assert response.json() == {"stored": 3, "unknown_items": 1}
+    onboarded = post(service, "/v1/recommend", {"user_id": user, "k": 5}).json()
+    assert onboarded["fallback"] is None and onboarded["personalised_from"] == "onboarding"
+    anonymous = post(
+        service, "/v1/recommend", {"k": 5, "recent_items": ["50", "172", "zzz"]}
+    ).json()
+    assert anonymous["personalised_from"] == "request" and anonymous["unknown_items"] == 1
+    assert not {"50", "172"} & {i["item_id"] for i in anonymous["items"]}
+
+
+def test_opted_out_users_get_non_personalised_results(service):
+    user = user_in("model", start=200)
+    response = requests.put(
+        f"{service['url']}/v1/users/{user}/consent",
+        json={"personalization": False, "tracking": False},
+        headers=APP,
+        timeout=10,
+    )
+    assert response.status_code == 200
+    body = post(service, "/v1/recommend", {"user_id": user, "k": 5}).json()
+    assert body["fallback"] == "opted_out" and body["personalised_from"] is None
+    dropped = post(
+        service,
+        "/v1/events",
+        {"events": [{"user_id": user, "item_id": "1", "type": "click", "ts": 1}]},
+    )
+    assert dropped.json()["accepted"] == 0 and dropped.json()["dropped_no_consent"] == 1
+
+
+def test_similar_items(service):
+    body = get(service, "/v1/similar/50?k=5").json()
+    assert len(body["items"]) == 5 and "50" not in {i["item_id"] for i in body["items"]}
+    missing = get(service, "/v1/similar/no-such-item")
+    assert missing.status_code == 404 and "not in the catalogue" in missing.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"user_id": "1", "k": 0}, "k"),
+        ({"user_id": "1", "k": 1001}, "k"),
+        ({"user_id": "1", "k": "ten"}, "k"),
+        ({"user_id": "1", "colour": "red"}, "colour"),
+        ({"user_id": "1", "recent_items": ["1"] * 1001}, "recent_items"),
+        ({"user_id": ["1"]}, "user_id"),
+        ({"user_id": "1", "context": {"ts": {"nested": 1}}}, "context"),
+    ],
+)
+def test_bad_recommend_requests_get_a_clear_422(service, body, says):
+    response = post(service, "/v1/recommend", body)
+    assert response.status_code == 422 and says in response.json()["error"], response.text
+
+
+def test_malformed_and_oversized_bodies(service):
+    url = service["url"] + "/v1/recommend"
+    headers = {**APP, "Content-Type": "application/json"}
+    assert requests.post(url, data="{not json", headers=headers, timeout=10).status_code == 422
+    huge = requests.post(url, data="x" * (2 << 20), headers=headers, timeout=10)
+    assert huge.status_code == 413 and "larger than" in huge.json()["error"]
+    bad_event = post(
+        service,
+        "/v1/events",
+        {"events": [{"user_id": "1", "item_id": "2", "type": "like", "ts": 1}]},
+    )
+    assert bad_event.status_code == 422 and "type" in bad_event.json()["error"]
+    assert post(service, "/v1/events", {"events": []}).status_code == 422
+
+
+def test_user_data_export_and_erasure(service):
+    user = user_in("model", start=300)
+    post(
+        service,
+        "/v1/events",
+        {"events": [{"user_id": user, "item_id": "7", "type": "click", "ts": 1_900_000_100}]},
+    )
+    requests.put(
+        f"{service['url']}/v1/users/{user}/consent",
+        json={"personalization": True},
+        headers=APP,
+        timeout=10,
+    )
+    data = get(service, f"/v1/users/{user}/data", headers=ADMIN).json()
+    assert data["history"][-1] == "7" and data["consent"] == {
+        "personalization": True,
+        "tracking": True,
+    }
+    assert [e["item_id"] for e in data["events"]] == ["7"]
+    erased = requests.delete(f"{service['url']}/v1/users/{user}", headers=ADMIN, timeout=10).json()
+    assert erased == {"user_id": user, "erased_online_state": True, "event_log_tombstoned": True}
+    after = get(service, f"/v1/users/{user}/data", headers=ADMIN).json()
+    assert after["history"] == [] and after["consent"] is None and after["events"] == []
+
+
+def test_experiment_report_and_metrics(service):
+    user = user_in("model", start=400)
+    events = [
+        {"user_id": user, "item_id": str(i), "type": "impression", "ts": 1_900_000_000}
+        for i in range(1, 5)
+    ] + [{"user_id": user, "item_id": "1", "type": "click", "ts": 1_900_000_001}]
+    assert post(service, "/v1/events", {"events": events}).status_code == 202
+    report = get(service, "/v1/experiments/report", headers=ADMIN).json()
+    arms = report["arms"]
+    assert set(arms) >= {"model", "popularity"}
+    assert arms["model"]["impressions"] >= 4 and arms["model"]["clicks"] >= 1
+    text = get(service, "/metrics", headers=ADMIN).text
+    assert "recstack_requests_total" in text and "recstack_recommendations_total" in text
+
+
+def test_hot_model_update_keeps_serving_and_refuses_a_bad_artifact(service):
+    ranker = service["artifacts"]["ranker"]
+    v2 = ranker.parent / "v2"
+    shutil.copytree(ranker, v2)
+    user = user_in("model", start=500)
+    errors, done = [], threading.Event()
+
+    def fire():
+        while not done.is_set():
+            response = post(service, "/v1/recommend", {"user_id": user, "k": 5})
+            if response.status_code != 200:
+                errors.append(response.status_code)
+
+    thread = threading.Thread(target=fire)
+    thread.start()
+    try:
+        config = write_serve_config(
+            service["root"] / "v2.yaml", service["artifacts"], service["root"] / "state",
+            int(service["url"].rsplit(":", 1)[1]), ranker=v2,
+        )  # fmt: skip
+        serve_cmd.start(config)  # same cluster: only user_config changed -> reconfigure in place
+        deadline = time.monotonic() + 30
+        while (
+            "/v2@"
+            not in post(service, "/v1/recommend", {"user_id": user, "k": 5}).json()["model_version"]
+        ):
+            assert time.monotonic() < deadline, "the new model version never served"
+            time.sleep(0.2)
+        bad = ranker.parent / "v3"
+        shutil.copytree(ranker, bad)
+        (bad / "item_embeddings.npy").write_bytes(b"corrupt")
+        config = write_serve_config(
+            service["root"] / "v3.yaml", service["artifacts"], service["root"] / "state",
+            int(service["url"].rsplit(":", 1)[1]), ranker=bad,
+        )  # fmt: skip
+        with pytest.raises(Exception, match="does not match the hash"):
+            serve_cmd.start(config)  # refused before it reaches the replicas
+    finally:
+        done.set()
+        thread.join()
+    assert errors == []
+    assert (
+        "/v2@" in post(service, "/v1/recommend", {"user_id": user, "k": 5}).json()["model_version"]
+    )
