@@ -7,13 +7,15 @@ PYTHON="${PYTHON:-python3.11}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
-# PostgreSQL binaries for the multi-worker tuning test (the test starts its own throwaway
-# server; it is skipped where PostgreSQL is missing and cannot be installed).
-if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
-      >/dev/null 2>&1 || echo "note: could not install postgresql; its test will be skipped"
-  fi
+# PostgreSQL (multi-worker tuning test) and redis-server (online store, multi-replica serving):
+# the tests start their own throwaway servers on free loopback ports, and are skipped where
+# the binaries are missing and cannot be installed.
+missing=()
+command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") \
+    >/dev/null 2>&1 || echo "note: could not install ${missing[*]}; their tests will be skipped"
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

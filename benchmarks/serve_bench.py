@@ -1,0 +1,160 @@
+"""Latency of `POST /v1/recommend` on ML-100K: in-process pipeline vs the Ray Serve app over HTTP.
+
+    .venv/bin/python benchmarks/serve_bench.py                      # 200 req/s for 30 s
+    .venv/bin/python benchmarks/serve_bench.py --rates 100 200 400 --duration 20
+
+1. In-process: the same RecommendService the ingress runs (store read, arm, two-tower
+   retrieval of 100, SASRec ranking of 10) with the models in this process: no HTTP, no Ray.
+2. Over HTTP: the Serve config (configs/serve_ml100k.yaml by default, state moved to a temp dir,
+   a free port) started with `recstack serve`'s code, then open-loop load at each rate
+   (benchmarks/serve_latency.py: latency from each request's scheduled send time). Client and
+   server share this machine's cores, as a loopback test must.
+
+Needs the artifacts the config names (README: train + export) and data/ml-100k. Writes
+benchmarks/results/serve_ml100k.json.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import secrets
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_latency import load_user_ids, run_open_loop, summarise
+
+from recstack.serving import schemas, serve_cmd
+from recstack.serving.backend import LocalBackend
+from recstack.serving.config import RANKER, RETRIEVER, read_serve_config
+from recstack.serving.event_log import EventLog
+from recstack.serving.service import RecommendService, ServiceSettings
+from recstack.serving.store import open_store
+from recstack.serving.store.seed import seed_from_dataset
+
+RESULTS = Path(__file__).parent / "results"
+TARGETS_MS = {"p50": 5.0, "p99": 15.0}
+
+
+def in_process(checked: dict, users: list[str], state: Path, n: int) -> dict:
+    """Per-call latency of RecommendService.recommend with local models."""
+    args, deployments = checked["args"], checked["deployments"]
+    backend = LocalBackend(
+        deployments[RETRIEVER]["user_config"]["models"],
+        deployments[RANKER]["user_config"]["models"],
+    )
+    store = open_store({"kind": "embedded", "path": str(state / "inproc.sqlite")})
+    if args.seed_histories_from:
+        seed_from_dataset(store, args.seed_histories_from, args.history_limit)
+    service = RecommendService(
+        backend,
+        store,
+        EventLog(state / "inproc-events"),
+        args.experiment,
+        ServiceSettings(args.default_model, args.retrieve_n, args.history_limit),
+    )
+    rng = random.Random(0)
+
+    async def run() -> np.ndarray:
+        times = []
+        for i in range(n + 100):
+            request = schemas.RecommendRequest(user_id=rng.choice(users), k=10)
+            start = time.perf_counter()
+            await service.recommend(request)
+            if i >= 100:  # warm-up
+                times.append((time.perf_counter() - start) * 1000)
+        return np.array(times)
+
+    latency = asyncio.run(run())
+    return {"calls": n, "latency_ms": summarise(latency), "mean_ms": float(latency.mean())}
+
+
+def http_config(config: Path, state: Path, port: int) -> Path:
+    """The config with its state (store, event log) in `state` and the given port."""
+    document = yaml.safe_load(config.read_text())
+    document["http_options"] = {"host": "127.0.0.1", "port": port}
+    args = document["applications"][0]["args"]
+    args["store"] = {"kind": "embedded", "path": str(state / "state.sqlite")}
+    args["event_log"] = str(state / "events")
+    out = state / "serve.yaml"
+    out.write_text(yaml.safe_dump(document))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", type=Path, default=Path("configs/serve_ml100k.yaml"))
+    parser.add_argument("--users-from", type=Path, default=Path("data/ml-100k/users.parquet"))
+    parser.add_argument("--rates", type=float, nargs="+", default=[200.0])
+    parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per rate")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--in-process-calls", type=int, default=2000)
+    parser.add_argument("--out", type=Path, default=RESULTS / "serve_ml100k.json")
+    args = parser.parse_args(argv)
+
+    checked = read_serve_config(args.config)
+    users = load_user_ids(args.users_from, None)
+    state = Path(tempfile.mkdtemp(prefix="recstack-serve-bench-"))
+    result = {
+        "benchmark": "serve_ml100k",
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "python": platform.python_version(),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "serve_config": checked["document"],
+        "targets_ms": TARGETS_MS,
+    }
+    result["in_process"] = in_process(checked, users, state, args.in_process_calls)
+    print(f"in-process: {result['in_process']['latency_ms']}")
+
+    key = secrets.token_urlsafe(24)
+    os.environ["RECSTACK_APP_KEYS"] = key
+    url = serve_cmd.start(http_config(args.config, state, free_port()), temp_dir=state / "ray")
+    rng = random.Random(1)
+    result["http"] = []
+    try:
+        for rate in args.rates:
+            draws = rng.choices(users, k=round(rate * (args.duration + args.warmup)) + 1)
+            run = run_open_loop(
+                url + "/v1/recommend",
+                rate,
+                args.duration,
+                args.warmup,
+                lambda i, draws=draws: {"user_id": draws[i], "k": 10},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            run["rate"] = rate
+            lat = run["latency_ms"]
+            run["meets_targets"] = run["errors"] == 0 and all(
+                lat[p] is not None and lat[p] <= t for p, t in TARGETS_MS.items()
+            )
+            result["http"].append(run)
+            print(
+                f"{rate:.0f} req/s: ok {run['ok']}/{run['sent']}, latency ms {lat}, errors {run['errors']}"
+            )
+    finally:
+        serve_cmd.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""The real Ray Serve app on a real Redis, with 2 Ingress and 2 Ranker replicas (one per module).
+
+The module runs its own `redis-server` (AOF with fsync on every write, as a production Redis
+would keep its data) on a fixed port, so the tests can kill it, freeze it and start it again on
+the same port while Ray keeps running.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from service_config import ADMIN_KEY, APP_KEY, free_port, set_test_keys, write_serve_config
+
+from recstack.event_log_format import SegmentName, segment_files
+from recstack.serving import serve_cmd
+from recstack.serving.experiments import Experiment, assign
+
+pytestmark = pytest.mark.integration
+APP = {"Authorization": f"Bearer {APP_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+DB = 3  # a Redis db and key prefix of this module's own
+PREFIX = "recstack-redis-test:"
+CALLS = 20  # calls per check: the proxy spreads them over both ingress replicas
+OUTAGE_BOUND_S = 2.0  # most a request may take while the store is down
+EXPERIMENT = Experiment(
+    name="test",
+    salt="s1",
+    arms=[
+        {"name": "model", "kind": "model", "model": "main", "weight": 0.5},
+        {"name": "popularity", "kind": "popularity", "weight": 0.5},
+    ],
+)
+
+
+def user_in(arm: str, start: int = 1, prefix: str = "") -> str:
+    """A user id (prefix + a number >= start) that the experiment assigns to `arm`."""
+    return next(
+        f"{prefix}{u}"
+        for u in range(start, start + 100)
+        if assign(EXPERIMENT, f"{prefix}{u}").name == arm
+    )
+
+
+class RedisServer:
+    """A `redis-server` on a fixed port that can be killed, frozen and restarted."""
+
+    def __init__(self, workdir: Path, port: int) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        self.binary, self.workdir, self.port = binary, workdir, port
+        self.url = f"redis://127.0.0.1:{port}/{DB}"
+        self.proc: subprocess.Popen | None = None
+
+    def client(self):
+        import redis
+
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, db=DB, socket_timeout=2, decode_responses=True
+        )
+
+    def start(self) -> None:
+        import redis
+
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
+        args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+        self.proc = subprocess.Popen(
+            [self.binary, *args, "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 10
+        with self.client() as client:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        err = self.proc.stderr.read().decode() if self.proc.poll() else "timeout"
+                        pytest.fail(f"redis-server on port {self.port} did not start: {err}")
+                    time.sleep(0.05)
+
+    def kill(self) -> None:
+        """Crash it (SIGKILL): connections drop, the port refuses."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections hang (the kernel still accepts new ones) instead of failing."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.thaw()
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, ml100k_artifacts):
+    root = tmp_path_factory.mktemp("rs")  # short: Ray's socket paths must fit 107 bytes
+    server = RedisServer(tmp_path_factory.mktemp("redis-data"), free_port())
+    server.start()
+    set_test_keys()
+    store = {"kind": "redis", "url": server.url, "prefix": PREFIX}
+    config = write_serve_config(
+        root / "serve.yaml", ml100k_artifacts, root / "state", free_port(), store=store, replicas=2
+    )
+    try:
+        url = serve_cmd.start(config, temp_dir=root / "ray")
+        try:
+            yield {"url": url, "root": root, "redis": server}
+        finally:
+            serve_cmd.stop()
+    finally:
+        server.stop()
+
+
+def post(service, path, body, headers=APP, timeout=30):
+    return requests.post(service["url"] + path, json=body, headers=headers, timeout=timeout)
+
+
+def get(service, path, headers=APP, timeout=30):
+    return requests.get(service["url"] + path, headers=headers, timeout=timeout)
+
+
+def put_consent(service, user, consent: dict) -> requests.Response:
+    return requests.put(
+        f"{service['url']}/v1/users/{user}/consent", json=consent, headers=APP, timeout=30
+    )
+
+
+def views(user: str, items: list[str], ts: int = 1_900_000_000) -> dict:
+    return {
+        "events": [
+            {"user_id": user, "item_id": item, "type": "view", "ts": ts + n}
+            for n, item in enumerate(items)
+        ]
+    }
+
+
+def recommend_many(service, body: dict, calls: int = CALLS) -> list[dict]:
+    out = []
+    for _ in range(calls):
+        response = post(service, "/v1/recommend", body)
+        assert response.status_code == 200, response.text
+        out.append(response.json())
+    return out
+
+
+def item_ids(body: dict) -> list[str]:
+    return [i["item_id"] for i in body["items"]]
+
+
+def test_two_ingress_and_two_ranker_replicas_serve_requests(service):
+    from ray import serve
+
+    deployments = serve.status().applications["recstack"].deployments
+    for name in ("Ingress", "Ranker"):
+        assert {str(s): n for s, n in deployments[name].replica_states.items()} == {"RUNNING": 2}, (
+            name
+        )
+    # Each ingress replica logs its events to its own segment (its pid in the file name): after
+    # CALLS posts through the proxy, both replicas have handled some.
+    for n in range(CALLS):
+        body = {"events": [{"user_id": "spread", "item_id": "1", "type": "impression", "ts": n}]}
+        assert post(service, "/v1/events", body).status_code == 202
+    sealed, opened = segment_files(service["root"] / "state" / "events")
+    writers = {SegmentName.parse(p.stem).pid for p in [*sealed, *opened]}
+    assert len(writers) == 2, writers
+
+
+def test_events_are_seen_at_once_by_every_replica(service):
+    # A new user: cold start, then history-based on every replica right after one event post.
+    user = user_in("model", prefix="rt-")
+    cold = post(service, "/v1/recommend", {"user_id": user, "k": 10}).json()
+    assert cold["fallback"] == "cold_start"
+    watched = item_ids(cold)[:3]  # the most popular items: they would be recommended otherwise
+    response = post(service, "/v1/events", views(user, watched))
+    assert response.status_code == 202 and response.json()["history_updated"] is True
+    answers = recommend_many(service, {"user_id": user, "k": 10})  # no sleep
+    for body in answers:
+        assert body["fallback"] is None and body["personalised_from"] == "history", body
+        assert not set(watched) & set(item_ids(body)), body
+    assert len({tuple(item_ids(b)) for b in answers}) == 1  # the ranker replicas agree
+
+    # A user with a seeded history: the new views leave every replica's next answer at once.
+    user = user_in("model", start=600)
+    before = item_ids(post(service, "/v1/recommend", {"user_id": user, "k": 10}).json())
+    watched = before[:3]
+    assert post(service, "/v1/events", views(user, watched)).status_code == 202
+    answers = recommend_many(service, {"user_id": user, "k": 10})
+    for body in answers:
+        assert body["personalised_from"] == "history" and body["fallback"] is None, body
+        assert not set(watched) & set(item_ids(body)) and item_ids(body) != before, body
+    data = get(service, f"/v1/users/{user}/data", headers=ADMIN).json()
+    assert data["history"][-3:] == watched
+
+
+def test_consent_set_through_one_call_is_honoured_by_every_following_call(service):
+    user = user_in("model", start=650)
+    history = get(service, f"/v1/users/{user}/data", headers=ADMIN).json()["history"]
+    assert history
+    assert put_consent(service, user, {"personalization": False, "tracking": False}).ok
+    for body in recommend_many(service, {"user_id": user, "k": 5}):
+        assert body["fallback"] == "opted_out" and body["personalised_from"] is None, body
+    for _ in range(CALLS // 2):
+        body = post(service, "/v1/events", views(user, ["1"])).json()
+        assert body == {"accepted": 0, "dropped_no_consent": 1, "history_updated": True}, body
+    assert put_consent(service, user, {"personalization": True, "tracking": True}).ok
+    for body in recommend_many(service, {"user_id": user, "k": 5}):
+        assert body["fallback"] is None and body["personalised_from"] == "history", body
+    assert get(service, f"/v1/users/{user}/data", headers=ADMIN).json()["history"] == history
+
+
+def test_erasure_leaves_no_key_of_the_user_in_redis(service):
+    user = user_in("model", prefix="erase-me-")
+    assert post(service, "/v1/events", views(user, ["50", "172"])).status_code == 202
+    assert put_consent(service, user, {"personalization": True, "tracking": True}).ok
+    onboarded = post(service, f"/v1/users/{user}/onboarding", {"items": ["181"]})
+    assert onboarded.status_code == 200
+    with service["redis"].client() as client:
+        assert any(user in key for key in client.scan_iter(count=1000))  # the scan sees them
+    erased = requests.delete(f"{service['url']}/v1/users/{user}", headers=ADMIN, timeout=30)
+    assert erased.json() == {
+        "user_id": user,
+        "erased_online_state": True,
+        "event_log_tombstoned": True,
+    }
+    with service["redis"].client() as client:
+        keys = list(client.scan_iter(count=1000))
+        assert keys and not [k for k in keys if user in k]
+        for key in keys:  # nor any value (the meta hash, histories, consents)
+            kind = client.type(key)
+            if kind == "hash":
+                values = [*client.hkeys(key), *client.hvals(key)]
+            elif kind == "list":
+                values = client.lrange(key, 0, -1)
+            else:
+                values = [client.get(key) or ""]
+            assert not [v for v in values if user in v], key
+    for _ in range(4):  # whichever replica answers
+        data = get(service, f"/v1/users/{user}/data", headers=ADMIN).json()
+        assert data == {
+            "user_id": user,
+            "history": [],
+            "consent": None,
+            "onboarding": [],
+            "events": [],
+        }
+
+
+def wait_ready(service, timeout_s: float = 15.0) -> None:
+    """Until /readyz is 200 on several calls in a row (both ingress replicas)."""
+    deadline, streak = time.monotonic() + timeout_s, 0
+    while streak < 6:
+        response = get(service, "/readyz", headers={})
+        streak = streak + 1 if response.status_code == 200 else 0
+        assert time.monotonic() < deadline, f"not ready again: {response.text}"
+        if not streak:
+            time.sleep(0.2)
+
+
+def timed(call):
+    start = time.monotonic()
+    response = call()
+    return response, time.monotonic() - start
+
+
+def check_store_down_answers(service, seeded_user: str, new_user: str) -> None:
+    """While the store is down: popularity fallbacks, logged events, 503 readiness; all fast."""
+    for _ in range(CALLS // 2):
+        response, took = timed(
+            lambda: post(
+                service, "/v1/recommend", {"user_id": seeded_user, "k": 5, "explain": True}
+            )
+        )
+        body = response.json()
+        assert response.status_code == 200 and took < OUTAGE_BOUND_S, (took, body)
+        assert body["fallback"] == "store_unavailable" and body["personalised_from"] is None
+        assert len(body["items"]) == 5 and {i["reason"]["kind"] for i in body["items"]} == {
+            "popular"
+        }
+    # the request's own history still personalises
+    anonymous = post(service, "/v1/recommend", {"k": 5, "recent_items": ["50", "172"]}).json()
+    assert anonymous["fallback"] is None and anonymous["personalised_from"] == "request"
+    for n in range(4):
+        response, took = timed(
+            lambda n=n: post(service, "/v1/events", views(new_user, [str(100 + n)], ts=n))
+        )
+        assert response.status_code == 202 and took < OUTAGE_BOUND_S, (took, response.text)
+        assert response.json() == {
+            "accepted": 1,
+            "dropped_no_consent": 0,
+            "history_updated": False,
+        }
+    for _ in range(6):
+        response, took = timed(lambda: get(service, "/readyz", headers={}))
+        assert response.status_code == 503 and took < OUTAGE_BOUND_S, (took, response.text)
+        assert "online store" in response.json()["error"] and "Redis" in response.json()["error"]
+    data = get(service, f"/v1/users/{seeded_user}/data", headers=ADMIN)
+    assert data.status_code == 503 and "online store unavailable" in data.json()["error"]
+
+
+def check_recovered(service, seeded_user: str, new_user: str) -> list[str]:
+    """Ready and personalised again; returns the new user's online history."""
+    wait_ready(service)
+    for body in recommend_many(service, {"user_id": seeded_user, "k": 5}):
+        assert body["fallback"] is None and body["personalised_from"] == "history", body
+    response = post(service, "/v1/events", views(new_user, ["200"], ts=10))
+    assert response.json()["history_updated"] is True
+    data = get(service, f"/v1/users/{new_user}/data", headers=ADMIN).json()
+    assert sorted(e["item_id"] for e in data["events"]) == ["100", "101", "102", "103", "200"]
+    return data["history"]
+
+
+def test_redis_crash_falls_back_fast_and_recovers_without_restarting_ray(service):
+    server = service["redis"]
+    seeded_user = user_in("model", start=700)
+    new_user = user_in("model", prefix="outage-")
+    server.kill()
+    try:
+        check_store_down_answers(service, seeded_user, new_user)
+    finally:
+        server.start()  # the same port; the AOF brings the data back
+    # the outage's events are in the log, not in the online history (replay: rebuild_store)
+    assert check_recovered(service, seeded_user, new_user) == ["200"]
+
+
+def test_a_hung_redis_is_bounded_by_the_store_timeout(service):
+    server = service["redis"]
+    seeded_user = user_in("model", start=800)
+    new_user = user_in("model", prefix="hung-")
+    server.freeze()
+    try:
+        check_store_down_answers(service, seeded_user, new_user)
+    finally:
+        server.thaw()
+    history = check_recovered(service, seeded_user, new_user)
+    print("history after the freeze:", history)
+    assert history[-1] == "200"
