@@ -78,15 +78,65 @@ def in_process(checked: dict, users: list[str], state: Path, n: int) -> dict:
     return {"calls": n, "latency_ms": summarise(latency), "mean_ms": float(latency.mean())}
 
 
-def http_config(config: Path, state: Path, port: int) -> Path:
-    """The config with its state (store, event log) in `state` and the given port."""
+def http_config(config: Path, state: Path, port: int, max_batch_size: int) -> Path:
+    """The config with its state (store, event log) in `state`, a port and a batch size."""
     document = yaml.safe_load(config.read_text())
     document["http_options"] = {"host": "127.0.0.1", "port": port}
     args = document["applications"][0]["args"]
     args["store"] = {"kind": "embedded", "path": str(state / "state.sqlite")}
     args["event_log"] = str(state / "events")
+    for deployment in document["applications"][0]["deployments"]:
+        if "models" in deployment.get("user_config", {}):
+            deployment["user_config"]["max_batch_size"] = max_batch_size
     out = state / "serve.yaml"
     out.write_text(yaml.safe_dump(document))
+    return out
+
+
+def sequential(url: str, key: str, users: list[str], n: int) -> dict:
+    """One request at a time (no queueing): the floor of the HTTP + Ray latency."""
+    import requests
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {key}"
+    rng, times = random.Random(2), []
+    for i in range(n + 20):
+        start = time.perf_counter()
+        session.post(
+            url + "/v1/recommend", json={"user_id": rng.choice(users), "k": 10}, timeout=10
+        )
+        if i >= 20:
+            times.append((time.perf_counter() - start) * 1000)
+    return {"calls": n, "latency_ms": summarise(np.array(times))}
+
+
+def http_runs(args, users: list[str], state: Path, key: str, max_batch_size: int) -> dict:
+    """Start the app with this @serve.batch size, then sequential calls and each open-loop rate."""
+    config = http_config(args.config, state, free_port(), max_batch_size)
+    url = serve_cmd.start(config, temp_dir=state / "ray")
+    out = {"max_batch_size": max_batch_size, "rates": []}
+    rng = random.Random(1)
+    try:
+        out["sequential"] = sequential(url, key, users, 300)
+        print(f"max_batch_size {max_batch_size}: sequential {out['sequential']['latency_ms']}")
+        for rate in args.rates:
+            draws = rng.choices(users, k=round(rate * (args.duration + args.warmup)) + 1)
+            run = run_open_loop(
+                url + "/v1/recommend",
+                rate,
+                args.duration,
+                args.warmup,
+                lambda i, draws=draws: {"user_id": draws[i], "k": 10},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            lat = run["latency_ms"]
+            run["meets_targets"] = run["errors"] == 0 and all(
+                lat[p] is not None and lat[p] <= t for p, t in TARGETS_MS.items()
+            )
+            out["rates"].append(run)
+            print(f"  {rate:.0f} req/s: ok {run['ok']}/{run['sent']}, latency ms {lat}")
+    finally:
+        serve_cmd.stop()
     return out
 
 
@@ -100,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per rate")
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--in-process-calls", type=int, default=2000)
+    parser.add_argument(
+        "--max-batch-sizes",
+        type=int,
+        nargs="+",
+        default=[32, 1],
+        help="@serve.batch sizes to compare",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "serve_ml100k.json")
     args = parser.parse_args(argv)
 
@@ -119,31 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     key = secrets.token_urlsafe(24)
     os.environ["RECSTACK_APP_KEYS"] = key
-    url = serve_cmd.start(http_config(args.config, state, free_port()), temp_dir=state / "ray")
-    rng = random.Random(1)
-    result["http"] = []
-    try:
-        for rate in args.rates:
-            draws = rng.choices(users, k=round(rate * (args.duration + args.warmup)) + 1)
-            run = run_open_loop(
-                url + "/v1/recommend",
-                rate,
-                args.duration,
-                args.warmup,
-                lambda i, draws=draws: {"user_id": draws[i], "k": 10},
-                headers={"Authorization": f"Bearer {key}"},
-            )
-            run["rate"] = rate
-            lat = run["latency_ms"]
-            run["meets_targets"] = run["errors"] == 0 and all(
-                lat[p] is not None and lat[p] <= t for p, t in TARGETS_MS.items()
-            )
-            result["http"].append(run)
-            print(
-                f"{rate:.0f} req/s: ok {run['ok']}/{run['sent']}, latency ms {lat}, errors {run['errors']}"
-            )
-    finally:
-        serve_cmd.stop()
+    result["http"] = [http_runs(args, users, state, key, batch) for batch in args.max_batch_sizes]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"wrote {args.out}")

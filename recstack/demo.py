@@ -12,7 +12,7 @@
    artifacts/demo-two-tower-ml100k/v1 (ONNX with a parity check; replaced on every run).
 5. The service starts from configs/serve_demo.yaml, copied with the demo's paths and a free
    port (8000 when free) to runs/demo-serve/serve.yaml. Its state (online store, event log,
-   Ray's temp dir) lives in runs/demo-serve/, emptied first. A fresh app key and admin key go
+   Ray's temp dir) lives in runs/demo-serve/, cleared first. A fresh app key and admin key go
    into this process's environment (the replicas inherit it); they are never printed.
 6. HTTP calls (recstack/demo_calls.py): recommendations with explanations in both A/B arms,
    events that change the next list at once, an anonymous session, a cold user, similar
@@ -24,6 +24,7 @@ import os
 import secrets
 import shutil
 import socket
+import time
 from pathlib import Path
 
 from recstack.errors import DataError, RecstackError
@@ -57,13 +58,13 @@ def demo(
         retriever_epochs: two-tower training epochs (about 12 s each on 2 CPU cores).
         artifacts: where the exported models go (demo-<model>-ml100k/v1, replaced).
         serve_dir: the service's state: serve.yaml, online store, event log, Ray temp dir
-            (emptied at the start of every demo).
+            (cleared at the start of every demo).
         port: HTTP port of the service (a free one is taken when it is busy).
         cache: download cache dir (default $RECSTACK_CACHE or ~/.cache/recstack).
     """
     from recstack.training.export.export_cmd import export
 
-    data_dir = Path(data_dir)
+    started, data_dir = time.perf_counter(), Path(data_dir)
     _prepare(data_dir, cache)
     missing = [str(p) for p in (SASREC_CONFIG, TWO_TOWER_CONFIG, SERVE_CONFIG) if not p.is_file()]
     if missing:
@@ -77,6 +78,12 @@ def demo(
     ranker = export(Path(sasrec["best_checkpoint"]), out / "demo-sasrec-ml100k/v1", True)
     retriever = export(Path(two_tower["best_checkpoint"]), out / "demo-two-tower-ml100k/v1", True)
     calls = _serve_and_call(ranker, retriever, data_dir, Path(serve_dir), port)
+    minutes, seconds = divmod(round(time.perf_counter() - started), 60)
+    again = f"recstack serve --config {Path(serve_dir) / 'serve.yaml'}"
+    console.print(
+        f"demo done in {minutes} min {seconds:02d} s. Serve these models again with "
+        f"RECSTACK_APP_KEYS=<a key of 16+ characters> {again}"
+    )
     return {
         "sasrec": sasrec,
         "two_tower": two_tower,
@@ -107,8 +114,10 @@ def _train(config: Path, data_dir: Path, run_dir: Path, epochs: int) -> dict:
 
 
 def _free_port(preferred: int) -> int:
+    """`preferred` unless something listens there (TIME_WAIT leftovers don't count), else any."""
     for candidate in (preferred, 0):
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP proxy binds
             try:
                 s.bind(("127.0.0.1", candidate))
             except OSError:
@@ -143,8 +152,12 @@ def _serve_and_call(ranker: Path, retriever: Path, data_dir: Path, state: Path, 
 
     console.rule("5. serve both models with Ray Serve")
     state = state.resolve()
-    shutil.rmtree(state, ignore_errors=True)  # a fresh online store and event log every run
-    state.mkdir(parents=True)
+    state.mkdir(parents=True, exist_ok=True)
+    for old in [*state.glob("state.sqlite*"), state / "events", state / "ray"]:  # a fresh start
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink(missing_ok=True)
     config = _write_serve_config(ranker, retriever, data_dir, state, _free_port(port))
     keys = {scope: secrets.token_urlsafe(24) for scope in (APP, ADMIN)}
     os.environ.update({KEY_ENV[scope]: key for scope, key in keys.items()})
@@ -153,7 +166,7 @@ def _serve_and_call(ranker: Path, retriever: Path, data_dir: Path, state: Path, 
         f"({KEY_ENV[APP]} / {KEY_ENV[ADMIN]} in this process's environment, not shown)"
     )
     try:
-        with console.status("starting Ray and the service (about 30 s) …"):
+        with console.status("starting Ray and the service (about 20 s) …"):
             url = serve_cmd.start(config, temp_dir=state / "ray")
         console.print(f"recstack is serving at {url}  (OpenAPI: {url}/docs)")
         experiment = read_serve_config(config)["args"].experiment

@@ -11,9 +11,10 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
 
 from recstack import __version__
 from recstack.errors import RecstackError
@@ -30,8 +31,11 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 _ERRORS = {
     401: {"model": schemas.ErrorBody, "description": "missing or unknown API key"},
     403: {"model": schemas.ErrorBody, "description": "the key lacks this endpoint's scope"},
+    413: {"model": schemas.ErrorBody, "description": "request body over 1 MiB"},
     422: {"model": schemas.ErrorBody, "description": "invalid request"},
+    503: {"model": schemas.ErrorBody, "description": "not ready (model not loaded, store down)"},
 }
+_NOT_FOUND = {404: {"model": schemas.ErrorBody, "description": "unknown item id"}}
 
 
 _STATE: dict = {}
@@ -85,6 +89,9 @@ def _install_handlers(api: FastAPI) -> None:
 
     handlers = {
         HttpError: lambda exc: error(exc.status, str(exc)),
+        HTTPException: lambda exc: JSONResponse(  # FastAPI's own: 404 route, 405, 400 body
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        ),
         RequestValidationError: lambda exc: error(422, _validation_message(exc)),
         NotFound: lambda exc: error(404, str(exc)),
         UnknownModel: lambda exc: error(503, f"{exc}; check the serve config's models"),
@@ -124,7 +131,7 @@ def make_api() -> FastAPI:
     ) -> schemas.RecommendResponse:
         return await _service(request).recommend(body)
 
-    @api.get("/v1/similar/{item_id}", dependencies=[app_scope], responses=_ERRORS)
+    @api.get("/v1/similar/{item_id}", dependencies=[app_scope], responses=_ERRORS | _NOT_FOUND)
     async def similar(
         request: Request,
         item_id: Annotated[str, Path(min_length=1, max_length=128)],
@@ -158,7 +165,9 @@ def make_api() -> FastAPI:
     async def experiments_report(request: Request) -> dict:
         return await _service(request).experiment_report()
 
-    @api.get("/metrics", dependencies=[admin_scope], responses=_ERRORS)
+    @api.get(
+        "/metrics", dependencies=[admin_scope], responses=_ERRORS, response_class=PlainTextResponse
+    )
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
@@ -173,4 +182,9 @@ def make_api() -> FastAPI:
             return JSONResponse({"error": "; ".join(problems)}, status_code=503)
         return {"status": "ready"}
 
+    # Build the schema now and serve that, not one rebuilt from Ray Serve's pickled copy of the
+    # routes: FastAPI tells "no example" by the identity of a sentinel, which unpickling loses
+    # (every parameter and body of the served schema got `"example": {}`).
+    schema = api.openapi()
+    api.openapi = lambda: schema
     return api

@@ -17,7 +17,14 @@ from ray.serve.handle import DeploymentHandle
 from recstack.serving.api import attach, make_api
 from recstack.serving.auth import ApiKeys
 from recstack.serving.backend import RankerReplica, RetrieverReplica
-from recstack.serving.config import INGRESS, RANKER, RETRIEVER, parse_args, parse_models
+from recstack.serving.config import (
+    INGRESS,
+    RANKER,
+    RETRIEVER,
+    ModelsConfig,
+    parse_args,
+    parse_models,
+)
 from recstack.serving.event_log import EventLog
 from recstack.serving.ranking import Ranked, RankRequest
 from recstack.serving.retrieval import Candidates, RetrievalRequest
@@ -41,6 +48,11 @@ def _grouped(calls: list[tuple[str, object]], run) -> list:
     return out
 
 
+def _set_batching(method, config: ModelsConfig) -> None:
+    method.set_max_batch_size(config.max_batch_size)
+    method.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+
+
 @serve.deployment(name=RETRIEVER, ray_actor_options={"num_cpus": 0.25})
 class RetrieverDeployment:
     def __init__(self) -> None:
@@ -52,6 +64,7 @@ class RetrieverDeployment:
             self.replica = RetrieverReplica(config.models, config.index)
         else:
             self.replica.slots.apply(config.models)
+        _set_batching(self.retrieve, config)
 
     @serve.batch(**BATCH)
     async def retrieve(self, calls: list[tuple[str, RetrievalRequest]]) -> list[Candidates]:
@@ -72,6 +85,7 @@ class RankerDeployment:
             self.replica = RankerReplica(config.models)
         else:
             self.replica.slots.apply(config.models)
+        _set_batching(self.rank, config)
 
     @serve.batch(**BATCH)
     async def rank(self, calls: list[tuple[str, RankRequest]]) -> list[Ranked]:

@@ -174,17 +174,21 @@ class RecommendService:
 
     # ---- events and user state --------------------------------------------------------------
 
-    def _tracking_allowed(self, user_id: str, cache: dict[str, bool]) -> bool:
+    def _tracking_allowed(self, user_id: str, cache: dict[str | None, bool]) -> bool:
+        """After one failed read the store counts as down for the rest of the request
+        (cache[None]): a batch of many users costs one store timeout, not one per user."""
         if user_id not in cache:
-            try:
-                consent = self._store("consent", user_id)
-            except StoreUnavailable:
-                consent = None  # unknown consent: the default (tracking on) applies
+            consent = None  # unknown consent (store down): the default (tracking on) applies
+            if not cache.get(None):
+                try:
+                    consent = self._store("consent", user_id)
+                except StoreUnavailable:
+                    cache[None] = True
             cache[user_id] = consent is None or consent.get("tracking", True)
         return cache[user_id]
 
     async def events(self, req: schemas.EventsRequest) -> schemas.EventsResponse:
-        allowed: dict[str, bool] = {}
+        allowed: dict[str | None, bool] = {}
         now_ms = int(time.time() * 1000)
         rows = []
         for event in req.events:
@@ -209,12 +213,13 @@ class RecommendService:
         metrics.EVENTS_DROPPED.inc(dropped)
         for row in rows:
             metrics.EVENTS.labels(row["type"]).inc()
-        updated = True
-        try:
-            for user_id, items in _histories(rows).items():
-                self._store("append_history", user_id, items)
-        except StoreUnavailable:
-            updated = False
+        updated = not allowed.get(None)  # no second timeout once the store is known down
+        if updated:
+            try:
+                for user_id, items in _histories(rows).items():
+                    self._store("append_history", user_id, items)
+            except StoreUnavailable:
+                updated = False
         return schemas.EventsResponse(
             accepted=len(rows), dropped_no_consent=dropped, history_updated=updated
         )

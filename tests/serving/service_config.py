@@ -2,6 +2,7 @@
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -74,3 +75,8 @@ def write_serve_config(
     }
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def ray_temp_dir() -> Path:
+    """A short temp dir for Ray: its socket paths under it must fit in 107 bytes (AF_UNIX)."""
+    return Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))

@@ -10,7 +10,14 @@ import time
 import pyarrow.compute as pc
 import pytest
 import requests
-from service_config import ADMIN_KEY, APP_KEY, free_port, set_test_keys, write_serve_config
+from service_config import (
+    ADMIN_KEY,
+    APP_KEY,
+    free_port,
+    ray_temp_dir,
+    set_test_keys,
+    write_serve_config,
+)
 
 from recstack.serving import serve_cmd
 from recstack.serving.event_log import read_events
@@ -39,7 +46,7 @@ def service(tmp_path_factory, ml100k_artifacts):
     root = tmp_path_factory.mktemp("serve")
     set_test_keys()
     config = write_serve_config(root / "serve.yaml", ml100k_artifacts, root / "state", free_port())
-    url = serve_cmd.start(config, temp_dir=root / "ray")
+    url = serve_cmd.start(config, temp_dir=ray_temp_dir())
     try:
         yield {"url": url, "root": root, "config": config, "artifacts": ml100k_artifacts}
     finally:
