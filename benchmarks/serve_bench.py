@@ -1,14 +1,16 @@
-"""Latency of `POST /v1/recommend` on ML-100K: in-process pipeline vs the Ray Serve app over HTTP.
+"""Latency of `POST /v1/recommend` on ML-100K: in-process, Ray Serve, and uvicorn engines.
 
-    .venv/bin/python benchmarks/serve_bench.py                      # 200 req/s for 30 s
-    .venv/bin/python benchmarks/serve_bench.py --rates 100 200 400 --duration 20
+    .venv/bin/python benchmarks/serve_bench.py                 # 200 req/s for 30 s, ~5 min
+    .venv/bin/python benchmarks/serve_bench.py --rates 100 200 400 --duration 20 --engines uvicorn
 
 1. In-process: the same RecommendService the ingress runs (store read, arm, two-tower
    retrieval of 100, SASRec ranking of 10) with the models in this process: no HTTP, no Ray.
-2. Over HTTP: the Serve config (configs/serve_ml100k.yaml by default, state moved to a temp dir,
-   a free port) started with `recstack serve`'s code, then open-loop load at each rate
-   (benchmarks/serve_latency.py: latency from each request's scheduled send time). Client and
-   server share this machine's cores, as a loopback test must.
+2. Over HTTP, for each engine of `recstack serve` on the same Serve config
+   (configs/serve_ml100k.yaml, state moved to a temp dir, a free port): 300 sequential calls
+   (the floor), then open-loop load at each rate (benchmarks/serve_latency.py: latency from
+   each request's scheduled send time). `ray`: Ingress -> Retriever -> Ranker deployments,
+   once per @serve.batch size in --max-batch-sizes; `uvicorn`: the same API in --workers
+   processes with the models in-process. Client and server share this machine's cores.
 
 Needs the artifacts the config names (README: train + export) and data/ml-100k. Writes
 benchmarks/results/serve_ml100k.json.
@@ -16,12 +18,15 @@ benchmarks/results/serve_ml100k.json.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import random
 import secrets
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -110,15 +115,39 @@ def sequential(url: str, key: str, users: list[str], n: int) -> dict:
     return {"calls": n, "latency_ms": summarise(np.array(times))}
 
 
-def http_runs(args, users: list[str], state: Path, key: str, max_batch_size: int) -> dict:
-    """Start the app with this @serve.batch size, then sequential calls and each open-loop rate."""
-    config = http_config(args.config, state, free_port(), max_batch_size)
-    url = serve_cmd.start(config, temp_dir=state / "ray")
-    out = {"max_batch_size": max_batch_size, "rates": []}
-    rng = random.Random(1)
+@contextlib.contextmanager
+def running(engine: str, config: Path, state: Path, workers: int):
+    """The service on `engine` for the duration of the block; yields its base URL."""
+    if engine == "ray":
+        try:
+            yield serve_cmd.start(config, temp_dir=state / "ray")
+        finally:
+            serve_cmd.stop()
+        return
+    command = [sys.executable, "-m", "recstack.cli", "serve", "--config", str(config)]
+    server = subprocess.Popen([*command, "--engine", "uvicorn", "--workers", str(workers)])
     try:
+        port = yaml.safe_load(config.read_text())["http_options"]["port"]
+        url = f"http://127.0.0.1:{port}"
+        serve_cmd.wait_ready(url)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def http_runs(args, users: list[str], state: Path, key: str, engine: str, batch: int) -> dict:
+    """Start the app on `engine`, then sequential calls and each open-loop rate."""
+    config = http_config(args.config, state, free_port(), batch)
+    out = {"engine": engine, "rates": []}
+    if engine == "ray":
+        out["max_batch_size"] = batch
+    else:
+        out["workers"] = args.workers
+    rng = random.Random(1)
+    with running(engine, config, state, args.workers) as url:
         out["sequential"] = sequential(url, key, users, 300)
-        print(f"max_batch_size {max_batch_size}: sequential {out['sequential']['latency_ms']}")
+        print(f"{engine} (batch {batch}): sequential {out['sequential']['latency_ms']}")
         for rate in args.rates:
             draws = rng.choices(users, k=round(rate * (args.duration + args.warmup)) + 1)
             run = run_open_loop(
@@ -135,8 +164,6 @@ def http_runs(args, users: list[str], state: Path, key: str, max_batch_size: int
             )
             out["rates"].append(run)
             print(f"  {rate:.0f} req/s: ok {run['ok']}/{run['sent']}, latency ms {lat}")
-    finally:
-        serve_cmd.stop()
     return out
 
 
@@ -150,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per rate")
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--in-process-calls", type=int, default=2000)
+    parser.add_argument(
+        "--engines", nargs="+", default=["ray", "uvicorn"], choices=["ray", "uvicorn"]
+    )
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn engine: worker processes")
     parser.add_argument(
         "--max-batch-sizes",
         type=int,
@@ -176,7 +207,12 @@ def main(argv: list[str] | None = None) -> int:
 
     key = secrets.token_urlsafe(24)
     os.environ["RECSTACK_APP_KEYS"] = key
-    result["http"] = [http_runs(args, users, state, key, batch) for batch in args.max_batch_sizes]
+    runs = [("ray", batch) for batch in args.max_batch_sizes if "ray" in args.engines]
+    runs += [("uvicorn", 1)] if "uvicorn" in args.engines else []
+    result["http"] = []
+    for engine, batch in runs:
+        shutil.rmtree(state / "events", ignore_errors=True)  # each run starts from a fresh log
+        result["http"].append(http_runs(args, users, state, key, engine, batch))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"wrote {args.out}")

@@ -6,7 +6,6 @@ Serve ships a pickled copy of the app to each replica: one ingress replica per p
 Every error is a JSON body `{"error": "..."}` with a 4xx (or 503 while not ready) status.
 """
 
-import time
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Path, Query, Request
@@ -20,6 +19,7 @@ from recstack import __version__
 from recstack.errors import RecstackError
 from recstack.serving import metrics, schemas
 from recstack.serving.auth import ADMIN, APP, ApiKeys
+from recstack.serving.http_limits import LimitAndTime
 from recstack.serving.model_slots import UnknownModel
 from recstack.serving.service import NotFound, RecommendService
 from recstack.serving.store.base import StoreUnavailable
@@ -101,20 +101,6 @@ def _install_handlers(api: FastAPI) -> None:
     for exc_class, make in handlers.items():
         api.add_exception_handler(exc_class, lambda _req, exc, make=make: make(exc))
 
-    @api.middleware("http")
-    async def limit_and_time(request: Request, call_next):
-        start = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            response = error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.REQUESTS.labels(path, str(response.status_code)).inc()
-        metrics.LATENCY.labels(path).observe(time.perf_counter() - start)
-        return response
-
 
 def make_api() -> FastAPI:
     api = FastAPI(
@@ -123,13 +109,19 @@ def make_api() -> FastAPI:
         description="Recommendations over HTTP: retrieval + ranking, real-time history, experiments.",
     )
     _install_handlers(api)
+    api.add_middleware(LimitAndTime, max_body_bytes=MAX_BODY_BYTES)
     app_scope, admin_scope = _scope(APP), _scope(ADMIN)
 
-    @api.post("/v1/recommend", dependencies=[app_scope], responses=_ERRORS)
-    async def recommend(
-        body: schemas.RecommendRequest, request: Request
-    ) -> schemas.RecommendResponse:
-        return await _service(request).recommend(body)
+    @api.post(
+        "/v1/recommend",
+        dependencies=[app_scope],
+        responses=_ERRORS,
+        response_model=schemas.RecommendResponse,
+    )
+    async def recommend(body: schemas.RecommendRequest, request: Request) -> Response:
+        # the hot path: serialise the model once (FastAPI would validate it again first)
+        response = await _service(request).recommend(body)
+        return Response(response.model_dump_json(), media_type="application/json")
 
     @api.get("/v1/similar/{item_id}", dependencies=[app_scope], responses=_ERRORS | _NOT_FOUND)
     async def similar(

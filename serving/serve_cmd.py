@@ -30,6 +30,7 @@ DEPLOYMENT_OPTIONS = (
     "ray_actor_options",
     "health_check_period_s",
     "graceful_shutdown_timeout_s",
+    "logging_config",
 )
 
 
@@ -160,5 +161,20 @@ def serve_cli(argv: list[str]) -> None:
     parser.add_argument("--config", type=Path, required=True, help="Ray Serve config YAML")
     parser.add_argument("--update", action="store_true", help="apply to the running app and exit")
     parser.add_argument("--address", help="Ray cluster address to join (default: a local Ray)")
+    parser.add_argument(
+        "--engine",
+        choices=("ray", "uvicorn"),
+        default="ray",
+        help="ray: Ray Serve deployments (default); uvicorn: the same API in uvicorn worker "
+        "processes with the models in-process (one machine, lowest latency)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     args = parser.parse_args(argv)
+    if args.engine == "uvicorn":
+        from recstack.serving.local_server import run_uvicorn
+
+        if args.update or args.address:
+            parser.error("--update and --address need --engine ray")
+        run_uvicorn(args.config, args.workers)
+        return
     serve_forever(args.config, args.update, args.address)

@@ -1,0 +1,65 @@
+"""The same HTTP API without Ray: uvicorn worker processes, each running the retriever and
+ranker in-process (`recstack serve --config <yaml> --engine uvicorn --workers 2`).
+
+For one machine where every millisecond counts: a Ray Serve request pays for the HTTP proxy
+and one actor call per deployment hop (benchmarks/serve_bench.py measures both engines). The
+config is the Serve YAML itself: http_options, applications[0].args, and the Retriever /
+Ranker `user_config` models. Workers share the online store (SQLite WAL or Redis) and the
+event log directory, so a recommendation sees an event posted to any worker. No hot model
+update here: restart the workers (Ray Serve swaps models in place).
+"""
+
+import os
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from recstack.serving.api import attach, make_api
+from recstack.serving.auth import ApiKeys
+from recstack.serving.backend import LocalBackend
+from recstack.serving.config import RANKER, RETRIEVER, parse_models, read_serve_config
+from recstack.serving.event_log import EventLog
+from recstack.serving.service import RecommendService, ServiceSettings
+from recstack.serving.store import open_store
+from recstack.serving.store.seed import seed_from_dataset
+
+CONFIG_ENV = "RECSTACK_SERVE_CONFIG"  # how the parent hands the config path to the workers
+
+
+def build_local_app() -> FastAPI:
+    """uvicorn factory: one worker's app, from the config named by $RECSTACK_SERVE_CONFIG."""
+    checked = read_serve_config(Path(os.environ[CONFIG_ENV]))
+    args, deployments = checked["args"], checked["deployments"]
+    retriever = parse_models(deployments[RETRIEVER].get("user_config"), RETRIEVER)
+    ranker = parse_models(deployments[RANKER].get("user_config"), RANKER)
+    store = open_store(args.store)
+    if args.seed_histories_from is not None:
+        seed_from_dataset(store, args.seed_histories_from, args.history_limit)
+    service = RecommendService(
+        LocalBackend(retriever.models, ranker.models, retriever.index),
+        store,
+        EventLog(args.event_log, writer=f"uvicorn-{os.getpid()}"),
+        args.experiment,
+        ServiceSettings(args.default_model, args.retrieve_n, args.history_limit),
+    )
+    attach(service, ApiKeys.from_environment())
+    return make_api()
+
+
+def run_uvicorn(config: Path, workers: int = 1) -> None:
+    """Serve until Ctrl-C with `workers` processes on the config's host and port."""
+    import uvicorn
+
+    checked = read_serve_config(config)
+    http = checked["document"].get("http_options") or {}
+    ApiKeys.from_environment()  # fail here, with the message, not in every worker
+    os.environ[CONFIG_ENV] = str(Path(config).resolve())
+    uvicorn.run(
+        "recstack.serving.local_server:build_local_app",
+        factory=True,
+        host=http.get("host", "127.0.0.1"),
+        port=int(http.get("port", 8000)),
+        workers=workers,
+        log_level="warning",
+        access_log=False,  # never log request lines (ids) by default
+    )
