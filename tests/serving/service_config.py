@@ -7,8 +7,33 @@ from pathlib import Path
 
 import yaml
 
+from recstack.serving.experiments import Experiment, assign
+
 APP_KEY = "app-key-for-tests-0123456789"
 ADMIN_KEY = "admin-key-for-tests-0123456789"
+
+
+EXPERIMENT_CONFIG = {
+    "name": "test",
+    "salt": "s1",
+    "arms": [
+        {"name": "model", "kind": "model", "model": "main", "weight": 0.5},
+        {"name": "popularity", "kind": "popularity", "weight": 0.5},
+    ],
+}
+EXPERIMENT = Experiment.model_validate(EXPERIMENT_CONFIG)
+
+
+def user_in(arm: str, start: int = 1, prefix: str = "") -> str:
+    """A user id (prefix + a number >= start) that the test experiment assigns to `arm`.
+
+    ML-100K users are "1".."943"; larger numbers or a prefix give users without history.
+    """
+    return next(
+        f"{prefix}{u}"
+        for u in range(start, start + 100)
+        if assign(EXPERIMENT, f"{prefix}{u}").name == arm
+    )
 
 
 def free_port() -> int:
@@ -45,16 +70,10 @@ def write_serve_config(
                     "event_log": str(state / "events"),
                     "seed_histories_from": str(artifacts["dataset"]),
                     "experiment": {
-                        "name": "test",
-                        "salt": "s1",
+                        **EXPERIMENT_CONFIG,
                         "arms": [
-                            {
-                                "name": "model",
-                                "kind": "model",
-                                "model": "main",
-                                "weight": weights[0],
-                            },
-                            {"name": "popularity", "kind": "popularity", "weight": weights[1]},
+                            {**arm, "weight": weight}
+                            for arm, weight in zip(EXPERIMENT_CONFIG["arms"], weights, strict=True)
                         ],
                     },
                 },

@@ -16,29 +16,16 @@ from service_config import (
     free_port,
     ray_temp_dir,
     set_test_keys,
+    user_in,
     write_serve_config,
 )
 
 from recstack.serving import serve_cmd
 from recstack.serving.event_log import read_events
-from recstack.serving.experiments import Experiment, assign
 
 pytestmark = pytest.mark.integration
 APP = {"Authorization": f"Bearer {APP_KEY}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-EXPERIMENT = Experiment(
-    name="test",
-    salt="s1",
-    arms=[
-        {"name": "model", "kind": "model", "model": "main", "weight": 0.5},
-        {"name": "popularity", "kind": "popularity", "weight": 0.5},
-    ],
-)
-
-
-def user_in(arm: str, start: int = 1) -> str:
-    """A user id >= start (ML-100K users are 1..943) assigned to `arm`."""
-    return next(str(u) for u in range(start, start + 100) if assign(EXPERIMENT, str(u)).name == arm)
 
 
 @pytest.fixture(scope="module")

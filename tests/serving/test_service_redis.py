@@ -20,12 +20,12 @@ from service_config import (
     free_port,
     ray_temp_dir,
     set_test_keys,
+    user_in,
     write_serve_config,
 )
 
 from recstack.event_log_format import SegmentName, segment_files
 from recstack.serving import serve_cmd
-from recstack.serving.experiments import Experiment, assign
 
 pytestmark = pytest.mark.integration
 APP = {"Authorization": f"Bearer {APP_KEY}"}
@@ -34,23 +34,6 @@ DB = 3  # a Redis db and key prefix of this module's own
 PREFIX = "recstack-redis-test:"
 CALLS = 20  # calls per check: the proxy spreads them over both ingress replicas
 OUTAGE_BOUND_S = 2.0  # most a request may take while the store is down
-EXPERIMENT = Experiment(
-    name="test",
-    salt="s1",
-    arms=[
-        {"name": "model", "kind": "model", "model": "main", "weight": 0.5},
-        {"name": "popularity", "kind": "popularity", "weight": 0.5},
-    ],
-)
-
-
-def user_in(arm: str, start: int = 1, prefix: str = "") -> str:
-    """A user id (prefix + a number >= start) that the experiment assigns to `arm`."""
-    return next(
-        f"{prefix}{u}"
-        for u in range(start, start + 100)
-        if assign(EXPERIMENT, f"{prefix}{u}").name == arm
-    )
 
 
 class RedisServer:

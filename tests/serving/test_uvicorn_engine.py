@@ -1,0 +1,64 @@
+"""`recstack serve --engine uvicorn`: the same API without Ray, two worker processes sharing
+the embedded store and the event log."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import requests
+from service_config import APP_KEY, free_port, set_test_keys, user_in, write_serve_config
+
+from recstack.serving.serve_cmd import wait_ready
+
+pytestmark = pytest.mark.integration
+APP = {"Authorization": f"Bearer {APP_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory, ml100k_artifacts):
+    root = tmp_path_factory.mktemp("uvicorn")
+    set_test_keys()
+    port = free_port()
+    config = write_serve_config(root / "serve.yaml", ml100k_artifacts, root / "state", port)
+    command = [sys.executable, "-m", "recstack.cli", "serve", "--config", str(config)]
+    server = subprocess.Popen([*command, "--engine", "uvicorn", "--workers", "2"], env=os.environ)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, timeout_s=90)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_the_uvicorn_engine_serves_the_same_api(url):
+    assert (
+        requests.post(f"{url}/v1/recommend", json={"user_id": "1"}, timeout=10).status_code == 401
+    )
+    body = requests.post(
+        f"{url}/v1/recommend", json={"user_id": "1", "k": 5}, headers=APP, timeout=10
+    )
+    assert body.status_code == 200 and len(body.json()["items"]) == 5
+    bad = requests.post(
+        f"{url}/v1/recommend", json={"user_id": "1", "k": 0}, headers=APP, timeout=10
+    )
+    assert bad.status_code == 422 and "k" in bad.json()["error"]
+
+
+def test_an_event_on_one_worker_is_seen_by_every_worker(url):
+    user = user_in("model", prefix="uvicorn-")
+    cold = requests.post(
+        f"{url}/v1/recommend", json={"user_id": user, "k": 5}, headers=APP, timeout=10
+    )
+    assert cold.json()["arm"] == "model" and cold.json()["fallback"] == "cold_start"
+    events = [{"user_id": user, "item_id": "50", "type": "view", "ts": 1_900_000_000}]
+    posted = requests.post(f"{url}/v1/events", json={"events": events}, headers=APP, timeout=10)
+    assert posted.status_code == 202
+    for _ in range(10):  # new connections: the kernel spreads them over both workers
+        after = requests.post(
+            f"{url}/v1/recommend", json={"user_id": user, "k": 5}, headers=APP, timeout=10
+        ).json()
+        assert after["personalised_from"] == "history" and "50" not in {
+            i["item_id"] for i in after["items"]
+        }
