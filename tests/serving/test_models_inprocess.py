@@ -92,3 +92,16 @@ def test_api_keys_come_from_the_environment_or_a_file(monkeypatch, tmp_path):
     assert keys.scopes_of("a-very-long-app-key-1") == {"app"}
     assert keys.scopes_of("a-very-long-admin-key") == {"app", "admin"}
     assert keys.scopes_of("a-very-long-app-key-2") == set()
+
+
+@pytest.mark.gpu
+def test_onnxruntime_takes_the_cuda_provider_when_it_has_one(ml100k_artifacts):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has no CUDA provider (pip install onnxruntime-gpu)")
+    artifact = load_artifact(ml100k_artifacts["ranker"])
+    assert artifact.session.get_providers()[0] == "CUDAExecutionProvider"
+    ranker = Ranker(artifact)
+    ranked = ranker.rank([RankRequest(["50", "181"], ["1", "2", "3"], 2)])[0]
+    assert len(ranked.item_ids) == 2
