@@ -35,6 +35,7 @@ _ERRORS = {
     422: {"model": schemas.ErrorBody, "description": "invalid request"},
     503: {"model": schemas.ErrorBody, "description": "not ready (model not loaded, store down)"},
 }
+_BAD_ARTIFACT = {400: {"model": schemas.ErrorBody, "description": "missing or corrupt artifact"}}
 _NOT_FOUND = {404: {"model": schemas.ErrorBody, "description": "unknown item id"}}
 
 
@@ -152,6 +153,17 @@ def make_api() -> FastAPI:
     @api.delete("/v1/users/{user_id}", dependencies=[admin_scope], responses=_ERRORS)
     async def erase(user_id: UserId, request: Request) -> schemas.ErasureResponse:
         return await _service(request).erase(user_id)
+
+    @api.post(
+        "/v1/admin/models",
+        dependencies=[admin_scope],
+        responses=_ERRORS | _BAD_ARTIFACT,
+        status_code=202,
+    )
+    async def update_models(
+        body: schemas.ModelUpdate, request: Request
+    ) -> schemas.ModelUpdateResponse:
+        return await _service(request).update_models(body)
 
     @api.get("/v1/experiments/report", dependencies=[admin_scope], responses=_ERRORS)
     async def experiments_report(request: Request) -> dict:

@@ -55,13 +55,14 @@ def _set_batching(method, config: ModelsConfig) -> None:
 
 @serve.deployment(name=RETRIEVER, ray_actor_options={"num_cpus": 0.25})
 class RetrieverDeployment:
-    def __init__(self) -> None:
+    def __init__(self, store: dict) -> None:
+        self.store = open_store(store)  # where the admin API publishes model updates
         self.replica: RetrieverReplica | None = None
 
     def reconfigure(self, user_config: dict) -> None:
         config = parse_models(user_config, RETRIEVER)
         if self.replica is None or self.replica.index != config.index:
-            self.replica = RetrieverReplica(config.models, config.index)
+            self.replica = RetrieverReplica(config.models, config.index, self.store)
         else:
             self.replica.slots.apply(config.models)
         _set_batching(self.retrieve, config)
@@ -76,13 +77,14 @@ class RetrieverDeployment:
 
 @serve.deployment(name=RANKER, ray_actor_options={"num_cpus": 0.25})
 class RankerDeployment:
-    def __init__(self) -> None:
+    def __init__(self, store: dict) -> None:
+        self.store = open_store(store)  # where the admin API publishes model updates
         self.replica: RankerReplica | None = None
 
     def reconfigure(self, user_config: dict) -> None:
         config = parse_models(user_config, RANKER)
         if self.replica is None:
-            self.replica = RankerReplica(config.models)
+            self.replica = RankerReplica(config.models, self.store)
         else:
             self.replica.slots.apply(config.models)
         _set_batching(self.rank, config)
@@ -153,5 +155,5 @@ class Ingress:
 
 def build_app(args: dict) -> serve.Application:
     """The app for `serve run` / `recstack serve`: args = the config's applications[0].args."""
-    parse_args(args)  # fail in the driver, with the config's names, before any replica starts
-    return Ingress.bind(RetrieverDeployment.bind(), RankerDeployment.bind(), args)
+    store = parse_args(args).store  # fail in the driver, before any replica starts
+    return Ingress.bind(RetrieverDeployment.bind(store), RankerDeployment.bind(store), args)

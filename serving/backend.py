@@ -9,19 +9,26 @@ from pathlib import Path
 
 from recstack.serving.item_index import Method
 from recstack.serving.model_slots import ModelSlots
+from recstack.serving.model_watch import ModelWatch
 from recstack.serving.ranking import Ranked, Ranker, RankRequest
 from recstack.serving.retrieval import Candidates, RetrievalRequest, Retriever
+from recstack.serving.store.base import OnlineStore
 
 
 class RetrieverReplica:
-    """Named retrievers of one replica (hot-swappable)."""
+    """Named retrievers of one replica (hot-swappable; with a store, also by the admin API)."""
 
-    def __init__(self, models: dict[str, str], index: Method = "auto") -> None:
+    def __init__(
+        self, models: dict[str, str], index: Method = "auto", store: OnlineStore | None = None
+    ) -> None:
         self.index = index
         self.slots: ModelSlots[Retriever] = ModelSlots(lambda path: Retriever.load(path, index))
         self.slots.apply(models)
+        self.watch = ModelWatch(store, "retriever", self.slots) if store else None
 
     def retrieve(self, model: str, requests: list[RetrievalRequest]) -> list[Candidates]:
+        if self.watch:
+            self.watch.poll()
         return self.slots.get(model).retrieve(requests)
 
     def info(self) -> dict:
@@ -37,14 +44,19 @@ class RetrieverReplica:
 class RankerReplica:
     """Named rankers of one replica (hot-swappable); also popularity and similar items."""
 
-    def __init__(self, models: dict[str, str]) -> None:
+    def __init__(self, models: dict[str, str], store: OnlineStore | None = None) -> None:
         self.slots: ModelSlots[Ranker] = ModelSlots(Ranker.load)
         self.slots.apply(models)
+        self.watch = ModelWatch(store, "ranker", self.slots) if store else None
 
     def rank(self, model: str, requests: list[RankRequest]) -> list[Ranked]:
+        if self.watch:
+            self.watch.poll()
         return self.slots.get(model).rank(requests)
 
     def popular(self, model: str, k: int, exclude: list[str], explain: bool) -> Ranked:
+        if self.watch:
+            self.watch.poll()
         return self.slots.get(model).popular(k, exclude, explain)
 
     def similar(self, model: str, item_id: str, k: int) -> Ranked | None:
@@ -65,9 +77,10 @@ class LocalBackend:
         retrievers: dict[str, str | Path],
         rankers: dict[str, str | Path],
         index: Method = "auto",
+        store: OnlineStore | None = None,
     ):
-        self.retriever = RetrieverReplica({k: str(v) for k, v in retrievers.items()}, index)
-        self.ranker = RankerReplica({k: str(v) for k, v in rankers.items()})
+        self.retriever = RetrieverReplica({k: str(v) for k, v in retrievers.items()}, index, store)
+        self.ranker = RankerReplica({k: str(v) for k, v in rankers.items()}, store)
 
     async def retrieve(self, model: str, request: RetrievalRequest) -> Candidates:
         return self.retriever.retrieve(model, [request])[0]

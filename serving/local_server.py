@@ -5,8 +5,8 @@ For one machine where every millisecond counts: a Ray Serve request pays for the
 and one actor call per deployment hop (benchmarks/serve_bench.py measures both engines). The
 config is the Serve YAML itself: http_options, applications[0].args, and the Retriever /
 Ranker `user_config` models. Workers share the online store (SQLite WAL or Redis) and the
-event log directory, so a recommendation sees an event posted to any worker. No hot model
-update here: restart the workers (Ray Serve swaps models in place).
+event log directory, so a recommendation sees an event posted to any worker; models change
+through `POST /v1/admin/models` (serving/model_watch.py), as on Ray.
 """
 
 import os
@@ -36,7 +36,7 @@ def build_local_app() -> FastAPI:
     if args.seed_histories_from is not None:
         seed_from_dataset(store, args.seed_histories_from, args.history_limit)
     service = RecommendService(
-        LocalBackend(retriever.models, ranker.models, retriever.index),
+        LocalBackend(retriever.models, ranker.models, retriever.index, store),
         store,
         EventLog(args.event_log, writer=f"uvicorn-{os.getpid()}"),
         args.experiment,

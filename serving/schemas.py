@@ -129,3 +129,18 @@ class UserData(BaseModel):
 
 class ErrorBody(BaseModel):
     error: str
+
+
+ArtifactDir = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class ModelUpdate(Strict):
+    retriever: dict[Id, ArtifactDir] = Field(default_factory=dict, max_length=16)
+    ranker: dict[Id, ArtifactDir] = Field(default_factory=dict, max_length=16)
+
+
+class ModelUpdateResponse(BaseModel):
+    generation: int
+    retriever: dict[str, str]
+    ranker: dict[str, str]
+    note: str

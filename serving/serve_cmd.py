@@ -76,8 +76,9 @@ def application(config: Path):
         given = checked["deployments"].get(name, {})
         return deployment.options(**{k: v for k, v in given.items() if k in DEPLOYMENT_OPTIONS})
 
-    retriever = options(RetrieverDeployment, RETRIEVER).bind()
-    ranker = options(RankerDeployment, RANKER).bind()
+    store = checked["args"].store
+    retriever = options(RetrieverDeployment, RETRIEVER).bind(store)
+    ranker = options(RankerDeployment, RANKER).bind(store)
     return checked, options(Ingress, INGRESS).bind(
         retriever, ranker, checked["app"].get("args") or {}
     )

@@ -14,15 +14,18 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow.compute as pc
 
 from recstack.errors import RecstackError
 from recstack.serving import metrics, schemas
+from recstack.serving.artifact import check_same_vocab
 from recstack.serving.event_log import EventLog, read_events, tombstone
 from recstack.serving.experiments import Arm, Experiment, assign, experiment_report
-from recstack.serving.ranking import Ranked, RankRequest
-from recstack.serving.retrieval import RetrievalRequest
+from recstack.serving.model_watch import publish
+from recstack.serving.ranking import Ranked, Ranker, RankRequest
+from recstack.serving.retrieval import RetrievalRequest, Retriever
 from recstack.serving.store.base import OnlineStore, StoreUnavailable
 
 HISTORY_EVENTS = ("view", "click", "purchase", "rating")  # impressions are not history
@@ -254,6 +257,36 @@ class RecommendService:
         await asyncio.to_thread(self.log.seal)  # this replica's rows of the user leave disk now
         return schemas.ErasureResponse(
             user_id=user_id, erased_online_state=erased, event_log_tombstoned=True
+        )
+
+    async def update_models(self, body: schemas.ModelUpdate) -> schemas.ModelUpdateResponse:
+        """Check every new artifact here, then publish them for all replicas (model_watch)."""
+        if not body.retriever and not body.ranker:
+            raise RecstackError("name at least one retriever or ranker model: {name: artifact dir}")
+        unknown = sorted((set(body.retriever) | set(body.ranker)) - self.models_needed())
+        if unknown:
+            raise RecstackError(
+                f"unknown model name(s) {unknown}; this service serves {sorted(self.models_needed())}"
+            )
+        loaded = {
+            side: {name: await asyncio.to_thread(load, Path(path)) for name, path in spec.items()}
+            for side, spec, load in (
+                ("retriever", body.retriever, Retriever.load),
+                ("ranker", body.ranker, Ranker.load),
+            )
+        }  # raises DataError (-> 400) for a missing or corrupt dir: nothing is published
+        for name in set(loaded["retriever"]) & set(loaded["ranker"]):
+            check_same_vocab(loaded["retriever"][name].artifact, loaded["ranker"][name].artifact)
+        try:
+            generation = publish(self.store, dict(body.retriever), dict(body.ranker))
+        except StoreUnavailable:
+            metrics.STORE_ERRORS.inc()
+            raise  # -> 503: nothing was published
+        return schemas.ModelUpdateResponse(
+            generation=generation,
+            retriever=dict(body.retriever),
+            ranker=dict(body.ranker),
+            note="checked; every replica loads them within about a second and then swaps",
         )
 
     async def experiment_report(self) -> dict:

@@ -280,3 +280,33 @@ def test_hot_model_update_keeps_serving_and_refuses_a_bad_artifact(service):
     assert (
         "/v2@" in post(service, "/v1/recommend", {"user_id": user, "k": 5}).json()["model_version"]
     )
+
+
+def test_admin_model_update_reaches_every_replica_and_refuses_a_bad_artifact(service):
+    ranker = service["artifacts"]["ranker"]
+    v4 = ranker.parent / "v4"
+    shutil.copytree(ranker, v4)
+    user = user_in("model", start=700)
+    url = service["url"] + "/v1/admin/models"
+    denied = requests.post(url, json={"ranker": {"main": str(v4)}}, headers=APP, timeout=30)
+    assert denied.status_code == 403
+    unknown = requests.post(url, json={"ranker": {"other": str(v4)}}, headers=ADMIN, timeout=30)
+    assert unknown.status_code == 400 and "unknown model name" in unknown.json()["error"]
+    accepted = requests.post(url, json={"ranker": {"main": str(v4)}}, headers=ADMIN, timeout=60)
+    assert accepted.status_code == 202, accepted.text
+    deadline = time.monotonic() + 30
+    while (
+        "/v4@"
+        not in post(service, "/v1/recommend", {"user_id": user, "k": 5}).json()["model_version"]
+    ):
+        assert time.monotonic() < deadline, "the replicas never loaded the published model"
+        time.sleep(0.3)
+    corrupt = ranker.parent / "v5"
+    shutil.copytree(ranker, corrupt)
+    (corrupt / "sasrec.onnx").write_bytes(b"not onnx")
+    refused = requests.post(url, json={"ranker": {"main": str(corrupt)}}, headers=ADMIN, timeout=60)
+    assert refused.status_code == 400 and "does not match the hash" in refused.json()["error"]
+    time.sleep(1.5)  # past the replicas' next look at the store
+    assert (
+        "/v4@" in post(service, "/v1/recommend", {"user_id": user, "k": 5}).json()["model_version"]
+    )
