@@ -138,7 +138,7 @@ def make_api() -> FastAPI:
 
     @api.put("/v1/users/{user_id}/consent", dependencies=[app_scope], responses=_ERRORS)
     async def consent(user_id: UserId, body: schemas.Consent, request: Request) -> schemas.Consent:
-        return _service(request).set_consent(user_id, body)
+        return await _service(request).set_consent(user_id, body)
 
     @api.post("/v1/users/{user_id}/onboarding", dependencies=[app_scope], responses=_ERRORS)
     async def onboarding(

@@ -73,9 +73,14 @@ class RecommendService:
             return self.default_arm  # anonymous sessions are outside the experiment
         return assign(self.experiment, user_id)
 
-    def _store(self, method: str, *args):
+    async def _store(self, method: str, *args):
+        """One store call; a network store's round trip runs off the event loop, so a slow or
+        hung Redis delays only the requests that wait for it, not the whole replica."""
+        call = getattr(self.store, method)
         try:
-            return getattr(self.store, method)(*args)
+            if self.store.network:
+                return await asyncio.to_thread(call, *args)
+            return call(*args)
         except StoreUnavailable:
             metrics.STORE_ERRORS.inc()
             raise
@@ -88,7 +93,7 @@ class RecommendService:
         """Why this replica cannot serve yet (empty list = ready)."""
         problems = []
         try:
-            self.store.ping()
+            await self._store("ping")
         except StoreUnavailable as exc:
             problems.append(f"online store: {exc}")
         info = await self.backend.info()
@@ -115,16 +120,16 @@ class RecommendService:
         model = arm.model or self.settings.default_model
         fallback, source, history = None, None, []
         try:
-            consent = self._store("consent", req.user_id) if req.user_id else None
+            consent = await self._store("consent", req.user_id) if req.user_id else None
             if consent is not None and not consent.get("personalization", True):
                 fallback = "opted_out"
             elif req.recent_items is not None:
                 history, source = list(req.recent_items), "request"
             elif req.user_id:
-                history = self._store("history", req.user_id, self.settings.history_limit)
+                history = await self._store("history", req.user_id, self.settings.history_limit)
                 source = "history"
                 if not history:
-                    history, source = self._store("onboarding", req.user_id), "onboarding"
+                    history, source = await self._store("onboarding", req.user_id), "onboarding"
         except StoreUnavailable:
             fallback, history = "store_unavailable", list(req.recent_items or [])
             source = "request" if history else None
@@ -177,14 +182,14 @@ class RecommendService:
 
     # ---- events and user state --------------------------------------------------------------
 
-    def _tracking_allowed(self, user_id: str, cache: dict[str | None, bool]) -> bool:
+    async def _tracking_allowed(self, user_id: str, cache: dict[str | None, bool]) -> bool:
         """After one failed read the store counts as down for the rest of the request
         (cache[None]): a batch of many users costs one store timeout, not one per user."""
         if user_id not in cache:
             consent = None  # unknown consent (store down): the default (tracking on) applies
             if not cache.get(None):
                 try:
-                    consent = self._store("consent", user_id)
+                    consent = await self._store("consent", user_id)
                 except StoreUnavailable:
                     cache[None] = True
             cache[user_id] = consent is None or consent.get("tracking", True)
@@ -195,7 +200,7 @@ class RecommendService:
         now_ms = int(time.time() * 1000)
         rows = []
         for event in req.events:
-            if not self._tracking_allowed(event.user_id, allowed):
+            if not await self._tracking_allowed(event.user_id, allowed):
                 continue
             rows.append(
                 {
@@ -220,27 +225,27 @@ class RecommendService:
         if updated:
             try:
                 for user_id, items in _histories(rows).items():
-                    self._store("append_history", user_id, items)
+                    await self._store("append_history", user_id, items)
             except StoreUnavailable:
                 updated = False
         return schemas.EventsResponse(
             accepted=len(rows), dropped_no_consent=dropped, history_updated=updated
         )
 
-    def set_consent(self, user_id: str, consent: schemas.Consent) -> schemas.Consent:
-        self._store("set_consent", user_id, consent.model_dump())
+    async def set_consent(self, user_id: str, consent: schemas.Consent) -> schemas.Consent:
+        await self._store("set_consent", user_id, consent.model_dump())
         return consent
 
     async def onboarding(
         self, user_id: str, body: schemas.Onboarding
     ) -> schemas.OnboardingResponse:
         unknown = await self.backend.unknown_items(self.settings.default_model, body.items)
-        self._store("set_onboarding", user_id, list(body.items))
+        await self._store("set_onboarding", user_id, list(body.items))
         metrics.UNKNOWN_ITEMS.inc(unknown)
         return schemas.OnboardingResponse(stored=len(body.items), unknown_items=unknown)
 
     async def user_data(self, user_id: str) -> schemas.UserData:
-        state = self._store("user_data", user_id)
+        state = await self._store("user_data", user_id)
         events = await asyncio.to_thread(read_events, self.log.directory)
         mine = events.filter(pc.equal(events["user_id"], user_id))
         return schemas.UserData(
@@ -252,7 +257,7 @@ class RecommendService:
         )
 
     async def erase(self, user_id: str) -> schemas.ErasureResponse:
-        erased = self._store("erase", user_id)
+        erased = await self._store("erase", user_id)
         await asyncio.to_thread(tombstone, self.log.directory, user_id)
         await asyncio.to_thread(self.log.seal)  # this replica's rows of the user leave disk now
         return schemas.ErasureResponse(

@@ -27,6 +27,8 @@ class StoreUnavailable(RecstackError):
 class OnlineStore(ABC):
     """Per-user online state behind one small interface (DESIGN §7)."""
 
+    network = False  # True: calls are network round trips (callers run them off the loop)
+
     def __init__(self, max_history: int = DEFAULT_MAX_HISTORY):
         if not isinstance(max_history, int) or max_history < 1:
             raise RecstackError(f"max_history must be an integer >= 1, got {max_history!r}")

@@ -66,6 +66,8 @@ class RedisStore(OnlineStore):
         timeout_s: socket connect and read timeout.
     """
 
+    network = True
+
     def __init__(
         self,
         url: str,

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -340,14 +341,21 @@ def test_redis_crash_falls_back_fast_and_recovers_without_restarting_ray(service
 
 
 def test_a_hung_redis_is_bounded_by_the_store_timeout(service):
-    """Sequential calls: each costs at most one store timeout (0.5 s + one retry). Concurrent
-    calls to one ingress replica wait for each other meanwhile: the store calls are blocking."""
+    """Each call costs at most one store timeout (0.5 s + one retry), and concurrent calls do not
+    queue behind each other: Redis round trips run off the ingress's event loop."""
     server = service["redis"]
     seeded_user = user_in("model", start=800)
     new_user = user_in("model", prefix="hung-")
     server.freeze()
     try:
         check_store_down_answers(service, seeded_user, new_user, calls=4)  # ~1 s each
+        body = {"user_id": seeded_user, "k": 5}
+        start = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: post(service, "/v1/recommend", body), range(8)))
+        elapsed = time.monotonic() - start
+        assert {a.json()["fallback"] for a in answers} == {"store_unavailable"}
+        assert elapsed < 3.0, f"8 concurrent calls took {elapsed:.1f} s: they queued"
     finally:
         server.thaw()
     # the first (timed-out) consent read marks the store down: no history write was attempted,
