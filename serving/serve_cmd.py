@@ -10,6 +10,7 @@ half-started cluster. Ray starts with DESIGN §7's quiet settings: no usage stat
 dashboard, no log forwarding, its temp dir under runs/ray, no token in the home directory.
 """
 
+import logging
 import os
 import time
 import urllib.error
@@ -39,6 +40,7 @@ def start_ray(temp_dir: Path = Path("runs/ray"), address: str | None = None) -> 
     import ray
 
     os.environ.update(QUIET_ENV)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no "Started Serve ..." lines
     if ray.is_initialized():
         return
     if address:
