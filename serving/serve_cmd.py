@@ -17,9 +17,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from recstack.errors import RecstackError
+from recstack.errors import RecstackError, first_line
 from recstack.manifest import read_manifest
 from recstack.serving.artifact import ARTIFACT_KIND
+from recstack.serving.auth import ApiKeys
 from recstack.serving.config import INGRESS, RANKER, RETRIEVER, read_serve_config
 
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}
@@ -105,17 +106,23 @@ def start(config: Path, address: str | None = None, temp_dir: Path = Path("runs/
     """Deploy the config's app (start Ray if needed); returns the base URL once /readyz is 200."""
     from ray import serve
 
+    if address is None:  # new replicas read the keys too: say what is missing here, once
+        ApiKeys.from_environment()
     checked, app = application(config)
     start_ray(temp_dir, address)
     http = checked["document"].get("http_options") or {}
     host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
     serve.start(http_options={"host": host, "port": port})
-    serve.run(
-        app,
-        name=checked["app"].get("name", "recstack"),
-        route_prefix=checked["app"].get("route_prefix", "/"),
-        blocking=False,
-    )
+    try:
+        serve.run(
+            app,
+            name=checked["app"].get("name", "recstack"),
+            route_prefix=checked["app"].get("route_prefix", "/"),
+            blocking=False,
+        )
+    except RuntimeError as exc:  # a replica failed to start: its traceback is in Ray's logs
+        logs = Path(temp_dir).resolve() / "session_latest" / "logs" / "serve"
+        raise RecstackError(f"{first_line(exc)}; the replicas' errors are in {logs}") from None
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     wait_ready(url)
     return url

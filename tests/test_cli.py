@@ -97,3 +97,10 @@ def test_every_package_directory_is_listed_in_pyproject():
             rel = init.parent.relative_to(ROOT / folder)
             found.add(".".join([package, *rel.parts]))
     assert found == listed
+
+
+def test_serve_without_api_keys_says_how_to_set_them(monkeypatch, capsys):
+    for name in ("RECSTACK_APP_KEYS", "RECSTACK_ADMIN_KEYS", "RECSTACK_API_KEYS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["serve", "--config", str(ROOT / "configs" / "serve_ml100k.yaml")]) == 2
+    assert "no API keys: set RECSTACK_APP_KEYS" in capsys.readouterr().err  # before Ray starts
