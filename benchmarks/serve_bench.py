@@ -40,7 +40,7 @@ from serve_latency import load_user_ids, run_open_loop, summarise
 
 from recstack.serving import schemas, serve_cmd
 from recstack.serving.backend import LocalBackend
-from recstack.serving.config import RANKER, RETRIEVER, read_serve_config
+from recstack.serving.config import read_serve_config
 from recstack.serving.event_log import EventLog
 from recstack.serving.service import RecommendService, ServiceSettings
 from recstack.serving.store import open_store
@@ -52,11 +52,8 @@ TARGETS_MS = {"p50": 5.0, "p99": 15.0}
 
 def in_process(checked: dict, users: list[str], state: Path, n: int) -> dict:
     """Per-call latency of RecommendService.recommend with local models."""
-    args, deployments = checked["args"], checked["deployments"]
-    backend = LocalBackend(
-        deployments[RETRIEVER]["user_config"]["models"],
-        deployments[RANKER]["user_config"]["models"],
-    )
+    args, models = checked["args"], checked["models"]
+    backend = LocalBackend(models["retriever"].models, models["ranker"].models)
     store = open_store({"kind": "embedded", "path": str(state / "inproc.sqlite")})
     if args.seed_histories_from:
         seed_from_dataset(store, args.seed_histories_from, args.history_limit)

@@ -16,12 +16,13 @@ from ray.serve.handle import DeploymentHandle
 
 from recstack.serving.api import attach, make_api
 from recstack.serving.auth import ApiKeys
-from recstack.serving.backend import RankerReplica, RetrieverReplica
+from recstack.serving.backend import LocalBackend, RankerReplica, RetrieverReplica
 from recstack.serving.config import (
     INGRESS,
     RANKER,
     RETRIEVER,
     ModelsConfig,
+    colocated_models,
     parse_args,
     parse_models,
 )
@@ -137,23 +138,45 @@ class RayBackend:
 @serve.deployment(name=INGRESS, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle, args: dict) -> None:
+    """The HTTP ingress. Split pipeline: calls the Retriever and Ranker deployments. Colocated
+    (`retriever`, `ranker` None): runs both in this replica, models from its user_config."""
+
+    def __init__(
+        self, retriever: DeploymentHandle | None, ranker: DeploymentHandle | None, args: dict
+    ) -> None:
         settings = parse_args(args)
-        store = open_store(settings.store)
+        self.store = open_store(settings.store)
         if settings.seed_histories_from is not None:
-            seed_from_dataset(store, settings.seed_histories_from, settings.history_limit)
-        writer = f"ingress-{os.getpid()}"
-        service = RecommendService(
-            RayBackend(retriever, ranker),
-            store,
-            EventLog(settings.event_log, writer=writer),
+            seed_from_dataset(self.store, settings.seed_histories_from, settings.history_limit)
+        # colocated: no models until reconfigure (503 and /readyz say so, never a 500)
+        backend = LocalBackend({}, {}, store=self.store) if retriever is None else None
+        self.service = RecommendService(
+            backend or RayBackend(retriever, ranker),
+            self.store,
+            EventLog(settings.event_log, writer=f"ingress-{os.getpid()}"),
             settings.experiment,
             ServiceSettings(settings.default_model, settings.retrieve_n, settings.history_limit),
         )
-        attach(service, ApiKeys.from_environment())
+        attach(self.service, ApiKeys.from_environment())
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Colocated pipeline only: load (or hot-swap) the models named in the user_config."""
+        models = colocated_models(user_config)
+        retriever, ranker = models["retriever"], models["ranker"]
+        backend = self.service.backend
+        if isinstance(backend, LocalBackend) and backend.retriever.index == retriever.index:
+            backend.retriever.slots.apply(retriever.models)
+            backend.ranker.slots.apply(ranker.models)
+        else:
+            self.service.backend = LocalBackend(
+                retriever.models, ranker.models, retriever.index, self.store
+            )
 
 
 def build_app(args: dict) -> serve.Application:
     """The app for `serve run` / `recstack serve`: args = the config's applications[0].args."""
-    store = parse_args(args).store  # fail in the driver, before any replica starts
+    settings = parse_args(args)  # fail in the driver, before any replica starts
+    if settings.pipeline == "colocated":
+        return Ingress.bind(None, None, args)
+    store = settings.store
     return Ingress.bind(RetrieverDeployment.bind(store), RankerDeployment.bind(store), args)

@@ -16,7 +16,7 @@ place: the hot model update.
 """
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,6 +42,10 @@ class AppArgs(Strict):
     default_model: str = "main"
     retrieve_n: int = Field(100, ge=1, le=10_000)
     history_limit: int = Field(200, ge=1, le=10_000)
+    # split: Ingress -> Retriever -> Ranker deployments (models in their user_config);
+    # colocated: retriever and ranker inside each Ingress replica (models in the Ingress's
+    # user_config as {retriever: {models, index}, ranker: {models}}): no handle hops.
+    pipeline: Literal["split", "colocated"] = "split"
 
 
 class ModelsConfig(Strict):
@@ -80,12 +84,40 @@ def read_serve_config(path: Path) -> dict:
         ) from None
     args = parse_args(app.get("args"))
     deployments = {d.get("name"): d for d in app.get("deployments", [])}
-    for name in (RETRIEVER, RANKER):
-        models = parse_models(deployments.get(name, {}).get("user_config"), name)
+    models = pipeline_models(args, deployments)
+    for name, side in models.items():
         if args.experiment:
-            args.experiment.check_models(models.models)
-        if args.default_model not in models.models:
+            args.experiment.check_models(side.models)
+        if args.default_model not in side.models:
             raise RecstackError(
-                f"{path}: {name} declares no model {args.default_model!r} (default_model)"
+                f"{path}: the {name} declares no model {args.default_model!r} (default_model)"
             )
-    return {"document": document, "app": app, "args": args, "deployments": deployments}
+    return {
+        "document": document,
+        "app": app,
+        "args": args,
+        "deployments": deployments,
+        "models": models,
+    }
+
+
+def pipeline_models(args: AppArgs, deployments: dict) -> dict[str, ModelsConfig]:
+    """{"retriever": ..., "ranker": ...} from wherever this pipeline keeps them."""
+    if args.pipeline == "split":
+        return {
+            side: parse_models(deployments.get(name, {}).get("user_config"), name)
+            for side, name in (("retriever", RETRIEVER), ("ranker", RANKER))
+        }
+    return colocated_models(deployments.get(INGRESS, {}).get("user_config"))
+
+
+def colocated_models(user_config: dict | None) -> dict[str, ModelsConfig]:
+    """The Ingress's user_config in a colocated pipeline -> both sides' models."""
+    user_config = user_config or {}
+    unknown = sorted(set(user_config) - {"retriever", "ranker"})
+    if unknown:
+        raise RecstackError(f"serve config Ingress.user_config: unknown keys {unknown}")
+    return {
+        side: parse_models(user_config.get(side), f"{INGRESS}.{side}")
+        for side in ("retriever", "ranker")
+    }

@@ -3,8 +3,8 @@ ranker in-process (`recstack serve --config <yaml> --engine uvicorn --workers 2`
 
 For one machine where every millisecond counts: a Ray Serve request pays for the HTTP proxy
 and one actor call per deployment hop (benchmarks/serve_bench.py measures both engines). The
-config is the Serve YAML itself: http_options, applications[0].args, and the Retriever /
-Ranker `user_config` models. Workers share the online store (SQLite WAL or Redis) and the
+config is the Serve YAML itself: http_options, applications[0].args, and the models
+(Retriever / Ranker `user_config`, or the Ingress's in a colocated pipeline). Workers share the online store (SQLite WAL or Redis) and the
 event log directory, so a recommendation sees an event posted to any worker; models change
 through `POST /v1/admin/models` (serving/model_watch.py), as on Ray.
 """
@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from recstack.serving.api import attach, make_api
 from recstack.serving.auth import ApiKeys
 from recstack.serving.backend import LocalBackend
-from recstack.serving.config import RANKER, RETRIEVER, parse_models, read_serve_config
+from recstack.serving.config import read_serve_config
 from recstack.serving.event_log import EventLog
 from recstack.serving.service import RecommendService, ServiceSettings
 from recstack.serving.store import open_store
@@ -29,9 +29,8 @@ CONFIG_ENV = "RECSTACK_SERVE_CONFIG"  # how the parent hands the config path to 
 def build_local_app() -> FastAPI:
     """uvicorn factory: one worker's app, from the config named by $RECSTACK_SERVE_CONFIG."""
     checked = read_serve_config(Path(os.environ[CONFIG_ENV]))
-    args, deployments = checked["args"], checked["deployments"]
-    retriever = parse_models(deployments[RETRIEVER].get("user_config"), RETRIEVER)
-    ranker = parse_models(deployments[RANKER].get("user_config"), RANKER)
+    args = checked["args"]
+    retriever, ranker = checked["models"]["retriever"], checked["models"]["ranker"]
     store = open_store(args.store)
     if args.seed_histories_from is not None:
         seed_from_dataset(store, args.seed_histories_from, args.history_limit)

@@ -59,13 +59,13 @@ def start_ray(temp_dir: Path = Path("runs/ray"), address: str | None = None) -> 
     )
 
 
-def _check_artifacts(deployments: dict) -> None:
-    for name in (RETRIEVER, RANKER):
-        for model, path in deployments[name]["user_config"]["models"].items():
+def _check_artifacts(models: dict) -> None:
+    for side, config in models.items():
+        for model, path in config.models.items():
             try:
                 read_manifest(Path(path), ARTIFACT_KIND)
             except RecstackError as exc:
-                raise RecstackError(f"{name} model {model!r}: {exc}") from None
+                raise RecstackError(f"{side} model {model!r}: {exc}") from None
 
 
 def application(config: Path):
@@ -73,18 +73,19 @@ def application(config: Path):
     from recstack.serving.app import Ingress, RankerDeployment, RetrieverDeployment
 
     checked = read_serve_config(config)
-    _check_artifacts(checked["deployments"])
+    _check_artifacts(checked["models"])
 
     def options(deployment, name: str):
         given = checked["deployments"].get(name, {})
         return deployment.options(**{k: v for k, v in given.items() if k in DEPLOYMENT_OPTIONS})
 
+    args = checked["app"].get("args") or {}
+    if checked["args"].pipeline == "colocated":
+        return checked, options(Ingress, INGRESS).bind(None, None, args)
     store = checked["args"].store
     retriever = options(RetrieverDeployment, RETRIEVER).bind(store)
     ranker = options(RankerDeployment, RANKER).bind(store)
-    return checked, options(Ingress, INGRESS).bind(
-        retriever, ranker, checked["app"].get("args") or {}
-    )
+    return checked, options(Ingress, INGRESS).bind(retriever, ranker, args)
 
 
 def wait_ready(url: str, timeout_s: float = 120.0) -> None:

@@ -57,6 +57,7 @@ def write_serve_config(
     ranker: Path | None = None,
     replicas: int = 1,
     weights: tuple[float, float] = (0.5, 0.5),
+    colocated: bool = False,
 ) -> Path:
     config = {
         "http_options": {"host": "127.0.0.1", "port": port},
@@ -92,6 +93,17 @@ def write_serve_config(
             }
         ],
     }
+    if colocated:  # models inside each Ingress replica, from its user_config
+        app = config["applications"][0]
+        app["args"]["pipeline"] = "colocated"
+        retriever, ranker = (d["user_config"] for d in app["deployments"][1:])
+        app["deployments"] = [
+            {
+                "name": "Ingress",
+                "num_replicas": replicas,
+                "user_config": {"retriever": retriever, "ranker": ranker},
+            }
+        ]
     path.write_text(yaml.safe_dump(config))
     return path
 
