@@ -11,6 +11,8 @@ from recstack.serving.experiments import Experiment, assign
 
 APP_KEY = "app-key-for-tests-0123456789"
 ADMIN_KEY = "admin-key-for-tests-0123456789"
+APP = {"Authorization": f"Bearer {APP_KEY}"}  # request headers with each scope's key
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 EXPERIMENT_CONFIG = {

@@ -6,8 +6,8 @@ import time
 import pytest
 import requests
 from service_config import (
-    ADMIN_KEY,
-    APP_KEY,
+    ADMIN,
+    APP,
     free_port,
     ray_temp_dir,
     set_test_keys,
@@ -18,8 +18,6 @@ from service_config import (
 from recstack.serving import serve_cmd
 
 pytestmark = pytest.mark.integration
-APP = {"Authorization": f"Bearer {APP_KEY}"}
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="module")

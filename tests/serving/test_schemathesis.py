@@ -17,13 +17,18 @@ import requests
 import schemathesis
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
-from service_config import ADMIN_KEY, free_port, ray_temp_dir, set_test_keys, write_serve_config
+from service_config import (
+    ADMIN,
+    free_port,
+    ray_temp_dir,
+    set_test_keys,
+    write_serve_config,
+)
 
 from recstack.serving import serve_cmd
 from recstack.serving.api import make_api
 
 pytestmark = pytest.mark.integration
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 MAX_EXAMPLES = 25  # fuzzing examples per operation; the coverage phase adds its own few
 CHECKS = [not_a_server_error, response_schema_conformance]
 OPENAPI = make_api().openapi()

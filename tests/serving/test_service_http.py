@@ -11,8 +11,8 @@ import pyarrow.compute as pc
 import pytest
 import requests
 from service_config import (
-    ADMIN_KEY,
-    APP_KEY,
+    ADMIN,
+    APP,
     free_port,
     ray_temp_dir,
     set_test_keys,
@@ -24,8 +24,6 @@ from recstack.serving import serve_cmd
 from recstack.serving.event_log import read_events
 
 pytestmark = pytest.mark.integration
-APP = {"Authorization": f"Bearer {APP_KEY}"}
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="module")

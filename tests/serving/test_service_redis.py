@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 from service_config import (
-    ADMIN_KEY,
-    APP_KEY,
+    ADMIN,
+    APP,
     free_port,
     ray_temp_dir,
     set_test_keys,
@@ -29,8 +29,6 @@ from recstack.event_log_format import SegmentName, segment_files
 from recstack.serving import serve_cmd
 
 pytestmark = pytest.mark.integration
-APP = {"Authorization": f"Bearer {APP_KEY}"}
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 DB = 3  # a Redis db and key prefix of this module's own
 PREFIX = "recstack-redis-test:"
 CALLS = 20  # calls per check: the proxy spreads them over both ingress replicas

@@ -7,12 +7,11 @@ import sys
 
 import pytest
 import requests
-from service_config import APP_KEY, free_port, set_test_keys, user_in, write_serve_config
+from service_config import APP, free_port, set_test_keys, user_in, write_serve_config
 
 from recstack.serving.serve_cmd import wait_ready
 
 pytestmark = pytest.mark.integration
-APP = {"Authorization": f"Bearer {APP_KEY}"}
 
 
 @pytest.fixture(scope="module")
