@@ -9,7 +9,7 @@ import onnxruntime as ort
 import polars as pl
 import pytest
 import torch
-from conftest import CHAIN_USERS, write_chain_log
+from chain_log import CHAIN_USERS, write_chain_log
 from train_configs import RETRIEVAL, write_config
 
 from recstack.cli import main
@@ -17,12 +17,12 @@ from recstack.datasets.dataset_dir import load_dataset
 from recstack.datasets.prepare import prepare
 from recstack.datasets.sources.tabular import ColumnMapping
 from recstack.errors import DataError, RecstackError
+from recstack.training.export.two_tower_features import encode
 from recstack.manifest import read_manifest
 from recstack.schema import TS, USER_IDX
 from recstack.training.data.features import FeatureVocab, context_codes, user_codes
 from recstack.training.export import export_cmd, onnx_common
 from recstack.training.export.export_cmd import ARTIFACT_KIND
-from recstack.training.export.two_tower_features import encode
 from recstack.training.export.two_tower_onnx import export_two_tower
 from recstack.training.models.two_tower import FeatureSizes, TwoTower, TwoTowerConfig
 from recstack.training.tasks.retrieval import RetrievalTask
