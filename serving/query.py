@@ -4,8 +4,9 @@
 
 Histories are item_idx lists, oldest first; only the last `max_length` items are read. The
 batch is right-padded with PAD_IDX to its longest history (the export's contract). Two-tower
-inputs follow the artifact's features.json: hour / weekday from the context's `ts` (seconds,
-UTC; the server's clock when absent), vocab fields by value (unknown -> code 0), and the user's
+inputs follow the artifact's features.json, coded by `recstack.feature_codes.encode` (the rules
+export checked against training): hour / weekday from the context's `ts` (seconds, UTC; the
+server's clock when absent), vocab fields by value (unknown -> code 0), and the user's
 attribute codes from user_features.parquet (unknown users -> 0).
 """
 
@@ -13,10 +14,9 @@ import time
 
 import numpy as np
 
+from recstack import feature_codes
 from recstack.schema import PAD_IDX
 from recstack.serving.artifact import Artifact
-
-_SECONDS_PER_DAY = 86_400
 
 
 def pad_histories(histories: list[list[int]], max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -29,25 +29,11 @@ def pad_histories(histories: list[list[int]], max_length: int) -> tuple[np.ndarr
     return items, lengths
 
 
-def _context_code(spec: dict, context: dict) -> int:
-    kind = spec["kind"]
-    if kind in ("hour_of_day", "weekday"):
-        ts = context.get("ts")
-        ts = int(time.time()) if not isinstance(ts, int | float) else int(ts)
-        if kind == "hour_of_day":
-            return (ts % _SECONDS_PER_DAY) // 3600 + 1
-        return ((ts // _SECONDS_PER_DAY) + 3) % 7 + 1  # 1970-01-01 was a Thursday; Monday = 1
-    if kind == "vocab":
-        value = context.get(spec["name"])
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        values = spec["values"]
-        return values.index(text) + 1 if value is not None and text in values else 0
-    if kind == "buckets":
-        value = context.get(spec["name"])
-        if not isinstance(value, int | float):
-            return 0
-        return int(np.searchsorted(np.asarray(spec["edges"]), value, side="right")) + 1
-    raise ValueError(f"unknown feature kind {kind!r} in features.json")
+def _raw(spec: dict, contexts: list[dict], now: int) -> list:
+    """A context field's raw value per request; hour/weekday read `ts` (now when absent)."""
+    if spec["kind"] in feature_codes.TS_KINDS:
+        return [int(c["ts"]) if isinstance(c.get("ts"), int | float) else now for c in contexts]
+    return [c.get(spec["name"]) for c in contexts]
 
 
 def _two_tower_inputs(
@@ -57,9 +43,9 @@ def _two_tower_inputs(
     context_specs, user_specs = features.get("context", []), features.get("user", [])
     inputs = {}
     if "context" in artifact.input_names:
-        inputs["context"] = np.array(
-            [[_context_code(s, c) for s in context_specs] for c in contexts], dtype=np.int64
-        ).reshape(len(contexts), len(context_specs))
+        now = int(time.time())
+        columns = [feature_codes.encode(s, _raw(s, contexts, now)) for s in context_specs]
+        inputs["context"] = np.stack(columns, axis=1)  # [B, C]; the export omits C == 0
     if "user" in artifact.input_names:
         unknown = np.zeros(len(user_specs), dtype=np.int64)
         codes = artifact.user_codes or {}

@@ -17,7 +17,7 @@ from recstack.datasets.dataset_dir import load_dataset
 from recstack.datasets.prepare import prepare
 from recstack.datasets.sources.tabular import ColumnMapping
 from recstack.errors import DataError, RecstackError
-from recstack.training.export.two_tower_features import encode
+from recstack.feature_codes import encode
 from recstack.manifest import read_manifest
 from recstack.schema import TS, USER_IDX
 from recstack.training.data.features import FeatureVocab, context_codes, user_codes

@@ -3,9 +3,10 @@
 
 features.json lists the columns of those inputs in order, each with the rule that turns a raw
 value into its code (CODES); user_features.parquet holds every known user's codes exactly as
-training computed them (`features.user_codes`). `encode` is a numpy reference of the rules;
-export runs it over the dataset's users and a sample of its events and refuses to write a spec
-that disagrees with training's encoders.
+training computed them (`features.user_codes`). The rules themselves are
+`recstack.feature_codes.encode`, the code the server runs; export runs it over the dataset's
+users and a sample of its events and refuses to write a spec that disagrees with training's
+encoders.
 """
 
 import json
@@ -16,6 +17,7 @@ import polars as pl
 
 from recstack.datasets.dataset_dir import PreparedDataset
 from recstack.errors import RecstackError
+from recstack.feature_codes import BUCKETS, HOUR_OF_DAY, TS_KINDS, VOCAB, WEEKDAY_KIND, encode
 from recstack.schema import AGE, INTERACTIONS_FILE, TS, USER_ID, USER_IDX
 from recstack.training.data.features import (
     HOUR,
@@ -30,8 +32,6 @@ from recstack.training.models.two_tower import TwoTower
 FEATURES_FILE = "features.json"
 USER_FEATURES_FILE = "user_features.parquet"
 CHECK_EVENTS = 10_000  # events whose context codes the spec is checked on at export
-_DAY = 86_400
-HOUR_OF_DAY, WEEKDAY_KIND, VOCAB, BUCKETS = "hour_of_day", "weekday", "vocab", "buckets"
 
 CODES = (
     "Entry i of 'context' / 'user' is column i of the user tower's input of that name; every "
@@ -86,26 +86,10 @@ def feature_spec(net: TwoTower, vocab: FeatureVocab, users: pl.DataFrame) -> dic
     }
 
 
-def encode(entry: dict, values) -> np.ndarray:
-    """Reference of the CODES rules: raw values [N] (ts for hour/weekday) -> codes int64 [N]."""
-    kind = entry["kind"]
-    if kind in (HOUR_OF_DAY, WEEKDAY_KIND):
-        ts = np.asarray(values, dtype=np.int64)
-        return (ts % _DAY) // 3600 + 1 if kind == HOUR_OF_DAY else ((ts // _DAY) + 3) % 7 + 1
-    if kind == VOCAB:
-        index = {value: i + 1 for i, value in enumerate(entry["values"])}
-        return np.array([index.get(v, 0) for v in values], dtype=np.int64)
-    if kind == BUCKETS:
-        v = np.asarray(values, dtype=np.float64)  # None -> NaN
-        codes = np.searchsorted(np.asarray(entry["edges"]), v, side="right") + 1
-        return np.where(np.isnan(v), 0, codes).astype(np.int64)
-    raise RecstackError(f"unknown feature kind {kind!r} in {entry}")
-
-
 def _raw(frame: pl.DataFrame, entry: dict) -> list:
     """The raw values a server would see for `entry`: ts, numbers or strings."""
     column = frame[entry.get("source", entry["name"])]
-    if entry["kind"] in (HOUR_OF_DAY, WEEKDAY_KIND):
+    if entry["kind"] in TS_KINDS:
         return column.to_list()
     return column.cast(pl.Float64 if entry["kind"] == BUCKETS else pl.String).to_list()
 

@@ -1,0 +1,41 @@
+"""The two-tower artifact's feature-code rules: raw request values -> the user tower's codes.
+
+Part of the artifact contract (features.json), so both sides use this one implementation:
+`recstack export` checks it against training's encoders before writing an artifact, and the
+server (`serving/query.py`) builds the user tower's `context` and `user` inputs with it.
+numpy only: no torch, no polars.
+"""
+
+import numpy as np
+
+from recstack.errors import RecstackError
+
+HOUR_OF_DAY, WEEKDAY_KIND, VOCAB, BUCKETS = "hour_of_day", "weekday", "vocab", "buckets"
+TS_KINDS = (HOUR_OF_DAY, WEEKDAY_KIND)  # read the event / request time, not a named value
+_DAY = 86_400
+
+
+def _text(value) -> str | None:
+    """How a vocab value is compared: ints in decimal, booleans 'true'/'false'."""
+    if value is None:
+        return None
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def encode(entry: dict, values) -> np.ndarray:
+    """A features.json entry's rule: raw values [N] (ts for hour/weekday) -> codes int64 [N].
+
+    0 = unknown or missing: a vocab value not listed, a non-number for buckets.
+    """
+    kind = entry["kind"]
+    if kind in TS_KINDS:
+        ts = np.asarray(values, dtype=np.int64)
+        return (ts % _DAY) // 3600 + 1 if kind == HOUR_OF_DAY else ((ts // _DAY) + 3) % 7 + 1
+    if kind == VOCAB:
+        index = {value: i + 1 for i, value in enumerate(entry["values"])}
+        return np.array([index.get(_text(v), 0) for v in values], dtype=np.int64)
+    if kind == BUCKETS:
+        v = np.array([x if isinstance(x, int | float) else np.nan for x in values], np.float64)
+        codes = np.searchsorted(np.asarray(entry["edges"]), v, side="right") + 1
+        return np.where(np.isnan(v), 0, codes).astype(np.int64)
+    raise RecstackError(f"unknown feature kind {kind!r} in {entry}")
