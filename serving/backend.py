@@ -15,6 +15,17 @@ from recstack.serving.retrieval import Candidates, RetrievalRequest, Retriever
 from recstack.serving.store.base import OnlineStore
 
 
+def _info(slots: ModelSlots) -> dict:
+    """What /readyz checks: {models: {name: {version, vocab}}, errors: {name: why}}."""
+    return {
+        "models": {
+            name: {"version": m.artifact.version, "vocab": m.artifact.catalog.vocab_hash}
+            for name, m in slots.models.items()
+        },
+        "errors": slots.errors,
+    }
+
+
 class RetrieverReplica:
     """Named retrievers of one replica (hot-swappable; with a store, also by the admin API)."""
 
@@ -32,13 +43,7 @@ class RetrieverReplica:
         return self.slots.get(model).retrieve(requests)
 
     def info(self) -> dict:
-        return {
-            "models": {
-                name: {"version": m.artifact.version, "vocab": m.artifact.catalog.vocab_hash}
-                for name, m in self.slots.models.items()
-            },
-            "errors": self.slots.errors,
-        }
+        return _info(self.slots)
 
 
 class RankerReplica:
@@ -66,7 +71,7 @@ class RankerReplica:
         return self.slots.get(model).artifact.catalog.to_idx(item_ids)[1]
 
     def info(self) -> dict:
-        return RetrieverReplica.info(self)  # same shape: {models: {name: version, vocab}, errors}
+        return _info(self.slots)
 
 
 class LocalBackend:

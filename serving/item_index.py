@@ -22,7 +22,7 @@ HNSW_NEIGHBOURS = 32
 HNSW_EF_SEARCH = 128
 
 
-def _top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """scores [B, N] -> the n best columns per row, best first."""
     n = min(n, scores.shape[1])
     part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
@@ -62,7 +62,7 @@ class ItemIndex:
             for row, items in enumerate(exclude):
                 if items:
                     scores[row, list(items)] = -np.inf
-            idx, top = _top_n(scores, n)
+            idx, top = top_n(scores, n)
             return np.where(np.isfinite(top), idx, -1), top
         return self._search_hnsw(queries, n, exclude)
 

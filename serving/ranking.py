@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from recstack.schema import PAD_IDX
 from recstack.serving.artifact import Artifact, load_artifact
+from recstack.serving.item_index import top_n
 from recstack.serving.query import encode
 
 POPULAR_REASON = {"kind": "popular", "text": "popular now"}
@@ -101,12 +103,7 @@ class Ranker:
         if idx is None:
             return None
         similarity = self.unit @ self.unit[idx]  # [n_items + 1]
-        similarity[[0, idx]] = -np.inf
-        top = (
-            np.argpartition(-similarity, k - 1)[:k]
-            if k < len(similarity) - 2
-            else np.arange(len(similarity))
-        )
-        top = top[np.argsort(-similarity[top], kind="stable")]
-        top = top[np.isfinite(similarity[top])][:k]
-        return self._ranked(top, similarity[top], None)
+        similarity[[PAD_IDX, idx]] = -np.inf
+        top, scores = top_n(similarity[None, :], k)  # [1, k], best first
+        keep = np.isfinite(scores[0])
+        return self._ranked(top[0][keep], scores[0][keep], None)
