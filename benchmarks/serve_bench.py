@@ -41,10 +41,7 @@ from serve_latency import load_user_ids, run_open_loop, summarise
 from recstack.serving import schemas, serve_cmd
 from recstack.serving.backend import LocalBackend
 from recstack.serving.config import read_serve_config
-from recstack.serving.event_log import EventLog
-from recstack.serving.service import RecommendService, ServiceSettings
-from recstack.serving.store import open_store
-from recstack.serving.store.seed import seed_from_dataset
+from recstack.serving.service import build_service
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS_MS = {"p50": 5.0, "p99": 15.0}
@@ -52,17 +49,17 @@ TARGETS_MS = {"p50": 5.0, "p99": 15.0}
 
 def in_process(checked: dict, users: list[str], state: Path, n: int) -> dict:
     """Per-call latency of RecommendService.recommend with local models."""
-    args, models = checked["args"], checked["models"]
-    backend = LocalBackend(models["retriever"].models, models["ranker"].models)
-    store = open_store({"kind": "embedded", "path": str(state / "inproc.sqlite")})
-    if args.seed_histories_from:
-        seed_from_dataset(store, args.seed_histories_from, args.history_limit)
-    service = RecommendService(
-        backend,
-        store,
-        EventLog(state / "inproc-events"),
-        args.experiment,
-        ServiceSettings(args.default_model, args.retrieve_n, args.history_limit),
+    models = checked["models"]
+    args = checked["args"].model_copy(  # this run's own state, beside the HTTP runs'
+        update={
+            "store": {"kind": "embedded", "path": str(state / "inproc.sqlite")},
+            "event_log": state / "inproc-events",
+        }
+    )
+    service = build_service(
+        args,
+        lambda _store: LocalBackend(models["retriever"].models, models["ranker"].models),
+        "inproc",
     )
     rng = random.Random(0)
 

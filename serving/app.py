@@ -26,12 +26,10 @@ from recstack.serving.config import (
     parse_args,
     parse_models,
 )
-from recstack.serving.event_log import EventLog
 from recstack.serving.ranking import Ranked, RankRequest
 from recstack.serving.retrieval import Candidates, RetrievalRequest
-from recstack.serving.service import RecommendService, ServiceSettings
+from recstack.serving.service import build_service
 from recstack.serving.store import open_store
-from recstack.serving.store.seed import seed_from_dataset
 
 BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0005}
 api = make_api()
@@ -144,19 +142,12 @@ class Ingress:
     def __init__(
         self, retriever: DeploymentHandle | None, ranker: DeploymentHandle | None, args: dict
     ) -> None:
-        settings = parse_args(args)
-        self.store = open_store(settings.store)
-        if settings.seed_histories_from is not None:
-            seed_from_dataset(self.store, settings.seed_histories_from, settings.history_limit)
-        # colocated: no models until reconfigure (503 and /readyz say so, never a 500)
-        backend = LocalBackend({}, {}, store=self.store) if retriever is None else None
-        self.service = RecommendService(
-            backend or RayBackend(retriever, ranker),
-            self.store,
-            EventLog(settings.event_log, writer=f"ingress-{os.getpid()}"),
-            settings.experiment,
-            ServiceSettings(settings.default_model, settings.retrieve_n, settings.history_limit),
-        )
+        def backend(store):  # colocated: no models until reconfigure (503, never a 500)
+            if retriever is None:
+                return LocalBackend({}, {}, store=store)
+            return RayBackend(retriever, ranker)
+
+        self.service = build_service(parse_args(args), backend, f"ingress-{os.getpid()}")
         attach(self.service, ApiKeys.from_environment())
 
     def reconfigure(self, user_config: dict) -> None:
@@ -169,7 +160,7 @@ class Ingress:
             backend.ranker.slots.apply(ranker.models)
         else:
             self.service.backend = LocalBackend(
-                retriever.models, ranker.models, retriever.index, self.store
+                retriever.models, ranker.models, retriever.index, self.service.store
             )
 
 

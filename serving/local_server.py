@@ -18,10 +18,7 @@ from recstack.serving.api import attach, make_api
 from recstack.serving.auth import ApiKeys
 from recstack.serving.backend import LocalBackend
 from recstack.serving.config import read_serve_config
-from recstack.serving.event_log import EventLog
-from recstack.serving.service import RecommendService, ServiceSettings
-from recstack.serving.store import open_store
-from recstack.serving.store.seed import seed_from_dataset
+from recstack.serving.service import build_service
 
 CONFIG_ENV = "RECSTACK_SERVE_CONFIG"  # how the parent hands the config path to the workers
 
@@ -31,15 +28,10 @@ def build_local_app() -> FastAPI:
     checked = read_serve_config(Path(os.environ[CONFIG_ENV]))
     args = checked["args"]
     retriever, ranker = checked["models"]["retriever"], checked["models"]["ranker"]
-    store = open_store(args.store)
-    if args.seed_histories_from is not None:
-        seed_from_dataset(store, args.seed_histories_from, args.history_limit)
-    service = RecommendService(
-        LocalBackend(retriever.models, ranker.models, retriever.index, store),
-        store,
-        EventLog(args.event_log, writer=f"uvicorn-{os.getpid()}"),
-        args.experiment,
-        ServiceSettings(args.default_model, args.retrieve_n, args.history_limit),
+    service = build_service(
+        args,
+        lambda store: LocalBackend(retriever.models, ranker.models, retriever.index, store),
+        f"uvicorn-{os.getpid()}",
     )
     attach(service, ApiKeys.from_environment())
     return make_api()

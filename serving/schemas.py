@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from recstack.event_log_format import EVENT_TYPES
+
 MAX_K = 1000
 MAX_HISTORY = 1000  # items in an explicit history / exclude list / onboarding list
 MAX_EVENTS = 1000  # events per POST /v1/events
@@ -17,7 +19,7 @@ Context = Annotated[
     dict[Annotated[str, StringConstraints(max_length=64)], ContextValue], Field(max_length=32)
 ]
 Fallback = Literal["cold_start", "opted_out", "store_unavailable"]
-EventType = Literal["view", "click", "purchase", "impression", "rating"]
+EventType = Literal[EVENT_TYPES]  # the event log's types, one list
 
 
 class Strict(BaseModel):

@@ -10,25 +10,35 @@ online histories, so the next recommendation sees them on any replica sharing th
 """
 
 import asyncio
-import json
-import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.compute as pc
 
 from recstack.errors import RecstackError
+from recstack.schema import (
+    ARM,
+    CONTEXT,
+    EVENT_TYPE,
+    ITEM_ID,
+    MODEL_VERSION,
+    REQUEST_ID,
+    TS,
+    USER_ID,
+)
 from recstack.serving import metrics, schemas
 from recstack.serving.artifact import check_same_vocab
-from recstack.serving.event_log import EventLog, read_events, tombstone
+from recstack.serving.config import AppArgs
+from recstack.serving.event_log import INTERACTION_TYPES, EventLog, read_events, tombstone
 from recstack.serving.experiments import Arm, Experiment, assign, experiment_report
 from recstack.serving.model_watch import publish
 from recstack.serving.ranking import Ranked, Ranker, RankRequest
 from recstack.serving.retrieval import RetrievalRequest, Retriever
+from recstack.serving.store import open_store
 from recstack.serving.store.base import OnlineStore, StoreUnavailable
-
-HISTORY_EVENTS = ("view", "click", "purchase", "rating")  # impressions are not history
+from recstack.serving.store.seed import seed_from_dataset
 
 
 class NotFound(RecstackError):
@@ -197,22 +207,20 @@ class RecommendService:
 
     async def events(self, req: schemas.EventsRequest) -> schemas.EventsResponse:
         allowed: dict[str | None, bool] = {}
-        now_ms = int(time.time() * 1000)
         rows = []
         for event in req.events:
             if not await self._tracking_allowed(event.user_id, allowed):
                 continue
-            rows.append(
+            rows.append(  # the log stamps received_at and writes the context as JSON text
                 {
-                    "user_id": event.user_id,
-                    "item_id": event.item_id,
-                    "type": event.type,
-                    "ts": event.ts,
-                    "received_at": now_ms,
-                    "arm": self.arm_of(event.user_id).name,
-                    "model_version": event.model_version,
-                    "request_id": event.request_id,
-                    "context": None if event.context is None else _json(event.context),
+                    USER_ID: event.user_id,
+                    ITEM_ID: event.item_id,
+                    EVENT_TYPE: event.type,
+                    TS: event.ts,
+                    ARM: self.arm_of(event.user_id).name,
+                    MODEL_VERSION: event.model_version,
+                    REQUEST_ID: event.request_id,
+                    CONTEXT: event.context,
                 }
             )
         if rows:
@@ -220,12 +228,11 @@ class RecommendService:
         dropped = len(req.events) - len(rows)
         metrics.EVENTS_DROPPED.inc(dropped)
         for row in rows:
-            metrics.EVENTS.labels(row["type"]).inc()
+            metrics.EVENTS.labels(row[EVENT_TYPE]).inc()
         updated = not allowed.get(None)  # no second timeout once the store is known down
         if updated:
             try:
-                for user_id, items in _histories(rows).items():
-                    await self._store("append_history", user_id, items)
+                await self._store("extend_histories", _histories(rows))  # one round trip
             except StoreUnavailable:
                 updated = False
         return schemas.EventsResponse(
@@ -299,14 +306,26 @@ class RecommendService:
         return experiment_report(events, self.experiment)
 
 
-def _json(value: dict) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+def build_service(args: AppArgs, make_backend: Callable, writer: str) -> RecommendService:
+    """The service a config's args describe: the store (seeded once from the dataset when
+    `seed_histories_from` is set), an event-log writer named `writer`, and the backend
+    `make_backend(store)` returns (Ray handles, or models in this process)."""
+    store = open_store(args.store)
+    if args.seed_histories_from is not None:
+        seed_from_dataset(store, args.seed_histories_from, args.history_limit)
+    return RecommendService(
+        make_backend(store),
+        store,
+        EventLog(args.event_log, writer=writer),
+        args.experiment,
+        ServiceSettings(args.default_model, args.retrieve_n, args.history_limit),
+    )
 
 
 def _histories(rows: list[dict]) -> dict[str, list[str]]:
     """user -> item ids of history events, in event-time order (stable)."""
     out: dict[str, list[tuple[int, str]]] = {}
     for row in rows:
-        if row["type"] in HISTORY_EVENTS:
-            out.setdefault(row["user_id"], []).append((row["ts"], row["item_id"]))
+        if row[EVENT_TYPE] in INTERACTION_TYPES:
+            out.setdefault(row[USER_ID], []).append((row[TS], row[ITEM_ID]))
     return {u: [i for _, i in sorted(pairs, key=lambda p: p[0])] for u, pairs in out.items()}
