@@ -1,17 +1,11 @@
 """Serving fixtures: a real `redis-server` for the session (no persistence, loopback only)."""
 
 import shutil
-import socket
 import subprocess
 import time
 
 import pytest
-
-
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from service_config import free_port
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +16,7 @@ def redis_url(tmp_path_factory) -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    port = unused_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     proc = subprocess.Popen(

@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import redis
+from service_config import free_port
 
 from recstack.errors import RecstackError
 from recstack.serving.store import open_store
@@ -193,12 +194,6 @@ def test_open_store_errors(tmp_path):
         open_store({"kind": "embedded", "path": str(tmp_path / "junk.sqlite")})
 
 
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _silent_server() -> tuple[socket.socket, int]:
     """A socket that accepts connections (kernel backlog) but never answers."""
     sock = socket.socket()
@@ -213,7 +208,7 @@ def test_unreachable_redis_fails_fast(target):
     if target == "silent":
         silent, port = _silent_server()
     else:
-        port = unused_port()
+        port = free_port()
     store = RedisStore(f"redis://:secret@127.0.0.1:{port}/0")
     try:
         for call in (
