@@ -7,7 +7,7 @@
    retrieval of 100, SASRec ranking of 10) with the models in this process: no HTTP, no Ray.
 2. Over HTTP, for each engine of `recstack serve` on the same Serve config
    (configs/serve_ml100k.yaml, state moved to a temp dir, a free port): 300 sequential calls
-   (the floor), then open-loop load at each rate (benchmarks/serve_latency.py: latency from
+   (the floor), then open-loop load at each rate (benchmarks/open_loop.py: latency from
    each request's scheduled send time). `ray`: Ingress -> Retriever -> Ranker deployments,
    once per @serve.batch size in --max-batch-sizes; `uvicorn`: the same API in --workers
    processes with the models in-process. Client and server share this machine's cores.
@@ -33,10 +33,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_latency import load_user_ids, run_open_loop, summarise
+from open_loop import Call, account, run_open_loop, summarise
 
 from recstack.serving import schemas, serve_cmd
 from recstack.serving.backend import LocalBackend
@@ -144,14 +145,17 @@ def http_runs(args, users: list[str], state: Path, key: str, engine: str, batch:
         print(f"{engine} (batch {batch}): sequential {out['sequential']['latency_ms']}")
         for rate in args.rates:
             draws = rng.choices(users, k=round(rate * (args.duration + args.warmup)) + 1)
-            run = run_open_loop(
-                url + "/v1/recommend",
+            timeline = run_open_loop(
+                url,
                 rate,
                 args.duration,
                 args.warmup,
-                lambda i, draws=draws: {"user_id": draws[i], "k": 10},
+                lambda i, draws=draws: Call(
+                    "recommend", "POST", "/v1/recommend", {"user_id": draws[i], "k": 10}
+                ),
                 headers={"Authorization": f"Bearer {key}"},
             )
+            run = {"offered_rps": rate, **account(timeline), "warmup": timeline.warmup}
             lat = run["latency_ms"]
             run["meets_targets"] = run["errors"] == 0 and all(
                 lat[p] is not None and lat[p] <= t for p, t in TARGETS_MS.items()
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     checked = read_serve_config(args.config)
-    users = load_user_ids(args.users_from, None)
+    users = [str(u) for u in pq.read_table(args.users_from, columns=["user_id"])["user_id"].to_pylist()]
     state = Path(tempfile.mkdtemp(prefix="recstack-serve-bench-"))
     result = {
         "benchmark": "serve_ml100k",

@@ -1,0 +1,102 @@
+"""CPU used by the load client, the server under test and the whole host during a run (psutil).
+
+The server's processes are found only for a loopback URL: the process listening on the URL's
+port and its descendants (uvicorn's workers); if that is a Ray process, every Ray process on
+this host instead (proxy, controller, replicas, raylet, GCS). For a remote URL only the client
+and host figures are given.
+"""
+
+import os
+import time
+from urllib.parse import urlsplit
+
+import psutil
+
+RAY_DAEMONS = ("raylet", "gcs_server")
+
+
+def server_processes(url: str) -> tuple[list[psutil.Process], str]:
+    """The processes serving `url` on this host, and how they were found."""
+    port = urlsplit(url).port or 80
+    try:
+        listeners = {
+            conn.pid
+            for conn in psutil.net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+        }
+    except psutil.AccessDenied:
+        return [], "not found: listing sockets needs more privileges"
+    listeners.discard(None)
+    if not listeners:
+        return [], f"not found: no process on this host listens on port {port}"
+    found: dict[int, psutil.Process] = {}
+    for pid in listeners:
+        try:
+            process = psutil.Process(pid)
+            for p in [process, *process.children(recursive=True)]:
+                found[p.pid] = p
+        except psutil.NoSuchProcess:
+            continue
+    if any(_name(p).startswith("ray::") for p in found.values()):
+        ray = [p for p in psutil.process_iter() if _is_ray(p)]
+        return ray, f"{len(ray)} Ray processes on this host (the proxy listens on {port})"
+    return list(found.values()), f"listener on port {port} and its {len(found) - 1} children"
+
+
+def _name(process: psutil.Process) -> str:
+    try:
+        return process.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""
+
+
+def _is_ray(process: psutil.Process) -> bool:
+    name = _name(process)
+    return name.startswith("ray::") or name in RAY_DAEMONS
+
+
+def _cpu_s(processes: list[psutil.Process]) -> dict[int, float]:
+    out = {}
+    for p in processes:
+        try:
+            times = p.cpu_times()
+            out[p.pid] = times.user + times.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+class CpuMeter:
+    """`with CpuMeter(url) as meter: …` then `meter.result` (seconds and cores used)."""
+
+    def __init__(self, url: str | None) -> None:
+        self.url, self.result = url, {}
+        self.client = psutil.Process(os.getpid())
+
+    def __enter__(self) -> "CpuMeter":
+        self.servers, self.found_by = server_processes(self.url) if self.url else ([], None)
+        self.wall = time.perf_counter()
+        self.host = psutil.cpu_times()
+        self.client_start = _cpu_s([self.client])[self.client.pid]
+        self.server_start = _cpu_s(self.servers)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self.wall
+        host = psutil.cpu_times()
+        busy = sum(getattr(host, f) - getattr(self.host, f) for f in ("user", "system", "nice"))
+        idle = sum(getattr(host, f) - getattr(self.host, f) for f in ("idle", "iowait"))
+        client_s = _cpu_s([self.client])[self.client.pid] - self.client_start
+        server_end = _cpu_s(self.servers)  # processes gone since the start are not counted
+        server_s = sum(server_end[pid] - self.server_start.get(pid, 0.0) for pid in server_end)
+        self.result = {
+            "wall_s": wall,
+            "host_cores": psutil.cpu_count(),
+            "host_busy_fraction": busy / max(busy + idle, 1e-9),
+            "client_cpu_s": client_s,
+            "client_cores_used": client_s / wall,
+            "server_cpu_s": server_s if self.servers else None,
+            "server_cores_used": server_s / wall if self.servers else None,
+            "server_processes": len(server_end),
+            "server_found_by": self.found_by or "not measured: the service is not on this host",
+        }

@@ -1,0 +1,89 @@
+"""PNG plots of a load test (matplotlib, Agg): percentiles vs offered rate; latency over time."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from open_loop import PERCENTILES, Timeline
+
+STYLES = {"p50": "-", "p90": "--", "p99": "-.", "p99.9": ":"}
+
+
+def latency_vs_rate(steps: list[dict], target_ms: float | None, out: Path) -> Path:
+    """One line per endpoint and percentile over the offered rates of `steps`."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    series = {"all": [step["overall"] for step in steps]}
+    for name in steps[0]["endpoints"]:
+        series[name] = [step["endpoints"][name] for step in steps]
+    rates = [step["offered_rps"] for step in steps]
+    for color, (name, results) in zip(plt.cm.tab10.colors, series.items(), strict=False):
+        for p in PERCENTILES:
+            values = [r["latency_ms"][p] for r in results]
+            values = [np.nan if v is None else v for v in values]
+            ax.plot(rates, values, STYLES[p], color=color, marker="o", ms=3, label=f"{name} {p}")
+    for step in steps:
+        if not step.get("sustained", True):
+            ax.axvline(step["offered_rps"], color="red", alpha=0.3, lw=6)
+    if target_ms is not None:
+        ax.axhline(target_ms, color="black", lw=0.8, label=f"p99 target {target_ms:g} ms")
+    ax.set(xlabel="offered rate (requests/s)", ylabel="latency (ms, from scheduled send)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("latency percentiles vs offered rate (red: rate not sustained)")
+    return _save(fig, out)
+
+
+def latency_over_time(runs: list[tuple[float, Timeline]], out: Path) -> Path:
+    """Each request's latency at its scheduled time, steps one after another, with per-second
+    p99 and the errors per second."""
+    fig, (ax, err_ax) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=(3, 1))
+    offset = 0.0
+    colors = dict(zip(_endpoints(runs), plt.cm.tab10.colors, strict=False))
+    for rate, timeline in runs:
+        t = timeline.scheduled_s + offset
+        for code, name in enumerate(timeline.endpoints):
+            mask = timeline.endpoint == code
+            ax.scatter(t[mask], timeline.latency_ms[mask], s=2, alpha=0.3, color=colors[name])
+        second = np.floor(t).astype(int)
+        seconds = np.unique(second)
+        p99 = [_p99(timeline.latency_ms[second == s]) for s in seconds]
+        errors = [int(np.isnan(timeline.latency_ms[second == s]).sum()) for s in seconds]
+        ax.plot(seconds + 0.5, p99, color="black", lw=1)
+        err_ax.bar(seconds + 0.5, errors, width=1.0, color="red")
+        ax.axvline(offset, color="grey", lw=0.5)
+        ax.text(
+            offset, 1.0, f" {rate:g}/s", transform=ax.get_xaxis_transform(), fontsize=7, va="top"
+        )
+        offset += float(timeline.scheduled_s.max(initial=0.0)) + 1.0
+    for name, color in colors.items():
+        ax.scatter([], [], s=10, color=color, label=name)
+    ax.plot([], [], color="black", lw=1, label="p99 per second")
+    ax.set(ylabel="latency (ms)", yscale="log", title="latency over time (warm-ups left out)")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    err_ax.set(xlabel="seconds (measured windows, one after another)", ylabel="errors / s")
+    return _save(fig, out)
+
+
+def _endpoints(runs: list[tuple[float, Timeline]]) -> list[str]:
+    names: list[str] = []
+    for _, timeline in runs:
+        names += [name for name in timeline.endpoints if name not in names]
+    return names
+
+
+def _p99(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(np.percentile(values, 99)) if values.size else np.nan
+
+
+def _save(fig, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
