@@ -245,6 +245,7 @@ def parse_args(argv):
     parser.add_argument("--timeout", type=float, default=10.0, help="per-request limit, s")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
+    parser.add_argument("--label", default="", help='what is loaded, e.g. "uvicorn, 2 workers"')
     parser.add_argument("--out", type=Path, default=RESULTS / "load_test.json")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)

@@ -1,0 +1,264 @@
+"""Write the results tables of benchmarks/README.md from the JSON in benchmarks/results/.
+
+    .venv/bin/python benchmarks/results_tables.py          # rewrite the README's tables
+    .venv/bin/python benchmarks/results_tables.py --check  # exit 1 if the README is stale
+
+Every figure in the README's results section comes from here, so a table never disagrees
+with the JSON it summarises. Each table says which file it reads; a missing file is a note.
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def md_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += [
+        "| " + " | ".join("–" if cell is None else str(cell) for cell in row) + " |" for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def ms(value: float | None) -> str | None:
+    return None if value is None else f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def num(value: float | None, digits: int = 0) -> str | None:
+    return None if value is None else f"{value:,.{digits}f}"
+
+
+def load(name: str) -> dict | None:
+    try:
+        return json.loads((RESULTS / name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def prepare_table() -> str:
+    d = load("prepare_bench.json")
+    counts = d["counts"]
+    rows = [
+        ["`recstack data synth`", d["synth"]["seconds"], d["synth"]["peak_rss_mib"]],
+        [
+            "`recstack data prepare` (Parquet)",
+            d["prepare"]["seconds"],
+            d["prepare"]["peak_rss_mib"],
+        ],
+        [
+            f"`recstack data prepare` (CSV, {d['prepare_from_csv']['csv_mib']:.0f} MiB)",
+            d["prepare_from_csv"]["seconds"],
+            d["prepare_from_csv"]["peak_rss_mib"],
+        ],
+    ]
+    title = (
+        f"`prepare_bench.json`: {counts['interactions']:,} events, {counts['users']:,} users, "
+        f"{counts['items']:,} items; meets targets: {d['meets_targets']}"
+    )
+    return title + "\n\n" + md_table(["step", "wall s", "peak RSS MiB"], rows)
+
+
+def train_table(name: str) -> str:
+    d = load(name)
+    rows = []
+    for run in d["runs"]:
+        epoch = run.get("epoch_s", run.get("epoch_s_estimated"))
+        val = run.get("val_s", run.get("val_s_estimated"))
+        rows.append(
+            [
+                run["size"],
+                run["model"],
+                ("~" if "epoch_s" not in run else "") + num(epoch, 2),
+                num(run["samples_per_s"]),
+                f"{run['data_wait_share']:.0%}",
+                ("~" if "val_s" not in run else "") + num(val, 2),
+                num(run.get("peak_rss_mib")),
+                {True: "met", False: "missed", None: ""}[run.get("meets_target")],
+            ]
+        )
+    title = (
+        f"`{name}`: device {d['device']}, {d['precision']} (`~`: scaled up from part of an epoch)"
+    )
+    headers = [
+        "size",
+        "model",
+        "s/epoch",
+        "samples/s",
+        "data wait",
+        "validation s",
+        "peak RSS MiB",
+        "target",
+    ]
+    return title + "\n\n" + md_table(headers, rows)
+
+
+def quality_table() -> str:
+    d = load("train_quality_ml100k.json")
+    rows = []
+    for model, result in d["models"].items():
+        mean, std = result["mean"], result["std"]
+        rows.append(
+            [model, len(result["runs"])]
+            + [f"{mean[m]:.4f} ± {std[m]:.4f}" for m in ("ndcg@10", "hr@10", "mrr@10")]
+        )
+    baselines = load("baselines_ml100k_loo.json") or {"models": {}}
+    for model, result in baselines["models"].items():
+        rows.append(
+            [f"{model} (baseline)", 1]
+            + [f"{result['metrics'][m]:.4f}" for m in ("ndcg@10", "hr@10", "mrr@10")]
+        )
+    title = "`train_quality_ml100k.json`, `baselines_ml100k_loo.json`: ML-100K, leave-one-out test, full ranking"
+    return title + "\n\n" + md_table(["model", "seeds", "NDCG@10", "HR@10", "MRR@10"], rows)
+
+
+def serve_table() -> str:
+    rows = []
+    for name in ("serve_ml100k.json", "serve_ml100k_colocated.json", "serve_ml100k_ray_rates.json"):
+        d = load(name)
+        if d is None:
+            continue
+        if name == "serve_ml100k.json":
+            lat = d["in_process"]["latency_ms"]
+            rows.append(
+                [name, "in-process (no HTTP)", "sequential", ms(lat["p50"]), ms(lat["p99"]), "–"]
+            )
+        pipeline = d["serve_config"]["applications"][0]["args"].get("pipeline", "split")
+        for http in d["http"]:
+            engine = (
+                f"uvicorn, {http['workers']} workers"
+                if http["engine"] == "uvicorn"
+                else f"ray, {pipeline}"
+            )
+            if "max_batch_size" in http:
+                engine += f", batch {http['max_batch_size']}"
+            lat = http["sequential"]["latency_ms"]
+            rows.append([name, engine, "sequential", ms(lat["p50"]), ms(lat["p99"]), "0"])
+            for run in http["rates"]:
+                lat = run["latency_ms"]
+                errors = f"{run['errors']}/{run['sent']}"
+                rows.append(
+                    [
+                        name,
+                        engine,
+                        f"{run['offered_rps']:g}/s",
+                        ms(lat["p50"]),
+                        ms(lat["p99"]),
+                        errors,
+                    ]
+                )
+    title = "`serve_bench.py`: `POST /v1/recommend` only, ML-100K, client on the same cores"
+    return title + "\n\n" + md_table(["file", "engine", "load", "p50 ms", "p99 ms", "errors"], rows)
+
+
+def load_test_table() -> str:
+    files = sorted(RESULTS.glob("load_test*.json"))
+    if not files:
+        return "_no `load_test*.json` yet_"
+    parts = []
+    for path in files:
+        d = json.loads(path.read_text())
+        if "steps" not in d:
+            parts.append(f"`{path.name}`: {d.get('error', 'no steps')}")
+            continue
+        rows = []
+        for step in d["steps"]:
+            o, cpu = step["overall"], step["cpu"]
+            lat = o["latency_ms"]
+            rec = step["endpoints"].get("recommend", {}).get("latency_ms", {})
+            rows.append(
+                [
+                    f"{step['offered_rps']:g}",
+                    num(o["throughput_rps"]),
+                    *(ms(lat[p]) for p in ("p50", "p90", "p99", "p99.9", "max")),
+                    ms(rec.get("p99")),
+                    f"{o['errors']}/{o['sent']}",
+                    num(cpu.get("server_cores_used"), 2),
+                    num(cpu.get("client_cores_used"), 2),
+                    "yes" if step["sustained"] else "no",
+                ]
+            )
+        label = d["config"].get("label") or ""
+        best = d.get("highest_sustained_rps")
+        target = d["target"]
+        title = (
+            f"`{path.name}` ({label}; {d['mode']} mode): highest rate sustained at p99 ≤ "
+            f"{target['p99_ms']:g} ms and errors ≤ {target['error_budget']:.1%}: "
+            f"**{'none' if best is None else f'{best:g} req/s'}**"
+        )
+        headers = [
+            "offered/s",
+            "ok/s",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "max",
+            "recommend p99",
+            "errors",
+            "server cores",
+            "client cores",
+            "sustained",
+        ]
+        parts.append(title + "\n\n" + md_table(headers, rows))
+    return "\n\n".join(parts)
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "Data preparation (CPU)": prepare_table,
+    "Training (CPU, this machine)": lambda: train_table("train_bench.json"),
+    "Training (GPU)": lambda: (
+        train_table("gpu/train_bench_gpu.json")
+        + "\n\n"
+        + train_table("gpu/train_bench_gpu_20m.json")
+    ),
+    "Model quality": quality_table,
+    "Serving latency (serve_bench)": serve_table,
+    "Load tests (load_test)": load_test_table,
+}
+
+
+def render() -> str:
+    parts = []
+    for title, table in TABLES.items():
+        try:
+            body = table()
+        except (TypeError, KeyError) as exc:  # a result file missing or from an older version
+            body = f"_not available: {type(exc).__name__} {exc}_"
+        parts.append(f"### {title}\n\n{body}")
+    return "\n\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if the README is not up to date"
+    )
+    args = parser.parse_args(argv)
+    text = README.read_text()
+    if START not in text or END not in text:
+        print(f"error: {README} lacks the {START} … {END} markers", file=sys.stderr)
+        return 2
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    updated = f"{head}{START}\n\n{render()}\n\n{END}{tail}"
+    if args.check:
+        if updated != text:
+            print(f"{README} is stale: run benchmarks/results_tables.py", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(updated)
+    print(f"wrote the tables of {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
