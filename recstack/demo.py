@@ -31,6 +31,8 @@ from recstack.errors import DataError, RecstackError
 from recstack.progress import console
 
 REPO = Path(__file__).resolve().parents[1]
+if not (REPO / "configs").is_dir():  # an installed, not editable, recstack (the Docker image)
+    REPO = Path.cwd()  # …runs from a folder holding configs/ (the image's /app)
 SASREC_CONFIG = REPO / "configs" / "train" / "sasrec_ml100k.yaml"
 TWO_TOWER_CONFIG = REPO / "configs" / "train" / "two_tower_ml100k.yaml"
 SERVE_CONFIG = REPO / "configs" / "serve_demo.yaml"

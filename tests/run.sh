@@ -3,10 +3,7 @@
 # and run the default test suite (not slow, not gpu). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3.11}"
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+bash scripts/install.sh --editable --extras dev --quiet .venv  # the venv with $PYTHON (python3.11)
 # PostgreSQL (multi-worker tuning test) and redis-server (online store, multi-replica serving):
 # the tests start their own throwaway servers on free loopback ports, and are skipped where
 # the binaries are missing and cannot be installed.
@@ -19,4 +16,5 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nu
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/hadolint --failure-threshold style Dockerfile.gpu
 .venv/bin/python -m pytest "$@"
