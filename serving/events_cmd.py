@@ -14,7 +14,7 @@ from recstack.errors import RecstackError
 from recstack.serving.event_log import compact, rebuild_store
 from recstack.serving.store import open_store
 from recstack.serving.store.base import DEFAULT_MAX_HISTORY
-from recstack.serving.store.redis_store import redacted
+from recstack.urls import redacted
 
 
 def compact_log(log: Path) -> dict[str, int]:

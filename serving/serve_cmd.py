@@ -10,6 +10,7 @@ half-started cluster. Ray starts with DESIGN §7's quiet settings: no usage stat
 dashboard, no log forwarding, its temp dir under runs/ray, no token in the home directory.
 """
 
+import inspect
 import logging
 import os
 import time
@@ -24,16 +25,6 @@ from recstack.serving.auth import ApiKeys
 from recstack.serving.config import INGRESS, RANKER, RETRIEVER, read_serve_config
 
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}
-DEPLOYMENT_OPTIONS = (
-    "num_replicas",
-    "autoscaling_config",
-    "max_ongoing_requests",
-    "user_config",
-    "ray_actor_options",
-    "health_check_period_s",
-    "graceful_shutdown_timeout_s",
-    "logging_config",
-)
 
 
 def start_ray(temp_dir: Path = Path("runs/ray"), address: str | None = None) -> None:
@@ -76,8 +67,16 @@ def application(config: Path):
     _check_artifacts(checked["models"])
 
     def options(deployment, name: str):
-        given = checked["deployments"].get(name, {})
-        return deployment.options(**{k: v for k, v in given.items() if k in DEPLOYMENT_OPTIONS})
+        """The YAML's options for `name` (as `serve deploy` reads them; an unknown one fails)."""
+        given = {k: v for k, v in checked["deployments"].get(name, {}).items() if k != "name"}
+        known = {p for p in inspect.signature(deployment.options).parameters if p[0] != "_"}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise RecstackError(
+                f"{config}: deployment {name} has unknown options {unknown}; Ray Serve's are "
+                f"{sorted(known - {'func_or_class', 'name', 'version'})}"
+            )
+        return deployment.options(**given)
 
     args = checked["app"].get("args") or {}
     if checked["args"].pipeline == "colocated":
@@ -113,7 +112,8 @@ def start(config: Path, address: str | None = None, temp_dir: Path = Path("runs/
     start_ray(temp_dir, address)
     http = checked["document"].get("http_options") or {}
     host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
-    serve.start(http_options={"host": host, "port": port})
+    proxy_location = checked["document"].get("proxy_location", "HeadOnly")  # EveryNode: cluster
+    serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
     try:
         serve.run(
             app,
@@ -129,12 +129,17 @@ def start(config: Path, address: str | None = None, temp_dir: Path = Path("runs/
     return url
 
 
-def stop() -> None:
+def stop(app_name: str | None = None) -> None:
+    """Shut Serve and the local Ray down; with `app_name` (a cluster this process joined),
+    delete only that application and leave the cluster and its other apps running."""
     import ray
     from ray import serve
 
     if ray.is_initialized():
-        serve.shutdown()
+        if app_name is None:
+            serve.shutdown()
+        else:
+            serve.delete(app_name)
         ray.shutdown()
 
 
@@ -159,8 +164,8 @@ def serve_forever(config: Path, update: bool = False, address: str | None = None
             time.sleep(3600)
     except KeyboardInterrupt:
         print("stopping")
-    finally:
-        stop()
+    finally:  # on a cluster this process joined, remove only this app
+        stop(read_serve_config(config)["app"].get("name", "recstack") if address else None)
 
 
 def serve_cli(argv: list[str]) -> None:

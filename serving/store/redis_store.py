@@ -19,7 +19,6 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -33,19 +32,10 @@ from recstack.serving.store.base import (
     check_limit,
     consent_record,
 )
+from recstack.urls import redacted
 
 USER_KEYS = ("history", "consent", "onboarding")  # every per-user key suffix
 CHUNK_USERS = 500  # users per MULTI in batch writes (a huge MULTI would block Redis)
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _strings(values: Sequence[str], what: str) -> list[str]:

@@ -4,8 +4,10 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
+from service_config import write_serve_config
 
-from recstack.errors import DataError
+from recstack.errors import DataError, RecstackError
 from recstack.serving.artifact import check_same_vocab, load_artifact
 from recstack.serving.auth import ApiKeys
 from recstack.serving.item_index import ItemIndex
@@ -105,3 +107,21 @@ def test_onnxruntime_takes_the_cuda_provider_when_it_has_one(ml100k_artifacts):
     ranker = Ranker(artifact)
     ranked = ranker.rank([RankRequest(["50", "181"], ["1", "2", "3"], 2)])[0]
     assert len(ranked.item_ids) == 2
+
+
+def test_deployment_options_reach_serve_and_an_unknown_one_is_refused(ml100k_artifacts, tmp_path):
+    from recstack.serving.serve_cmd import application
+
+    config = write_serve_config(tmp_path / "serve.yaml", ml100k_artifacts, tmp_path, 8000)
+    document = yaml.safe_load(config.read_text())
+    ingress = document["applications"][0]["deployments"][0]
+    ingress["max_replicas_per_node"] = 1  # a cluster option `serve deploy` takes
+    config.write_text(yaml.safe_dump(document))
+    _, app = application(config)
+    assert app._bound_deployment._replica_config.max_replicas_per_node == 1
+    ingress["max_replicas_per_nodes"] = 1
+    config.write_text(yaml.safe_dump(document))
+    with pytest.raises(
+        RecstackError, match=r"deployment Ingress has unknown options \['max_replicas_per_nodes'\]"
+    ):
+        application(config)

@@ -21,6 +21,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from recstack.errors import RecstackError, first_line
+from recstack.urls import redacted
 
 HEARTBEAT_S = 30
 GRACE_S = 120
@@ -106,12 +107,14 @@ def make_storage(url: str, attempts: int = 5) -> RDBStorage:
             )
         except ImportError as exc:
             raise RecstackError(
-                f"storage {url}: {first_line(exc)} "
+                f"storage {redacted(url)}: {first_line(exc)} "
                 "(for PostgreSQL: pip install 'recstack[postgres]')"
             ) from None
         except Exception as exc:  # sqlalchemy: bad URL, unreachable server, creation race
             if attempt == attempts - 1:
-                raise RecstackError(f"cannot open study storage {url}: {first_line(exc)}") from None
+                raise RecstackError(
+                    f"cannot open study storage {redacted(url)}: {first_line(exc)}"
+                ) from None
             time.sleep(1.0 + attempt)
     raise AssertionError("unreachable")
 

@@ -39,6 +39,7 @@ from recstack.training.tuning.trial_config import (
     read_config,
     trial_config,
 )
+from recstack.urls import redacted
 
 
 def make_parser() -> ArgumentParser:
@@ -152,7 +153,7 @@ def tune(argv: list[str]) -> dict:
     if lost:
         console.print(f"re-queued trials {lost}: their worker on this host had stopped")
     console.print(
-        f"study {name!r} ({'new' if new else 'joined'}) at {storage}: "
+        f"study {name!r} ({'new' if new else 'joined'}) at {redacted(storage)}: "
         f"{finished_trials(study)}/{args.n_trials} trials finished"
     )
     started = time.monotonic()

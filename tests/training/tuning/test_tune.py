@@ -263,3 +263,36 @@ def test_a_trial_whose_worker_elsewhere_went_silent_is_requeued(tmp_path, chain_
     retry = next(t for t in trials if t.user_attrs.get(RETRY_OF) == orphan.number)
     assert retry.user_attrs[RETRY_REASON] == "no heartbeat from its worker"
     assert retry.params == {"model.optim.lr": 0.01} and retry.state == TrialState.COMPLETE
+
+
+@pytest.mark.integration
+def test_a_machine_lost_mid_trial_is_requeued_on_postgresql(tmp_path, chain_dir, postgres_url):
+    """The lost-machine path on the storage that several machines share: a trial whose
+    heartbeat stopped (by PostgreSQL's clock, not the workers') is failed and re-queued by
+    the next worker, on any machine."""
+    import psycopg
+
+    args = setup_study(tmp_path, chain_dir, {**SEARCH, "fixed": {"trainer.max_epochs": 2}})
+    args[args.index("--study") + 1] = "lost-machine"  # the module's server has study "s" too
+    out, storage = tmp_path / "study", ["--storage", postgres_url]
+    assert main(["tune", *args, "--out", str(out), *storage, "--n-trials", "0"]) == 0
+    study = optuna.load_study(study_name="lost-machine", storage=postgres_url)
+    orphan = study.ask(
+        {"model.optim.lr": optuna.distributions.CategoricalDistribution([0.01, 1e-5])}
+    )
+    orphan.set_user_attr("host", "another-machine")
+    orphan.set_user_attr("pid", 1)
+    study._storage.record_heartbeat(orphan._trial_id)
+    with psycopg.connect(postgres_url) as db:  # its last heartbeat: an hour ago
+        db.execute(
+            "UPDATE trial_heartbeats SET heartbeat = heartbeat - interval '1 hour' "
+            "WHERE trial_id = %s",
+            (orphan._trial_id,),
+        )
+
+    assert main(["tune", *args, "--out", str(out), *storage, "--n-trials", "2"]) == 0
+    trials = optuna.load_study(study_name="lost-machine", storage=postgres_url).trials
+    assert trials[orphan.number].state == TrialState.FAIL
+    retry = next(t for t in trials if t.user_attrs.get(RETRY_OF) == orphan.number)
+    assert retry.user_attrs[RETRY_REASON] == "no heartbeat from its worker"
+    assert retry.params == orphan.params and retry.state == TrialState.COMPLETE

@@ -1,0 +1,200 @@
+"""The Serve app on a real two-node Ray cluster, deployed with `serve deploy` (docs/scaling.md).
+
+Both nodes run on this machine: a head (`ray start --head`, with the dashboard that
+`serve deploy` talks to) and a worker (`ray start --address`), one CPU each, told apart by the
+custom resources `node_a` / `node_b`. The config is the test's serve YAML plus what a cluster
+needs: a Redis store, `proxy_location: EveryNode`, two Ingress replicas spread with
+`max_replicas_per_node: 1`, the Retriever pinned to the worker and the Ranker to the head, so
+every request crosses nodes.
+
+With EveryNode each node runs its own HTTP proxy on http_options.port. On separate machines
+that is one port per machine; here both nodes share one host, so the worker's proxy is moved
+with Ray's per-node override RAY_SERVE_WORKER_PROXY_HTTP_PORT (set in the env of its `ray start`)
+and each proxy can be called on its own. API keys reach the replicas the way docs/scaling.md
+says: from the env of each node's `ray start`, as key variables on the head and as a key
+file path (RECSTACK_API_KEYS_FILE) on the worker.
+
+Each node's processes are in a session of their own, ended by process group in `finally`
+(never `ray stop`: it kills every Ray process on the machine).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from service_config import ADMIN, ADMIN_KEY, APP, APP_KEY, free_port, ray_temp_dir
+from service_config import write_serve_config as write_test_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+BIN = Path(sys.executable).parent
+QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+STARTUP_S = 240  # both nodes, the deploy, and four replicas loading ONNX on 2 shared cores
+
+
+class Node:
+    """One `ray start` node in a process group (session) of its own."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [str(BIN / "ray"), "start", *args],
+                env={**os.environ, **QUIET, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            code = self.proc.wait(timeout=120)  # `ray start` returns once the node is up
+        except subprocess.TimeoutExpired:
+            code = None
+        if code != 0:
+            self.stop()
+            pytest.fail(f"ray start {args[0]} failed ({code}):\n{log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        """Terminate every process the node started (raylet, GCS, workers, replicas)."""
+        pgid = self.proc.pid
+        for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(pgid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.2)
+
+
+def cluster_config(path: Path, artifacts: dict, state: Path, ports: dict, redis: str) -> Path:
+    """The tests' serve YAML, made for a cluster (what docs/scaling.md describes)."""
+    store = {"kind": "redis", "url": redis, "prefix": "recstack-multinode:"}
+    write_test_config(path, artifacts, state, ports["http"], store=store)
+    config = yaml.safe_load(path.read_text())
+    config["proxy_location"] = "EveryNode"
+    options = {
+        "Ingress": {"num_replicas": 2, "max_replicas_per_node": 1},
+        "Retriever": {"ray_actor_options": {"num_cpus": 0.25, "resources": {"node_b": 0.01}}},
+        "Ranker": {"ray_actor_options": {"num_cpus": 0.25, "resources": {"node_a": 0.01}}},
+    }
+    for deployment in config["applications"][0]["deployments"]:
+        deployment.update(options[deployment["name"]])
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def serve_details(dashboard: str) -> dict:
+    """What `serve status` summarises: the REST API of `serve deploy` (proxies, replicas)."""
+    response = requests.get(f"{dashboard}/api/serve/applications/", timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def wait_until_ready(dashboard: str, urls: list[str], logs: Path) -> dict:
+    deadline, last = time.monotonic() + STARTUP_S, "nothing yet"
+    while time.monotonic() < deadline:
+        try:
+            details = serve_details(dashboard)
+            app = details.get("applications", {}).get("recstack", {})
+            if app.get("status") == "DEPLOY_FAILED":
+                pytest.fail(f"deploy failed: {app.get('message')}\nlogs: {logs}")
+            ready = [requests.get(f"{url}/readyz", timeout=5).status_code for url in urls]
+            last = f"app {app.get('status')}, /readyz {ready}"
+            if app.get("status") == "RUNNING" and ready == [200] * len(urls):
+                return details
+        except requests.RequestException as exc:
+            last = str(exc)
+        time.sleep(1)
+    pytest.fail(f"the cluster app was not ready in {STARTUP_S} s: {last}\nlogs: {logs}")
+
+
+def test_serve_deploy_runs_the_app_across_two_nodes(tmp_path, ml100k_artifacts, redis_url):
+    ports = {name: free_port() for name in ("gcs", "dashboard", "client", "agent_a", "agent_b")}
+    ports |= {"http": free_port(), "http_b": free_port()}
+    keys_file = tmp_path / "keys.json"  # on a real node: a secret file, same path everywhere
+    keys_file.write_text(json.dumps({"app": [APP_KEY], "admin": [ADMIN_KEY]}))
+    keys_file.chmod(0o600)
+    temp = ray_temp_dir()
+    config = cluster_config(
+        tmp_path / "serve.yaml", ml100k_artifacts, tmp_path / "state", ports, redis_url
+    )
+    common = ["--num-cpus", "1", "--object-store-memory", str(100 * 1024**2),
+              "--temp-dir", str(temp), "--disable-usage-stats"]  # fmt: skip
+    nodes: list[Node] = []
+    dashboard = f"http://127.0.0.1:{ports['dashboard']}"
+    urls = [f"http://127.0.0.1:{ports['http']}", f"http://127.0.0.1:{ports['http_b']}"]
+    try:
+        head = ["--head", "--port", str(ports["gcs"]), "--include-dashboard", "true",
+                "--dashboard-port", str(ports["dashboard"]),
+                "--ray-client-server-port", str(ports["client"]),
+                "--dashboard-agent-listen-port", str(ports["agent_a"]),
+                "--resources", '{"node_a": 1}', *common]  # fmt: skip
+        keys = {"RECSTACK_APP_KEYS": APP_KEY, "RECSTACK_ADMIN_KEYS": ADMIN_KEY}
+        nodes.append(Node(head, keys, tmp_path / "head.log"))
+        worker = ["--address", f"127.0.0.1:{ports['gcs']}",
+                  "--dashboard-agent-listen-port", str(ports["agent_b"]),
+                  "--resources", '{"node_b": 1}', *common]  # fmt: skip
+        worker_env = {
+            "RECSTACK_API_KEYS_FILE": str(keys_file),
+            "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(ports["http_b"]),  # one host, two proxies
+        }
+        nodes.append(Node(worker, worker_env, tmp_path / "worker.log"))
+
+        deploy = subprocess.run(
+            [str(BIN / "serve"), "deploy", str(config), "--address", dashboard],
+            env={**os.environ, **QUIET},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        details = wait_until_ready(dashboard, urls, temp / "session_latest" / "logs")
+
+        # where Serve put things: two nodes, a healthy proxy on each, replicas on both
+        deployments = details["applications"]["recstack"]["deployments"]
+        node_of = {
+            name: [r["node_id"] for r in d["replicas"] if r["state"] == "RUNNING"]
+            for name, d in deployments.items()
+        }
+        (retriever_node,), (ranker_node,) = node_of["Retriever"], node_of["Ranker"]
+        assert retriever_node != ranker_node
+        assert sorted(node_of["Ingress"]) == sorted([retriever_node, ranker_node])
+        proxies = details["proxies"]
+        assert details["proxy_location"] == "EveryNode"
+        assert set(proxies) == {retriever_node, ranker_node}, proxies
+        assert {p["status"] for p in proxies.values()} == {"HEALTHY"}
+
+        # each node's proxy serves the whole API; state is shared through Redis and the log
+        user = "1"  # an ML-100K user with history
+        for url in urls:
+            response = requests.post(
+                f"{url}/v1/recommend", json={"user_id": user, "k": 5}, headers=APP, timeout=30
+            )
+            assert response.status_code == 200, response.text
+            assert len(response.json()["items"]) == 5
+            no_key = requests.post(f"{url}/v1/recommend", json={"user_id": user}, timeout=30)
+            assert no_key.status_code == 401
+        event = {"user_id": "multinode-user", "item_id": "50", "type": "click", "ts": 1700000000}
+        posted = requests.post(
+            f"{urls[1]}/v1/events", json={"events": [event]}, headers=APP, timeout=30
+        )
+        assert posted.status_code == 202, posted.text
+        data = requests.get(f"{urls[0]}/v1/users/multinode-user/data", headers=ADMIN, timeout=30)
+        assert data.status_code == 200, data.text
+        assert data.json()["history"] == ["50"]  # the online store (Redis)
+        assert [e["item_id"] for e in data.json()["events"]] == ["50"]  # the shared event log
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+        shutil.rmtree(temp, ignore_errors=True)
