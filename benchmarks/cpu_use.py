@@ -1,9 +1,11 @@
 """CPU used by the load client, the server under test and the whole host during a run (psutil).
 
 The server's processes are found only for a loopback URL: the process listening on the URL's
-port and its descendants (uvicorn's workers); if that is a Ray process, every Ray process on
-this host instead (proxy, controller, replicas, raylet, GCS). For a remote URL only the client
-and host figures are given.
+port, climbed up to its topmost ancestor running the same executable (uvicorn's workers are
+spawned by `recstack serve`, and only one of them may hold the socket), with all of that
+ancestor's descendants; if that is a Ray process, every Ray process on this host instead
+(proxy, controller, replicas, raylet, GCS). The load client and its own ancestors are never
+counted as server. For a remote URL only the client and host figures are given.
 """
 
 import os
@@ -29,18 +31,39 @@ def server_processes(url: str) -> tuple[list[psutil.Process], str]:
     listeners.discard(None)
     if not listeners:
         return [], f"not found: no process on this host listens on port {port}"
+    client = {p.pid for p in [psutil.Process(), *psutil.Process().parents()]}
     found: dict[int, psutil.Process] = {}
     for pid in listeners:
         try:
-            process = psutil.Process(pid)
-            for p in [process, *process.children(recursive=True)]:
-                found[p.pid] = p
+            root = _server_root(psutil.Process(pid), client)
+            for p in [root, *root.children(recursive=True)]:
+                if p.pid != os.getpid():
+                    found[p.pid] = p
         except psutil.NoSuchProcess:
             continue
+    if not found:
+        return [], "not found: this process itself listens on the port"
     if any(_name(p).startswith("ray::") for p in found.values()):
         ray = [p for p in psutil.process_iter() if _is_ray(p)]
         return ray, f"{len(ray)} Ray processes on this host (the proxy listens on {port})"
-    return list(found.values()), f"listener on port {port} and its {len(found) - 1} children"
+    return list(
+        found.values()
+    ), f"{len(found)} processes: the server on port {port} and its children"
+
+
+def _server_root(process: psutil.Process, client: set[int]) -> psutil.Process:
+    """The topmost ancestor of `process` running the same executable, short of the client."""
+    if process.pid in client:
+        return process
+    exe = process.exe()
+    while (parent := process.parent()) is not None and parent.pid not in client:
+        try:
+            if parent.exe() != exe:
+                break
+        except psutil.AccessDenied:
+            break
+        process = parent
+    return process
 
 
 def _name(process: psutil.Process) -> str:

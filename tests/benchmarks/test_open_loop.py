@@ -221,7 +221,8 @@ def test_fixed_rate_mix_accounting_json_and_plots(dataset, tmp_path, capsys):
         if path.startswith("/v1/similar/")
     )
     assert step["cpu"]["client_cpu_s"] > 0 and 0 <= step["cpu"]["host_busy_fraction"] <= 1
-    assert step["cpu"]["server_processes"] >= 1  # this test process listens on the port
+    assert step["cpu"]["server_cpu_s"] is None  # the server is a thread of this process
+    assert step["cpu"]["server_found_by"] == "not found: this process itself listens on the port"
     assert sum(row["sent"] for row in step["timeline"]) == overall["sent"]
     assert all(
         (tmp_path / "r" / name).stat().st_size > 10_000
