@@ -6,7 +6,11 @@
 #   3. train_bench on CUDA in bf16: ML-100K and synth-1M (ML-1M size), SASRec and two-tower
 #   4. a 4-trial `recstack tune` study on ML-100K on the GPU (pruning, report, best.yaml)
 #   5. train_bench at ML-20M size (synth-20m), SASRec, 300 batches + 20k validation users
-# Results (JSON, logs, the study report) go to $OUT (default benchmarks/results/gpu).
+#   6. inference_bench on CUDA: torch (CUDA) vs onnxruntime for SASRec and the user tower with
+#      their parity (export parity on the GPU), and exact top-100 retrieval on the GPU over
+#      100k / 1M items (torch matmul + topk) against FAISS on the CPU
+# Results (JSON, logs, the study report) go to $OUT (default benchmarks/results/gpu); the
+# last step prints a JSON summary of them all and writes it to $OUT/gpu_summary.json.
 #
 # On a machine without the Python deps, put wheels in .whl/ (see the README, "Benchmarks"); they are
 # installed into /tmp/site first. Needs data/bench/ml100k (prepared ML-100K).
@@ -15,7 +19,7 @@ OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3} -P"  # -P: import the installed recstack, not the repo's bare recstack/
-STEPS=${STEPS:-gpu_tests,step_profile,train_bench,tune_gpu,train_bench_20m}  # a subset reruns fewer
+STEPS=${STEPS:-gpu_tests,step_profile,train_bench,tune_gpu,train_bench_20m,inference}  # a subset reruns fewer
 if [ -d .whl ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && \
@@ -59,4 +63,8 @@ cp /tmp/tune-gpu/report.md /tmp/tune-gpu/report.json "$OUT/" 2>/dev/null
 step train_bench_20m 150 $PY benchmarks/train_bench.py --sizes synth-20m --models sasrec \
   --epochs 2 --max_batches 300 --val_users 20000 --num_workers 4 --device cuda \
   --out "$OUT/train_bench_gpu_20m.json"
+step inference 120 $PY benchmarks/inference_bench.py --device cuda \
+  --out "$OUT/inference_bench_gpu.json" --plot "$OUT/inference_bench_gpu.png"
+
+$PY benchmarks/gpu_summary.py "$OUT" | tee "$OUT/gpu_summary.json"
 echo "done in ${SECONDS}s"

@@ -13,28 +13,36 @@ STYLES = {"p50": "-", "p90": "--", "p99": "-.", "p99.9": ":"}
 
 
 def latency_vs_rate(steps: list[dict], target_ms: float | None, out: Path) -> Path:
-    """One line per endpoint and percentile over the offered rates of `steps`."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    series = {"all": [step["overall"] for step in steps]}
-    for name in steps[0]["endpoints"]:
-        series[name] = [step["endpoints"][name] for step in steps]
+    """Left: every percentile over all requests; right: p99 per endpoint; by offered rate."""
+    steps = sorted(steps, key=lambda step: step["offered_rps"])
     rates = [step["offered_rps"] for step in steps]
-    for color, (name, results) in zip(plt.cm.tab10.colors, series.items(), strict=False):
-        for p in PERCENTILES:
-            values = [r["latency_ms"][p] for r in results]
-            values = [np.nan if v is None else v for v in values]
-            ax.plot(rates, values, STYLES[p], color=color, marker="o", ms=3, label=f"{name} {p}")
-    for step in steps:
-        if not step.get("sustained", True):
-            ax.axvline(step["offered_rps"], color="red", alpha=0.3, lw=6)
-    if target_ms is not None:
-        ax.axhline(target_ms, color="black", lw=0.8, label=f"p99 target {target_ms:g} ms")
-    ax.set(xlabel="offered rate (requests/s)", ylabel="latency (ms, from scheduled send)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title("latency percentiles vs offered rate (red: rate not sustained)")
+    fig, (all_ax, end_ax) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for p in PERCENTILES:
+        all_ax.plot(rates, _values(steps, "overall", p), STYLES[p], marker="o", ms=3, label=p)
+    for color, name in zip(plt.cm.tab10.colors, steps[0]["endpoints"], strict=False):
+        end_ax.plot(rates, _values(steps, name, "p99"), marker="o", ms=3, color=color, label=name)
+    for ax, title in ((all_ax, "all requests"), (end_ax, "p99 by endpoint")):
+        for step in steps:
+            if not step.get("sustained", True):
+                ax.axvline(step["offered_rps"], color="red", alpha=0.25, lw=6)
+        if target_ms is not None:
+            ax.axhline(target_ms, color="black", lw=0.8, label=f"p99 target {target_ms:g} ms")
+        ax.set(xlabel="offered rate (requests/s)", yscale="log", title=title)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    all_ax.set_ylabel("latency (ms, from scheduled send)")
+    fig.suptitle("latency vs offered rate (red: rate not sustained)")
     return _save(fig, out)
+
+
+def _values(steps: list[dict], endpoint: str, percentile: str) -> list[float]:
+    """One percentile of one endpoint ("overall": all requests) per step; NaN if no sample."""
+    out = []
+    for step in steps:
+        result = step["overall"] if endpoint == "overall" else step["endpoints"][endpoint]
+        value = result["latency_ms"][percentile]
+        out.append(np.nan if value is None else value)
+    return out
 
 
 def latency_over_time(runs: list[tuple[float, Timeline]], out: Path) -> Path:

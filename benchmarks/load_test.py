@@ -8,10 +8,10 @@
 
 Fixed mode sends --rate requests/s for --duration seconds after --warmup seconds that are
 sent but not counted. Step mode runs steps of --step-duration seconds from --start-rate,
-multiplying by --step-factor until a step's p99 exceeds --p99-target or its error share
-exceeds --error-budget (or --max-rate / --max-total is reached), then bisects --refine times
-between the last sustained rate and the first failed one; it reports the highest sustained
-rate. Latency is counted from each request's scheduled send time (benchmarks/open_loop.py);
+multiplying by --step-factor until --patience steps in a row fail (p99 above --p99-target
+or errors above --error-budget) or --max-rate / --max-total is reached, then bisects --refine
+times between the highest sustained rate and the first failed one above it; it reports the
+highest sustained rate. Latency is counted from each request's scheduled send time (benchmarks/open_loop.py);
 the mix is benchmarks/load_mix.py's (80 % recommend, 15 % events, 5 % similar by default).
 
 Writes --out (JSON: per step and endpoint, sent/ok/errors, p50…p99.9/max, throughput, errors
@@ -141,23 +141,33 @@ def sustained(result: dict, args) -> bool:
 
 
 def step_rates(args, run) -> list[dict]:
-    """Geometric steps until one is not sustained, then bisection; `run(rate)` -> result."""
-    started, steps = time.monotonic(), []
-    passed, failed = None, None
+    """Geometric steps until --patience steps in a row are not sustained, then bisection
+    between the highest sustained rate and the first failed rate above it.
+
+    Latency need not grow with the rate (an idle server wakes up slowly, a hiccup can break
+    one short step's p99), so one failed step does not end the search. `run(rate)` -> result.
+    """
+    started, steps, streak = time.monotonic(), [], 0
     rate = args.start_rate
     while rate <= args.max_rate and time.monotonic() - started < args.max_total:
         steps.append(run(rate))
-        if not steps[-1]["sustained"]:
-            failed = rate
+        streak = 0 if steps[-1]["sustained"] else streak + 1
+        if streak >= args.patience:
             break
-        passed = rate
         rate *= args.step_factor
-    for _ in range(args.refine if failed is not None and passed is not None else 0):
-        if time.monotonic() - started >= args.max_total or failed - passed < 1:
+    for _ in range(args.refine):
+        passed = [s["offered_rps"] for s in steps if s["sustained"]]
+        best = max(passed, default=None)
+        above = [
+            s["offered_rps"]
+            for s in steps
+            if not s["sustained"] and best and s["offered_rps"] > best
+        ]
+        if best is None or not above or min(above) - best < 1:
             break
-        rate = round((passed + failed) / 2, 1)
-        steps.append(run(rate))
-        passed, failed = (rate, failed) if steps[-1]["sustained"] else (passed, rate)
+        if time.monotonic() - started >= args.max_total:
+            break
+        steps.append(run(round((best + min(above)) / 2, 1)))
     return steps
 
 
@@ -228,6 +238,9 @@ def parse_args(argv):
     step.add_argument("--max-rate", type=float, default=5000.0)
     step.add_argument("--step-duration", type=float, default=10.0, help="measured s per step")
     step.add_argument(
+        "--patience", type=int, default=2, help="stop after this many failed steps in a row"
+    )
+    step.add_argument(
         "--refine", type=int, default=2, help="bisection steps after the first failure"
     )
     step.add_argument(
@@ -257,9 +270,9 @@ def parse_args(argv):
         "--timeout": args.timeout,
     }
     bad = [name for name, value in positive.items() if value <= 0]
-    if bad or args.warmup < 0 or args.step_factor <= 1 or args.k < 1:
+    if bad or args.patience < 1 or args.warmup < 0 or args.step_factor <= 1 or args.k < 1:
         parser.error(
-            f"{', '.join(bad) or 'these'} must be > 0, --warmup >= 0, --step-factor > 1, --k >= 1"
+            f"{', '.join(bad) or 'these'} must be > 0, --patience >= 1, --warmup >= 0, --step-factor > 1, --k >= 1"
         )
     if not (0 <= args.cold <= 1 and 0 <= args.explain <= 1 and 0 <= args.error_budget <= 1):
         parser.error("--cold, --explain and --error-budget are shares in [0, 1]")

@@ -28,7 +28,9 @@ def md_table(headers: list[str], rows: list[list]) -> str:
 
 
 def ms(value: float | None) -> str | None:
-    return None if value is None else f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+    if value is None:
+        return None
+    return f"{value:.2f}" if value < 1 else f"{value:.1f}" if value < 100 else f"{value:,.0f}"
 
 
 def num(value: float | None, digits: int = 0) -> str | None:
@@ -210,6 +212,100 @@ def load_test_table() -> str:
     return "\n\n".join(parts)
 
 
+def inference_tables(name: str = "inference_bench.json") -> str:
+    d = load(name)
+    models = {(r["model"], r["length"], r["batch"], r["engine"]): r for r in d["models"]}
+    rows = []
+    for model, length in sorted({(m, length) for m, length, _, _ in models}):
+        row = [model, length]
+        for batch in (1, 64):
+            torch_ms = models[model, length, batch, "torch"]["p50_ms"]
+            ort = models[model, length, batch, "onnxruntime"]
+            row += [ms(torch_ms), ms(ort["p50_ms"]), f"{ort['p50_ratio_to_torch']:.2f}"]
+        row.append(f"{ort['max_abs_diff']:.1e}")
+        rows.append(row)
+    targets = d["targets"]
+    ort_target = targets["ort_latency_le_half_torch_at_batch_1"]
+    headers = [
+        "model",
+        "length",
+        "torch b1",
+        "ORT b1",
+        "ORT/torch b1",
+        "torch b64",
+        "ORT b64",
+        "ORT/torch b64",
+        "max abs diff",
+    ]
+    part1 = (
+        f"`{name}`, models (p50 ms, {d['config']['threads']} threads, device "
+        f"{d['config']['device']}): ORT ≤ 0.5 × torch at batch 1: "
+        f"**{'met' if ort_target['met'] else 'missed'}**\n\n" + md_table(headers, rows)
+    )
+    by_key = {}
+    for r in d["retrieval"]:
+        key = (r["items"], r["method"], json.dumps(r["setting"]))
+        by_key.setdefault(key, {})[r["batch"]] = r
+    rows = []
+    for (items, method, setting), batches in by_key.items():
+        b1, b64 = batches.get(1, {}), batches.get(64, {})
+        fraction = b1.get("bandwidth_fraction")
+        rows.append(
+            [
+                f"{items:,}",
+                method,
+                ", ".join(f"{k} {v}" for k, v in json.loads(setting).items()) or "–",
+                f"{b64.get('recall', b1.get('recall')):.3f}",
+                ms(b1.get("p50_ms")),
+                None if fraction is None else f"{fraction:.0%}",
+                num(b64.get("qps")),
+                None
+                if "speedup_vs_best_exact_cpu" not in b64
+                else f"{b64['speedup_vs_best_exact_cpu']:.1f}×",
+            ]
+        )
+    exact, ann = (
+        targets["exact_batched_ge_half_bandwidth"],
+        targets["ann_recall_ge_0.95_at_10x_exact"],
+    )
+    best64 = exact["best"]
+    bw = d["bandwidth"]["cpu"]
+    headers = [
+        "items",
+        "method",
+        "setting",
+        "recall@100",
+        "b1 p50 ms",
+        "b1 share of bandwidth",
+        "b64 queries/s",
+        "b64 speed-up vs exact",
+    ]
+    part2 = (
+        f"Retrieval, top-{d['config']['k']} of 64-d clustered vectors: measured read bandwidth "
+        f"{bw['read_gbps']:.1f} GB/s, float32 GEMM {bw['gemm_gflops']:.0f} GFLOP/s. Exact search at "
+        f"1M items, batch 64 ({best64['method']}): {best64['bandwidth_fraction']:.0%} of the "
+        f"bandwidth bound, {best64['roofline_fraction']:.0%} of the roofline bound (compute-bound "
+        f"at batch 64: {best64['compute_bound_ms']:.0f} ms of arithmetic vs "
+        f"{best64['bandwidth_bound_ms']:.0f} ms of reading); ≥ 50 % of the bandwidth bound: "
+        f"**{'met' if exact['met'] else 'missed'}**. ANN recall@100 ≥ 0.95 at ≥ 10× exact: "
+        f"**{'met' if ann['met'] else 'missed'}** (best: {ann['best']['method']} "
+        f"{ann['best']['setting']}, recall {ann['best']['recall']:.3f}, "
+        f"{ann['best']['speedup_vs_best_exact_cpu']:.1f}×)\n\n" + md_table(headers, rows)
+    )
+    rows = [
+        [
+            f"{r['items']:,}",
+            r["method"],
+            ", ".join(f"{k} {v}" for k, v in r.get("params", {}).items()) or "–",
+            num(r["build_s"], 1),
+            num(r["index_mib"]),
+        ]
+        for r in d["indexes"]
+    ]
+    part3 = "Index build\n\n" + md_table(["items", "method", "parameters", "build s", "MiB"], rows)
+    return "\n\n".join([part1, part2, part3])
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "Data preparation (CPU)": prepare_table,
     "Training (CPU, this machine)": lambda: train_table("train_bench.json"),
@@ -221,6 +317,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "Model quality": quality_table,
     "Serving latency (serve_bench)": serve_table,
     "Load tests (load_test)": load_test_table,
+    "Inference and retrieval (inference_bench)": inference_tables,
 }
 
 

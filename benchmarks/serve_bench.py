@@ -190,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     checked = read_serve_config(args.config)
-    users = [str(u) for u in pq.read_table(args.users_from, columns=["user_id"])["user_id"].to_pylist()]
+    users = [
+        str(u) for u in pq.read_table(args.users_from, columns=["user_id"])["user_id"].to_pylist()
+    ]
     state = Path(tempfile.mkdtemp(prefix="recstack-serve-bench-"))
     result = {
         "benchmark": "serve_ml100k",

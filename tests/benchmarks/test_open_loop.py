@@ -233,9 +233,10 @@ def test_fixed_rate_mix_accounting_json_and_plots(dataset, tmp_path, capsys):
 
 
 def test_step_mode_reports_the_highest_sustained_rate(dataset, tmp_path, capsys):
-    """Steps of 1 s (+0.1 s warm-up) at 50, 100, 200 req/s; the server fails every request
-    after its 300th, in the 200 req/s step: highest sustained rate 100; the bisection
-    steps (150, 125) fail too. The p99 target is loose: errors decide here."""
+    """Steps of 1 s (+0.1 s warm-up) at 50, 100, 200, 400 req/s; the server fails every
+    request after its 300th, from the 200 req/s step on: two failed steps in a row end the
+    stepping, the highest sustained rate is 100 and the bisection steps (150, 125) fail too.
+    The p99 target is loose: errors decide here."""
     out = tmp_path / "step.json"
     with Server(fail_after(300)) as server:
         argv = ["--url", server.url, "--dataset", str(dataset), "--step", "--start-rate", "50"]
@@ -243,8 +244,8 @@ def test_step_mode_reports_the_highest_sustained_rate(dataset, tmp_path, capsys)
         argv += ["--p99-target", "2000"]
         assert load_test.main([*argv, "--out", str(out), "--no-plots"]) == 0
     result = json.loads(out.read_text())
-    assert [s["offered_rps"] for s in result["steps"]] == [50, 100, 200, 150, 125]
-    assert [s["sustained"] for s in result["steps"]] == [True, True, False, False, False]
+    assert [s["offered_rps"] for s in result["steps"]] == [50, 100, 200, 400, 150, 125]
+    assert [s["sustained"] for s in result["steps"]] == [True, True, False, False, False, False]
     assert result["highest_sustained_rps"] == 100
     assert result["steps"][2]["overall"]["errors_by_status"]["500"] > 0
     assert "highest sustained rate (p99 ≤ 2000 ms, errors ≤ 0.1%): 100" in capsys.readouterr().out
@@ -266,3 +267,19 @@ def test_bad_arguments_are_one_line_errors(dataset, capsys):
         bench.run_open_loop("http://192.0.2.1", 10, 1, 0, call)
     bench.check_loopback("http://localhost:8000")
     bench.check_loopback("http://[::1]:8000")
+
+
+def test_one_failed_step_at_a_low_rate_does_not_end_the_search(dataset):
+    """Slow at 50/s (an idle server wakes up slowly), fine at 75 and 112.5, broken above 140:
+    the search goes on past the first failure and bisects above the highest sustained rate."""
+    args = load_test.parse_args(["--step", "--dataset", str(dataset)])
+    args.start_rate, args.step_factor, args.patience, args.refine = 50, 1.5, 2, 2
+    ran = []
+
+    def run(rate):
+        ran.append(rate)
+        return {"offered_rps": rate, "sustained": 50 < rate <= 140}
+
+    steps = load_test.step_rates(args, run)
+    assert ran == [50, 75, 112.5, 168.75, 253.125, 140.6, 126.5]
+    assert max(s["offered_rps"] for s in steps if s["sustained"]) == 126.5
