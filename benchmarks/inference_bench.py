@@ -56,7 +56,6 @@ import logging
 import math
 import os
 import platform
-import re
 import resource
 import sys
 import tempfile
@@ -78,6 +77,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).parent))  # this folder's modules, however it is run
+from machine_info import machine
 
 from recstack.serving.item_index import HNSW_NEIGHBOURS, top_n
 from recstack.training.export.onnx_common import OPSET, PARITY_ATOL
@@ -244,19 +246,6 @@ def gpu_bandwidth_and_gemm(device: str, mib: int = 1024, repeats: int = 10) -> d
         "array_mib": mib,
         "read_gbps": x.numel() * 4 / best_seconds(read, repeats) / 1e9,
         "gemm_gflops": 2 * 8192**3 / best_seconds(gemm, repeats) / 1e9,
-    }
-
-
-def machine(threads: int) -> dict:
-    cpuinfo = Path("/proc/cpuinfo")
-    models = re.findall(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.exists() else []
-    return {
-        "platform": platform.platform(),
-        "cpu": models[0] if models else platform.processor(),
-        "cores": os.cpu_count(),
-        "threads": threads,
-        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
@@ -978,7 +967,7 @@ def main(argv: list[str] | None = None) -> dict:
     timings["total_s"] = time.perf_counter() - started
     result = {
         "benchmark": "inference_bench",
-        "machine": machine(args.threads) | {"peak_rss_mib": peak_rss_mib()},
+        "machine": machine(threads=args.threads) | {"peak_rss_mib": peak_rss_mib()},
         "versions": versions(),
         "config": describe(args, model_configs),
         "bandwidth": bandwidth,

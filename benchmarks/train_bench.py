@@ -29,7 +29,6 @@ Writes benchmarks/results/train_bench.json (or --out).
 import importlib
 import json
 import logging
-import os
 import platform
 import re
 import resource
@@ -49,6 +48,9 @@ from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch import Callback, Trainer, seed_everything
 from rich.console import Console
 from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).parent))  # this folder's modules, however it is run
+from machine_info import machine
 
 from recstack.datasets.prepare import prepare
 from recstack.datasets.synth import synthesize
@@ -268,19 +270,6 @@ def bench_one(name: str, model: str, dataset: Path, cuda: bool, opts: dict) -> d
     return run
 
 
-def machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo")
-    models = re.findall(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.exists() else []
-    return {
-        "platform": platform.platform(),
-        "cpu": models[0] if models else platform.processor(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
-
-
 def print_table(runs: list[dict]) -> None:
     """One row per run; "~" marks a figure scaled up from part of an epoch or of the users."""
     table = Table(title="train_bench: last epoch (~ = scaled up from a part)")
@@ -352,7 +341,7 @@ def train_bench(
     versions |= {"lightning": lightning.__version__, "cuda": torch.version.cuda}
     result = {
         "benchmark": "train_bench",
-        "machine": machine(),
+        "machine": machine(torch_threads=torch.get_num_threads()),
         "versions": versions,
         "device": "cuda" if cuda else "cpu",
         "precision": "bf16-mixed" if cuda else "32-true",

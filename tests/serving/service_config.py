@@ -1,8 +1,12 @@
 """Serve config YAMLs and API keys for tests that run the real Ray Serve app."""
 
+import contextlib
 import os
 import socket
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -113,3 +117,22 @@ def write_serve_config(
 def ray_temp_dir() -> Path:
     """A short temp dir for Ray: its socket paths under it must fit in 107 bytes (AF_UNIX)."""
     return Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
+
+
+@contextlib.contextmanager
+def uvicorn_service(root: Path, artifacts: dict[str, Path], workers: int) -> Iterator[str]:
+    """`recstack serve --engine uvicorn` on the test config, state under `root`; yields its URL."""
+    from recstack.serving.serve_cmd import wait_ready
+
+    set_test_keys()
+    port = free_port()
+    config = write_serve_config(root / "serve.yaml", artifacts, root / "state", port)
+    command = [sys.executable, "-m", "recstack.cli", "serve", "--config", str(config)]
+    server = subprocess.Popen([*command, "--engine", "uvicorn", "--workers", str(workers)])
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, timeout_s=90)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -2,17 +2,13 @@
 one worker, ML-100K models): the client's accounting must match what the server counted."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from service_config import ADMIN, APP_KEY, free_port, set_test_keys, write_serve_config
-
-from recstack.serving.serve_cmd import wait_ready
+from service_config import ADMIN, APP_KEY, uvicorn_service
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import load_test
@@ -23,19 +19,8 @@ ROUTES = {"/v1/recommend", "/v1/events", "/v1/similar/{item_id}"}
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory, ml100k_artifacts):
-    root = tmp_path_factory.mktemp("load")
-    set_test_keys()
-    port = free_port()
-    config = write_serve_config(root / "serve.yaml", ml100k_artifacts, root / "state", port)
-    command = [sys.executable, "-m", "recstack.cli", "serve", "--config", str(config)]
-    server = subprocess.Popen([*command, "--engine", "uvicorn", "--workers", "1"], env=os.environ)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base, timeout_s=90)
+    with uvicorn_service(tmp_path_factory.mktemp("load"), ml100k_artifacts, workers=1) as base:
         yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def served(url: str) -> tuple[int, int]:

@@ -1,34 +1,17 @@
 """`recstack serve --engine uvicorn`: the same API without Ray, two worker processes sharing
 the embedded store and the event log."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import requests
-from service_config import APP, free_port, set_test_keys, user_in, write_serve_config
-
-from recstack.serving.serve_cmd import wait_ready
+from service_config import APP, user_in, uvicorn_service
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory, ml100k_artifacts):
-    root = tmp_path_factory.mktemp("uvicorn")
-    set_test_keys()
-    port = free_port()
-    config = write_serve_config(root / "serve.yaml", ml100k_artifacts, root / "state", port)
-    command = [sys.executable, "-m", "recstack.cli", "serve", "--config", str(config)]
-    server = subprocess.Popen([*command, "--engine", "uvicorn", "--workers", "2"], env=os.environ)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base, timeout_s=90)
+    with uvicorn_service(tmp_path_factory.mktemp("uvicorn"), ml100k_artifacts, workers=2) as base:
         yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_the_uvicorn_engine_serves_the_same_api(url):

@@ -37,3 +37,21 @@ def write_config(tmp_path: Path, dataset: Path, task: str = SASREC, **trainer) -
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def logged_and_true_val_ndcg(last_ckpt: Path, dataset: Path) -> tuple[float, float]:
+    """(val/ndcg@10 the run logged in its last epoch, full-ranking NDCG@10 of that checkpoint
+    over every validation user): equal when the metric was gathered over all ranks."""
+    import torch
+
+    from recstack.training.data.datamodule import RecDataModule
+    from recstack.training.eval.evaluator import evaluate
+    from recstack.training.tasks.next_item import NextItemTask
+
+    logged = torch.load(last_ckpt, weights_only=False)["recstack"]["history"][-1]["val/ndcg@10"]
+    task = NextItemTask.load_from_checkpoint(last_ckpt, map_location="cpu", weights_only=False)
+    task.net.eval()
+    max_len = task.net.config.max_len
+    eval_set = RecDataModule(dataset).eval_set("valid")
+    result = evaluate(lambda b: task.net.score_all(*b.recent(max_len)), eval_set)
+    return logged, result.metrics["ndcg@10"]
