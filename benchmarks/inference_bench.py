@@ -100,7 +100,7 @@ ITEM_TAGS, ITEM_CATS = 19, {"year": 12}
 DIM = 64
 CLUSTERS, SPREAD = 1000, 0.15
 HNSW_EF_CONSTRUCTION = 40
-IVF_NPROBE = (1, 4, 8, 12, 16, 32, 64)
+IVF_NPROBE = (1, 4, 8, 10, 12, 16, 32, 64)
 HNSW_EF_SEARCH = (100, 128, 256, 512)
 TIME_BUDGET_S = 1.5  # seconds of timed calls per engine and cell (about; >= ROUNDS calls)
 ROUNDS = 5
