@@ -39,10 +39,12 @@ def server_processes(url: str) -> tuple[list[psutil.Process], str]:
             for p in [root, *root.children(recursive=True)]:
                 if p.pid != os.getpid():
                     found[p.pid] = p
-        except psutil.NoSuchProcess:
+        except (psutil.NoSuchProcess, psutil.AccessDenied):  # gone, or another user's
             continue
     if not found:
-        return [], "not found: this process itself listens on the port"
+        if os.getpid() in listeners:
+            return [], "not found: this process itself listens on the port"
+        return [], f"not found: the processes on port {port} cannot be read (another user's?)"
     if any(_name(p).startswith("ray::") for p in found.values()):
         ray = [p for p in psutil.process_iter() if _is_ray(p)]
         return ray, f"{len(ray)} Ray processes on this host (the proxy listens on {port})"

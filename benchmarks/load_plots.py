@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from open_loop import PERCENTILES, Timeline
+from open_loop import PERCENTILES, Timeline, per_second
 
 STYLES = {"p50": "-", "p90": "--", "p99": "-.", "p99.9": ":"}
 
@@ -56,15 +56,14 @@ def latency_over_time(runs: list[tuple[float, Timeline]], out: Path) -> Path:
         for code, name in enumerate(timeline.endpoints):
             mask = timeline.endpoint == code
             ax.scatter(t[mask], timeline.latency_ms[mask], s=2, alpha=0.3, color=colors[name])
-        second = np.floor(t).astype(int)
-        seconds = np.unique(second)
-        p99 = [_p99(timeline.latency_ms[second == s]) for s in seconds]
-        errors = [int(np.isnan(timeline.latency_ms[second == s]).sum()) for s in seconds]
-        ax.plot(seconds + 0.5, p99, color="black", lw=1)
-        err_ax.bar(seconds + 0.5, errors, width=1.0, color="red")
+        rows = per_second(timeline)
+        middle = [offset + row["second"] + 0.5 for row in rows]
+        p99 = [np.nan if row["p99_ms"] is None else row["p99_ms"] for row in rows]
+        ax.plot(middle, p99, color="black", lw=1)
+        err_ax.bar(middle, [row["errors"] for row in rows], width=1.0, color="red")
         ax.axvline(offset, color="grey", lw=0.5)
         ax.text(
-            offset, 1.0, f" {rate:g}/s", transform=ax.get_xaxis_transform(), fontsize=7, va="top"
+            offset, 1.0, f" {rate:.4g}/s", transform=ax.get_xaxis_transform(), fontsize=7, va="top"
         )
         offset += float(timeline.scheduled_s.max(initial=0.0)) + 1.0
     for name, color in colors.items():
@@ -82,11 +81,6 @@ def _endpoints(runs: list[tuple[float, Timeline]]) -> list[str]:
     for _, timeline in runs:
         names += [name for name in timeline.endpoints if name not in names]
     return names
-
-
-def _p99(values: np.ndarray) -> float:
-    values = values[~np.isnan(values)]
-    return float(np.percentile(values, 99)) if values.size else np.nan
 
 
 def _save(fig, out: Path) -> Path:

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import load_plots
 from cpu_use import CpuMeter
 from load_mix import DEFAULT_MIX, Catalogue, Mix, parse_mix
-from open_loop import Timeline, account, check_loopback, run_open_loop
+from open_loop import Timeline, account, check_loopback, per_second, run_open_loop
 
 RESULTS = Path(__file__).parent / "results"
 SEND_LAG_WARN_MS = 10.0  # the client started requests this late (p99): it may be the bottleneck
@@ -77,29 +77,12 @@ def preflight(url: str, headers: dict, user_id: str) -> tuple[str | None, str | 
     return None, None
 
 
-def per_second(timeline: Timeline) -> list[dict]:
-    """Requests, errors and latency p50/p99 by second of the measured window."""
-    second = np.floor(timeline.scheduled_s).astype(int)
-    rows = []
-    for s in np.unique(second):
-        latency = timeline.latency_ms[second == s]
-        ok = latency[~np.isnan(latency)]
-        rows.append(
-            {
-                "second": int(s),
-                "sent": int(latency.size),
-                "errors": int(latency.size - ok.size),
-                "p50_ms": float(np.percentile(ok, 50)) if ok.size else None,
-                "p99_ms": float(np.percentile(ok, 99)) if ok.size else None,
-            }
-        )
-    return rows
-
-
-def run_step(args, catalogue: Catalogue, headers: dict, rate: float, index: int, duration: float):
+def run_step(args, headers: dict, rate: float, index: int, duration: float):
     """One open-loop run at `rate`: (result dict, timeline)."""
     n = round(rate * (args.warmup + duration)) + 1
-    mix = Mix(catalogue, n, args.mix, args.cold, args.explain, args.skew, args.k, args.seed + index)
+    mix = Mix(
+        args.catalogue, n, args.mix, args.cold, args.explain, args.skew, args.k, args.seed + index
+    )
     with CpuMeter(args.url if args.local else None) as meter:
         timeline = run_open_loop(
             args.url,
@@ -113,20 +96,21 @@ def run_step(args, catalogue: Catalogue, headers: dict, rate: float, index: int,
             timeout_s=args.timeout,
         )
     lag = timeline.send_lag_ms
+    lag_p99 = float(np.percentile(lag, 99)) if lag.size else None
     result = {
         "offered_rps": rate,
         "measured_s": timeline.measured_s,
         "overall": account(timeline),
         "endpoints": {name: account(timeline, name) for name in args.mix},
         "send_lag_ms": {
-            "p99": float(np.percentile(lag, 99)) if lag.size else None,
+            "p99": lag_p99,
             "max": float(lag.max()) if lag.size else None,
         },
         "cpu": meter.result,
         "warmup": timeline.warmup,
         "timeline": per_second(timeline),
+        "client_behind": lag_p99 is not None and lag_p99 > SEND_LAG_WARN_MS,
     }
-    result["client_behind"] = bool(lag.size and np.percentile(lag, 99) > SEND_LAG_WARN_MS)
     return result, timeline
 
 
@@ -320,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(rate: float) -> dict:
         duration = args.step_duration if args.step else args.duration
-        result, timeline = run_step(args, args.catalogue, headers, rate, len(runs), duration)
+        result, timeline = run_step(args, headers, rate, len(runs), duration)
         result["sustained"] = sustained(result, args)
         runs.append((rate, timeline))
         print(summary_line(result) + ("" if result["sustained"] or not args.step else "  ✗"))

@@ -216,6 +216,25 @@ def account(timeline: Timeline, endpoint: str | None = None) -> dict:
     }
 
 
+def per_second(timeline: Timeline) -> list[dict]:
+    """Requests, errors and latency p50/p99 by second of the measured window."""
+    second = np.floor(timeline.scheduled_s).astype(int)
+    rows = []
+    for s in np.unique(second):
+        latency = timeline.latency_ms[second == s]
+        ok = latency[~np.isnan(latency)]
+        rows.append(
+            {
+                "second": int(s),
+                "sent": int(latency.size),
+                "errors": int(latency.size - ok.size),
+                "p50_ms": float(np.percentile(ok, 50)) if ok.size else None,
+                "p99_ms": float(np.percentile(ok, 99)) if ok.size else None,
+            }
+        )
+    return rows
+
+
 def run_open_loop(
     base_url: str,
     rate: float,

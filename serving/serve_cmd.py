@@ -87,6 +87,11 @@ def application(config: Path):
     return checked, options(Ingress, INGRESS).bind(retriever, ranker, args)
 
 
+def app_name(checked: dict) -> str:
+    """The Serve application's name in a checked config (Serve's default: "recstack" here)."""
+    return checked["app"].get("name", "recstack")
+
+
 def wait_ready(url: str, timeout_s: float = 120.0) -> None:
     deadline, last = time.monotonic() + timeout_s, "no answer"
     while time.monotonic() < deadline:
@@ -117,7 +122,7 @@ def start(config: Path, address: str | None = None, temp_dir: Path = Path("runs/
     try:
         serve.run(
             app,
-            name=checked["app"].get("name", "recstack"),
+            name=app_name(checked),
             route_prefix=checked["app"].get("route_prefix", "/"),
             blocking=False,
         )
@@ -129,17 +134,17 @@ def start(config: Path, address: str | None = None, temp_dir: Path = Path("runs/
     return url
 
 
-def stop(app_name: str | None = None) -> None:
-    """Shut Serve and the local Ray down; with `app_name` (a cluster this process joined),
+def stop(app: str | None = None) -> None:
+    """Shut Serve and the local Ray down; with `app` (an app on a cluster this process joined),
     delete only that application and leave the cluster and its other apps running."""
     import ray
     from ray import serve
 
     if ray.is_initialized():
-        if app_name is None:
+        if app is None:
             serve.shutdown()
         else:
-            serve.delete(app_name)
+            serve.delete(app)
         ray.shutdown()
 
 
@@ -157,6 +162,9 @@ def serve_forever(config: Path, update: bool = False, address: str | None = None
         url = start(config, address=address or "auto")
         print(f"updated the running service at {url}")
         return
+    # on a cluster this process joined, Ctrl-C removes only this app (named before it starts,
+    # so that stopping never depends on the config file still being readable)
+    own_app = app_name(read_serve_config(config)) if address else None
     url = start(config, address=address)
     print(f"recstack is serving at {url}  (OpenAPI: {url}/docs; Ctrl-C stops it)")
     try:
@@ -164,8 +172,8 @@ def serve_forever(config: Path, update: bool = False, address: str | None = None
             time.sleep(3600)
     except KeyboardInterrupt:
         print("stopping")
-    finally:  # on a cluster this process joined, remove only this app
-        stop(read_serve_config(config)["app"].get("name", "recstack") if address else None)
+    finally:
+        stop(own_app)
 
 
 def serve_cli(argv: list[str]) -> None:
