@@ -56,7 +56,6 @@ import logging
 import math
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -79,7 +78,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))  # this folder's modules, however it is run
-from machine_info import machine
+from machine_info import machine, peak_rss_mib
 
 from recstack.serving.item_index import HNSW_NEIGHBOURS, top_n
 from recstack.training.export.onnx_common import OPSET, PARITY_ATOL
@@ -263,11 +262,6 @@ def versions() -> dict:
 
 def rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
-
-
-def peak_rss_mib() -> float:
-    """The process's peak RSS so far (Linux: ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---- models -------------------------------------------------------------------------------

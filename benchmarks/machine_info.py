@@ -1,8 +1,10 @@
-"""What machine a benchmark ran on, for its JSON: platform, CPU model, cores, RAM, GPU."""
+"""What machine a benchmark ran on, for its JSON (platform, CPU model, cores, RAM, GPU), and
+the process's peak memory."""
 
 import os
 import platform
 import re
+import resource
 from pathlib import Path
 
 import psutil
@@ -21,3 +23,20 @@ def machine(**extra) -> dict:
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS window (Linux); False where only the process-wide peak exists."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS since the last reset_peak_rss (Linux VmHWM), else ever."""
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text())[1]) / 1024
+    except (OSError, TypeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

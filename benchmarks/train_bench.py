@@ -30,8 +30,6 @@ import importlib
 import json
 import logging
 import platform
-import re
-import resource
 import shutil
 import sys
 import time
@@ -50,7 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))  # this folder's modules, however it is run
-from machine_info import machine
+from machine_info import machine, peak_rss_mib, reset_peak_rss
 
 from recstack.datasets.prepare import prepare
 from recstack.datasets.synth import synthesize
@@ -106,22 +104,6 @@ def prepared_dataset(name: str, size: Size, data_dir: Path) -> Path:
     prepare(source=f"synth:{raw}", out=out, overwrite=True, quiet=True)
     shutil.rmtree(raw)
     return out
-
-
-def reset_peak_rss() -> bool:
-    """Start a new peak-RSS window (Linux); False where only the process-wide peak exists."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mib() -> float:
-    try:
-        return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text())[1]) / 1024
-    except (OSError, TypeError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 class ValidationSubset(RecDataModule):
