@@ -3,9 +3,12 @@
 The server's processes are found only for a loopback URL: the process listening on the URL's
 port, climbed up to its topmost ancestor running the same executable (uvicorn's workers are
 spawned by `recstack serve`, and only one of them may hold the socket), with all of that
-ancestor's descendants; if that is a Ray process, every Ray process on this host instead
-(proxy, controller, replicas, raylet, GCS). The load client and its own ancestors are never
-counted as server. For a remote URL only the client and host figures are given.
+ancestor's descendants. When the listener runs under Ray (Ray's Python proxy, or HAProxy,
+which a Ray actor starts), the server is the whole tree of the process that started Ray (the
+`recstack serve` driver: GCS, raylet, controller, proxies, replicas, HAProxy), or every Ray
+process on this host when Ray was started on its own (`ray start`). The load client and its
+own ancestors are never counted as server. For a remote URL only the client and host
+figures are given.
 """
 
 import os
@@ -45,9 +48,9 @@ def server_processes(url: str) -> tuple[list[psutil.Process], str]:
         if os.getpid() in listeners:
             return [], "not found: this process itself listens on the port"
         return [], f"not found: the processes on port {port} cannot be read (another user's?)"
-    if any(_name(p).startswith("ray::") for p in found.values()):
-        ray = [p for p in psutil.process_iter() if _is_ray(p)]
-        return ray, f"{len(ray)} Ray processes on this host (the proxy listens on {port})"
+    raylet = next((r for p in found.values() for r in _ray_ancestors(p)), None)
+    if raylet is not None:
+        return _ray_tree(raylet, client, port)
     return list(
         found.values()
     ), f"{len(found)} processes: the server on port {port} and its children"
@@ -66,6 +69,27 @@ def _server_root(process: psutil.Process, client: set[int]) -> psutil.Process:
             break
         process = parent
     return process
+
+
+def _ray_ancestors(process: psutil.Process) -> list[psutil.Process]:
+    """The raylet above `process` ([] when it does not run under Ray)."""
+    try:
+        return [p for p in process.parents() if _name(p) == "raylet"]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def _ray_tree(raylet: psutil.Process, client: set[int], port: int):
+    """Every process of the Ray instance that serves `port`."""
+    driver = raylet.parent()
+    if driver is None or driver.pid == 1 or driver.pid in client:  # `ray start`: no driver
+        ray = [p for p in psutil.process_iter() if _is_ray(p) or _name(p) == "haproxy"]
+        return ray, f"{len(ray)} Ray processes on this host (Ray serves port {port})"
+    tree = [driver, *driver.children(recursive=True)]
+    tree = [p for p in tree if p.pid != os.getpid()]
+    return tree, (
+        f"{len(tree)} processes: the Ray instance serving port {port} ({_name(driver)} started it)"
+    )
 
 
 def _name(process: psutil.Process) -> str:

@@ -45,13 +45,31 @@ def _values(steps: list[dict], endpoint: str, percentile: str) -> list[float]:
     return out
 
 
-def latency_over_time(runs: list[tuple[float, Timeline]], out: Path) -> Path:
+def latency_over_time(
+    runs: list[tuple[float, Timeline]], out: Path, stalls: list[dict | None] | None = None
+) -> Path:
     """Each request's latency at its scheduled time, steps one after another, with per-second
-    p99 and the errors per second."""
-    fig, (ax, err_ax) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=(3, 1))
+    p99 and the errors per second; with `stalls` (benchmarks/stalls.py, one per run), a third
+    panel shows the server's worst stall of each second, coloured by kind."""
+    stalls = stalls or [None] * len(runs)
+    shown = any(stalls)
+    fig, axes = plt.subplots(
+        3 if shown else 2,
+        1,
+        figsize=(10, 7.5 if shown else 6),
+        sharex=True,
+        height_ratios=(3, 1, 1.5) if shown else (3, 1),
+    )
+    ax, err_ax = axes[0], axes[1]
     offset = 0.0
     colors = dict(zip(_endpoints(runs), plt.cm.tab10.colors, strict=False))
-    for rate, timeline in runs:
+    kinds = sorted({r["kind"] for found in stalls if found for r in found["per_second"]})
+    kind_colors = dict(zip(kinds, plt.cm.Set1.colors * 3, strict=False))
+    for (rate, timeline), found in zip(runs, stalls, strict=True):
+        if found:
+            for row in found["per_second"]:
+                color = kind_colors[row["kind"]]
+                axes[2].bar(offset + row["second"] + 0.5, row["ms"], width=1.0, color=color)
         t = timeline.scheduled_s + offset
         for code, name in enumerate(timeline.endpoints):
             mask = timeline.endpoint == code
@@ -72,7 +90,14 @@ def latency_over_time(runs: list[tuple[float, Timeline]], out: Path) -> Path:
     ax.set(ylabel="latency (ms)", yscale="log", title="latency over time (warm-ups left out)")
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
-    err_ax.set(xlabel="seconds (measured windows, one after another)", ylabel="errors / s")
+    err_ax.set(ylabel="errors / s")
+    if shown:
+        for kind, color in kind_colors.items():
+            axes[2].bar([], [], color=color, label=kind)
+        axes[2].set(ylabel="worst server\nstall (ms)", yscale="log")
+        axes[2].legend(fontsize=6, ncol=4, loc="upper left")
+        axes[2].grid(alpha=0.3)
+    axes[-1].set(xlabel="seconds (measured windows, one after another)")
     return _save(fig, out)
 
 

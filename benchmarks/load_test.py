@@ -38,6 +38,7 @@ import load_plots
 from cpu_use import CpuMeter
 from load_mix import DEFAULT_MIX, Catalogue, Mix, parse_mix
 from open_loop import Timeline, account, check_loopback, per_second, run_open_loop
+from stalls import stalls_in_window
 
 RESULTS = Path(__file__).parent / "results"
 SEND_LAG_WARN_MS = 10.0  # the client started requests this late (p99): it may be the bottleneck
@@ -109,8 +110,13 @@ def run_step(args, headers: dict, rate: float, index: int, duration: float):
         "cpu": meter.result,
         "warmup": timeline.warmup,
         "timeline": per_second(timeline),
+        "window_start_unix": timeline.window_start_unix,
         "client_behind": lag_p99 is not None and lag_p99 > SEND_LAG_WARN_MS,
     }
+    if args.stall_log:
+        result["stalls"] = stalls_in_window(
+            args.stall_log, timeline.window_start_unix, timeline.measured_s
+        )
     return result, timeline
 
 
@@ -243,6 +249,12 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
     parser.add_argument("--label", default="", help='what is loaded, e.g. "uvicorn, 2 workers"')
+    parser.add_argument(
+        "--stall-log",
+        type=Path,
+        help="the folder the service writes stalls to (it runs with RECSTACK_STALL_LOG=<it>): "
+        "each step's stalls are summarised and plotted under its latency",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "load_test.json")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
@@ -323,7 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         stem = args.out.with_suffix("")
         document["plots"] = [
             str(load_plots.latency_vs_rate(steps, args.p99_target, Path(f"{stem}_vs_rate.png"))),
-            str(load_plots.latency_over_time(runs, Path(f"{stem}_over_time.png"))),
+            str(
+                load_plots.latency_over_time(
+                    runs, Path(f"{stem}_over_time.png"), [s.get("stalls") for s in steps]
+                )
+            ),
         ]
     _write(args.out, document)
     if args.step:

@@ -55,6 +55,7 @@ class Timeline:
     arms: Counter = field(default_factory=Counter)  # (endpoint, arm) -> n
     send_lag_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [n] client lateness
     measured_s: float = 0.0  # from the first measured schedule to the last response
+    window_start_unix: float = 0.0  # wall-clock time of the measured window's second 0
     client_cpu_s: float = 0.0
     warmup: dict = field(default_factory=dict)
 
@@ -161,6 +162,7 @@ async def open_loop(
     cpu_s = time.process_time() - cpu_started
 
     window_start = started + n_warmup / rate
+    window_start_unix = time.time() - (time.perf_counter() - window_start)
     measured = slice(n_warmup, n_total)
     last = float(finished_at[measured].max(initial=window_start))
     warm_ok = int(((status[:n_warmup] >= 200) & (status[:n_warmup] < 300)).sum())
@@ -175,6 +177,7 @@ async def open_loop(
         arms=arms,
         send_lag_ms=send_lag_ms[measured],
         measured_s=max(last - window_start, 1e-9),
+        window_start_unix=window_start_unix,
         client_cpu_s=cpu_s,
         warmup={"sent": n_warmup, "ok": warm_ok},
     )

@@ -138,9 +138,9 @@ def _write_serve_config(ranker: Path, retriever: Path, data_dir: Path, state: Pa
     app["args"]["store"] = {"kind": "embedded", "path": str(state / "state.sqlite")}
     app["args"]["event_log"] = str(state / "events")
     app["args"]["seed_histories_from"] = str(data_dir.resolve())
-    deployments = {d["name"]: d for d in app["deployments"]}
-    deployments["Retriever"]["user_config"]["models"]["main"] = str(retriever.resolve())
-    deployments["Ranker"]["user_config"]["models"]["main"] = str(ranker.resolve())
+    models = {d["name"]: d for d in app["deployments"]}["Ingress"]["user_config"]
+    models["retriever"]["models"]["main"] = str(retriever.resolve())
+    models["ranker"]["models"]["main"] = str(ranker.resolve())
     path = state / "serve.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path

@@ -23,6 +23,7 @@ from recstack.serving.http_limits import LimitAndTime
 from recstack.serving.model_slots import UnknownModel
 from recstack.serving.service import NotFound, RecommendService
 from recstack.serving.store.base import StoreUnavailable
+from recstack.serving.timing import stage, watch_gc
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: larger bodies get 413 before they are read
 UserId = Annotated[str, Path(min_length=1, max_length=128)]
@@ -45,6 +46,7 @@ _STATE: dict = {}
 def attach(service: RecommendService, keys: ApiKeys) -> None:
     """Serve `service`, guarded by `keys`, from this process's app."""
     _STATE["service"], _STATE["keys"] = service, keys
+    watch_gc()
 
 
 class HttpError(Exception):
@@ -54,7 +56,7 @@ class HttpError(Exception):
 
 
 def _scope(scope: str):
-    def check(creds: Credentials) -> None:
+    async def check(creds: Credentials) -> None:  # async: FastAPI runs a sync one in a thread
         if creds is None or not creds.credentials:
             raise HttpError(401, "missing API key: send `Authorization: Bearer <key>`")
         granted = _keys().scopes_of(creds.credentials)
@@ -122,7 +124,8 @@ def make_api() -> FastAPI:
     async def recommend(body: schemas.RecommendRequest, request: Request) -> Response:
         # the hot path: serialise the model once (FastAPI would validate it again first)
         response = await _service(request).recommend(body)
-        return Response(response.model_dump_json(), media_type="application/json")
+        with stage("serialise"):
+            return Response(response.model_dump_json(), media_type="application/json")
 
     @api.get("/v1/similar/{item_id}", dependencies=[app_scope], responses=_ERRORS | _NOT_FOUND)
     async def similar(

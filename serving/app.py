@@ -3,25 +3,31 @@
     serve run configs/serve_ml100k.yaml          # or: recstack serve --config <same yaml>
 
 `build_app(args)` is the config's import_path; replica counts, autoscaling and the models
-(`user_config`) of each deployment come from the YAML. Retriever and Ranker batch concurrent
-calls with `@serve.batch` (one ONNX run per batch). Replicas take a fraction of a CPU each
-so the whole app fits a 2-core laptop; raise `ray_actor_options.num_cpus` on a real node.
+(`user_config`) of each deployment come from the YAML. Two pipelines:
+- colocated (the default, one hop): retriever and ranker run inside each Ingress replica;
+- split: the Ingress calls Retriever and Ranker deployments, which batch concurrent calls with
+  `@serve.batch` (one ONNX run per batch) and scale on their own (e.g. a GPU ranker).
+Every handler is async: with Ray's throughput mode, user code runs on the replica's main loop,
+and model loads of a hot update run in a thread so requests keep being served meanwhile.
 """
 
+import asyncio
 import os
 from collections import defaultdict
 
+import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from recstack.serving.api import attach, make_api
 from recstack.serving.auth import ApiKeys
-from recstack.serving.backend import LocalBackend, RankerReplica, RetrieverReplica
+from recstack.serving.backend import LocalBackend, RankerReplica, RetrieverReplica, use_onnxruntime
 from recstack.serving.config import (
     INGRESS,
     RANKER,
     RETRIEVER,
     ModelsConfig,
+    OnnxRuntimeSettings,
     colocated_models,
     parse_args,
     parse_models,
@@ -52,56 +58,66 @@ def _set_batching(method, config: ModelsConfig) -> None:
     method.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
 
+def _use_replica_cpus(settings: dict) -> None:
+    """onnxruntime threads for this replica: "auto" = the CPUs Ray assigned it."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    use_onnxruntime(OnnxRuntimeSettings.model_validate(settings), cpus)
+
+
 @serve.deployment(name=RETRIEVER, ray_actor_options={"num_cpus": 0.25})
 class RetrieverDeployment:
-    def __init__(self, store: dict) -> None:
+    def __init__(self, store: dict, onnxruntime: dict) -> None:
+        _use_replica_cpus(onnxruntime)
         self.store = open_store(store)  # where the admin API publishes model updates
         self.replica: RetrieverReplica | None = None
 
-    def reconfigure(self, user_config: dict) -> None:
+    async def reconfigure(self, user_config: dict) -> None:
         config = parse_models(user_config, RETRIEVER)
         if self.replica is None or self.replica.index != config.index:
-            self.replica = RetrieverReplica(config.models, config.index, self.store)
+            self.replica = await asyncio.to_thread(
+                RetrieverReplica, config.models, config.index, self.store
+            )
         else:
-            self.replica.slots.apply(config.models)
+            await asyncio.to_thread(self.replica.slots.apply, config.models)
         _set_batching(self.retrieve, config)
 
     @serve.batch(**BATCH)
     async def retrieve(self, calls: list[tuple[str, RetrievalRequest]]) -> list[Candidates]:
         return _grouped(calls, self.replica.retrieve)
 
-    def info(self) -> dict:
+    async def info(self) -> dict:
         return self.replica.info()
 
 
 @serve.deployment(name=RANKER, ray_actor_options={"num_cpus": 0.25})
 class RankerDeployment:
-    def __init__(self, store: dict) -> None:
+    def __init__(self, store: dict, onnxruntime: dict) -> None:
+        _use_replica_cpus(onnxruntime)
         self.store = open_store(store)  # where the admin API publishes model updates
         self.replica: RankerReplica | None = None
 
-    def reconfigure(self, user_config: dict) -> None:
+    async def reconfigure(self, user_config: dict) -> None:
         config = parse_models(user_config, RANKER)
         if self.replica is None:
-            self.replica = RankerReplica(config.models, self.store)
+            self.replica = await asyncio.to_thread(RankerReplica, config.models, self.store)
         else:
-            self.replica.slots.apply(config.models)
+            await asyncio.to_thread(self.replica.slots.apply, config.models)
         _set_batching(self.rank, config)
 
     @serve.batch(**BATCH)
     async def rank(self, calls: list[tuple[str, RankRequest]]) -> list[Ranked]:
         return _grouped(calls, self.replica.rank)
 
-    def popular(self, model: str, k: int, exclude: list[str], explain: bool) -> Ranked:
+    async def popular(self, model: str, k: int, exclude: list[str], explain: bool) -> Ranked:
         return self.replica.popular(model, k, exclude, explain)
 
-    def similar(self, model: str, item_id: str, k: int) -> Ranked | None:
+    async def similar(self, model: str, item_id: str, k: int) -> Ranked | None:
         return self.replica.similar(model, item_id, k)
 
-    def unknown_items(self, model: str, item_ids: list[str]) -> int:
+    async def unknown_items(self, model: str, item_ids: list[str]) -> int:
         return self.replica.unknown_items(model, item_ids)
 
-    def info(self) -> dict:
+    async def info(self) -> dict:
         return self.replica.info()
 
 
@@ -147,20 +163,23 @@ class Ingress:
                 return LocalBackend({}, {}, store=store)
             return RayBackend(retriever, ranker)
 
-        self.service = build_service(parse_args(args), backend, f"ingress-{os.getpid()}")
+        settings = parse_args(args)
+        _use_replica_cpus(settings.onnxruntime.model_dump())
+        self.service = build_service(settings, backend, f"ingress-{os.getpid()}")
         attach(self.service, ApiKeys.from_environment())
 
-    def reconfigure(self, user_config: dict) -> None:
-        """Colocated pipeline only: load (or hot-swap) the models named in the user_config."""
+    async def reconfigure(self, user_config: dict) -> None:
+        """Colocated pipeline only: load (or hot-swap) the models named in the user_config.
+        The loads run in a thread: this replica keeps answering on the old models meanwhile."""
         models = colocated_models(user_config)
         retriever, ranker = models["retriever"], models["ranker"]
         backend = self.service.backend
         if isinstance(backend, LocalBackend) and backend.retriever.index == retriever.index:
-            backend.retriever.slots.apply(retriever.models)
-            backend.ranker.slots.apply(ranker.models)
+            await asyncio.to_thread(backend.retriever.slots.apply, retriever.models)
+            await asyncio.to_thread(backend.ranker.slots.apply, ranker.models)
         else:
-            self.service.backend = LocalBackend(
-                retriever.models, ranker.models, retriever.index, self.service.store
+            self.service.backend = await asyncio.to_thread(
+                LocalBackend, retriever.models, ranker.models, retriever.index, self.service.store
             )
 
 
@@ -169,5 +188,7 @@ def build_app(args: dict) -> serve.Application:
     settings = parse_args(args)  # fail in the driver, before any replica starts
     if settings.pipeline == "colocated":
         return Ingress.bind(None, None, args)
-    store = settings.store
-    return Ingress.bind(RetrieverDeployment.bind(store), RankerDeployment.bind(store), args)
+    store, ort = settings.store, settings.onnxruntime.model_dump()
+    return Ingress.bind(
+        RetrieverDeployment.bind(store, ort), RankerDeployment.bind(store, ort), args
+    )

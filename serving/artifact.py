@@ -34,10 +34,37 @@ def providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
+@dataclass(frozen=True)
+class SessionSettings:
+    """onnxruntime threading of the sessions this process loads.
+
+    intra_op_threads: threads per ONNX run; match the replica's CPUs (1 where replicas or
+        workers each own one core: a replica per core scales better than threads).
+    spinning: let idle pool threads spin for work. Off where replicas share cores: a spinning
+        thread burns the CPU another replica needs.
+    """
+
+    intra_op_threads: int = 1
+    spinning: bool = False
+
+
+_SETTINGS = SessionSettings()
+
+
+def use_session_settings(settings: SessionSettings) -> None:
+    """Set the onnxruntime settings of every session this process loads from now on (called
+    once at replica / worker start, from the serve config's `onnxruntime` section)."""
+    global _SETTINGS
+    _SETTINGS = settings
+
+
+def _session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads  # a replica per core scales better than threads
+    options.intra_op_num_threads = _SETTINGS.intra_op_threads
     options.inter_op_num_threads = 1
+    spin = "1" if _SETTINGS.spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), options, providers=providers())
@@ -131,7 +158,7 @@ def _user_codes(path: Path, manifest: dict) -> dict[str, np.ndarray]:
     return dict(zip(ids, codes, strict=True))
 
 
-def load_artifact(path: Path, threads: int = 1) -> Artifact:
+def load_artifact(path: Path) -> Artifact:
     """Verify (manifest hashes) and load an artifact dir; DataError says what is wrong."""
     path = Path(path)
     manifest = read_manifest(path, ARTIFACT_KIND)
@@ -140,7 +167,7 @@ def load_artifact(path: Path, threads: int = 1) -> Artifact:
         raise DataError(f"{path}: model kind {kind!r} is not servable (one of {MODEL_KINDS})")
     try:
         onnx = manifest["onnx"]
-        session = _session(path / onnx["file"], threads)
+        session = _session(path / onnx["file"])
         embeddings = np.load(path / manifest["item_embeddings"]["file"]).astype(np.float32)
         catalog = Catalog.load(path, manifest)
         features = None

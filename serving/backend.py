@@ -7,12 +7,23 @@ latency benchmark without HTTP and Ray).
 
 from pathlib import Path
 
+from recstack.serving.artifact import SessionSettings, use_session_settings
+from recstack.serving.config import OnnxRuntimeSettings
 from recstack.serving.item_index import Method
 from recstack.serving.model_slots import ModelSlots
 from recstack.serving.model_watch import ModelWatch
 from recstack.serving.ranking import Ranked, Ranker, RankRequest
 from recstack.serving.retrieval import Candidates, RetrievalRequest, Retriever
 from recstack.serving.store.base import OnlineStore
+
+
+def use_onnxruntime(settings: OnnxRuntimeSettings, cpus: float) -> None:
+    """Apply the serve config's onnxruntime settings to the sessions this process loads from
+    now on ("auto" threads: the `cpus` this replica or worker owns, at least 1)."""
+    threads = settings.intra_op_threads
+    if threads == "auto":
+        threads = max(1, int(cpus))
+    use_session_settings(SessionSettings(threads, settings.spinning))
 
 
 def _info(slots: ModelSlots) -> dict:

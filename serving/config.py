@@ -1,10 +1,11 @@
 """The recstack part of a Serve config YAML: `applications[0].args` (`AppArgs`), and the models
 of the Retriever / Ranker deployments (their `user_config`, `ModelsConfig`).
 
+    ray: {proxy: haproxy, throughput_optimized: true, lean: true}  # RaySettings (Ray engine)
     applications:
     - name: recstack
       import_path: recstack.serving.app:build_app
-      args: {store: ..., event_log: ..., experiment: ...}          # AppArgs
+      args: {store: ..., event_log: ..., experiment: ..., onnxruntime: ...}  # AppArgs
       deployments:
       - name: Retriever
         user_config: {models: {main: artifacts/two-tower/v1}}     # ModelsConfig
@@ -12,24 +13,55 @@ of the Retriever / Ranker deployments (their `user_config`, `ModelsConfig`).
         user_config: {models: {main: artifacts/sasrec/v1}}
 
 Changing only a `user_config` (a new artifact version) reconfigures the running replicas in
-place: the hot model update.
+place: the hot model update. `ray` is recstack's own top-level section (Ray's schema ignores
+unknown top-level keys, so `serve run` still reads the file).
 """
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from recstack.errors import RecstackError
 from recstack.serving.experiments import Experiment
 from recstack.serving.item_index import Method
 
 RETRIEVER, RANKER, INGRESS = "Retriever", "Ranker", "Ingress"
+# Ray's ServeDeploySchema fields (tests check the list against the installed Ray; importing
+# Ray here would load it into every uvicorn worker) and recstack's own `ray` section
+TOP_LEVEL_KEYS = {
+    "applications",
+    "controller_options",
+    "grpc_options",
+    "http_options",
+    "logging_config",
+    "proxy_location",
+    "target_capacity",
+    "tracing_config",
+    "ray",
+}
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+Threads = Annotated[int, Field(ge=1, le=256)] | Literal["auto"]  # "auto": sized to the machine
+
+
+class OnnxRuntimeSettings(Strict):
+    """onnxruntime in each replica or worker. auto: the replica's CPUs (Ray's num_cpus,
+    rounded down, at least 1), or cores / workers on the uvicorn engine."""
+
+    intra_op_threads: Threads = "auto"
+    spinning: bool = False  # off where replicas share cores (a spinning thread steals them)
 
 
 class AppArgs(Strict):
@@ -42,10 +74,34 @@ class AppArgs(Strict):
     default_model: str = "main"
     retrieve_n: int = Field(100, ge=1, le=10_000)
     history_limit: int = Field(200, ge=1, le=10_000)
-    # split: Ingress -> Retriever -> Ranker deployments (models in their user_config);
-    # colocated: retriever and ranker inside each Ingress replica (models in the Ingress's
-    # user_config as {retriever: {models, index}, ranker: {models}}): no handle hops.
-    pipeline: Literal["split", "colocated"] = "split"
+    # colocated (default, the fast path): retriever and ranker inside each Ingress replica
+    # (models in the Ingress's user_config as {retriever: {models, index}, ranker: {models}});
+    # split: Ingress -> Retriever -> Ranker deployments (models in their user_config), for
+    # scaling the sides apart (e.g. a GPU ranker).
+    pipeline: Literal["split", "colocated"] = "colocated"
+    onnxruntime: OnnxRuntimeSettings = Field(default_factory=OnnxRuntimeSettings)
+
+
+class RaySettings(Strict):
+    """How `recstack serve` starts Ray's processes (serving/ray_runtime.py turns this into the
+    environment they read at start). Defaults: the fast path on one machine."""
+
+    # haproxy: HAProxy in front, each Ingress replica serves HTTP itself (direct ingress);
+    # python: Ray's Python proxy actor (the only choice where HAProxy cannot run)
+    proxy: Literal["haproxy", "python"] = "haproxy"
+    haproxy_threads: Threads = "auto"
+    # handle calls over gRPC, user code on the replica's main loop, GC frozen after start
+    throughput_optimized: bool = True
+    # no Ray metrics export, no per-request HAProxy metric lines, no access log, a slower
+    # controller loop: background work a small node cannot spare
+    lean: bool = True
+    # seconds an Ingress replica keeps serving after it is told to stop (Ray's default, 30 s,
+    # is for cloud load balancers; HAProxy on the node drops a replica within a second)
+    drain_s: float = Field(2.0, ge=0.0, le=600.0)
+    # any other variable for Ray's processes, verbatim (RAY_SERVE_*, RAY_<core setting>)
+    env: dict[Annotated[str, StringConstraints(pattern=r"^RAY_\w+$")], str] = Field(
+        default_factory=dict
+    )
 
 
 class ModelsConfig(Strict):
@@ -82,7 +138,13 @@ def read_serve_config(path: Path) -> dict:
         raise RecstackError(
             f"{path} is not a Ray Serve config with one application: {exc}"
         ) from None
+    unknown = sorted(set(document) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise RecstackError(
+            f"{path}: unknown top-level keys {unknown}; a serve config has {sorted(TOP_LEVEL_KEYS)}"
+        )
     args = parse_args(app.get("args"))
+    ray_settings = _section(RaySettings, document.get("ray"), "ray")
     deployments = {d.get("name"): d for d in app.get("deployments", [])}
     models = pipeline_models(args, deployments)
     for name, side in models.items():
@@ -98,7 +160,15 @@ def read_serve_config(path: Path) -> dict:
         "args": args,
         "deployments": deployments,
         "models": models,
+        "ray": ray_settings,
     }
+
+
+def _section(model: type[Strict], value, name: str):
+    try:
+        return model.model_validate(value or {})
+    except ValidationError as exc:
+        raise RecstackError(f"serve config {name}: {_problems(exc)}") from None
 
 
 def pipeline_models(args: AppArgs, deployments: dict) -> dict[str, ModelsConfig]:
@@ -108,7 +178,14 @@ def pipeline_models(args: AppArgs, deployments: dict) -> dict[str, ModelsConfig]
             side: parse_models(deployments.get(name, {}).get("user_config"), name)
             for side, name in (("retriever", RETRIEVER), ("ranker", RANKER))
         }
-    return colocated_models(deployments.get(INGRESS, {}).get("user_config"))
+    user_config = deployments.get(INGRESS, {}).get("user_config")
+    if user_config is None and {RETRIEVER, RANKER} & set(deployments):
+        raise RecstackError(
+            "serve config: the models are in Retriever / Ranker deployments, so set "
+            "`pipeline: split` in applications[0].args (the default pipeline, colocated, "
+            "reads them from the Ingress's user_config: {retriever: ..., ranker: ...})"
+        )
+    return colocated_models(user_config)
 
 
 def colocated_models(user_config: dict | None) -> dict[str, ModelsConfig]:

@@ -77,6 +77,7 @@ from recstack.schema import (
     USER_ID,
 )
 from recstack.serving.store.base import OnlineStore
+from recstack.serving.timing import disk
 
 __all__ = [
     "EVENT_SCHEMA",
@@ -190,7 +191,9 @@ class _OpenSegment:
     def write(self, batch: pa.RecordBatch) -> None:
         self._stream.write_batch(batch)
         self._file.flush()
+        start = time.perf_counter()
         os.fsync(self._file.fileno())
+        disk("event_log_fsync", time.perf_counter() - start)
         self.rows += batch.num_rows
 
     def close(self) -> None:
@@ -216,11 +219,15 @@ def seal_segment(path: Path, tombstones: dict[str, int]) -> tuple[int, int]:
 class EventLog:
     """One writer process's handle on a shared log directory.
 
+    Appends never wait for a seal: a full or old segment is closed under the append lock (an
+    end-of-stream marker and an fsync) and a background thread turns it into Parquet while
+    the next appends go to a new segment. `seal()` and `close()` seal at once.
+
     Args:
         directory: the log directory (created if missing).
         writer: a name for this writer in its file names (e.g. the replica id); default "events".
         segment_max_events: seal the open segment once it holds this many rows.
-        segment_max_age_s: seal it once it is this old (checked on append and by a
+        segment_max_age_s: seal it once it is this old (checked on append and by the
             background thread); 0 turns age sealing off.
     """
 
@@ -244,17 +251,17 @@ class EventLog:
         self.writer = safe_name(writer or "events")
         self.segment_max_events = segment_max_events
         self.segment_max_age_s = segment_max_age_s
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the open segment (appends)
+        self._pending_lock = threading.Lock()  # the closed segments waiting for their seal
+        self._sealing = threading.Lock()  # one seal at a time
         self._segment: _OpenSegment | None = None
+        self._to_seal: list[_OpenSegment] = []
         self._pid = os.getpid()
         self._closed = False
-        self._stop = threading.Event()
-        self._ticker = None
-        if segment_max_age_s > 0:
-            self._ticker = threading.Thread(
-                target=self._seal_when_old, name="event-log-sealer", daemon=True
-            )
-            self._ticker.start()
+        self._stop, self._wake = threading.Event(), threading.Event()
+        self._sealer = threading.Thread(target=self._seal_in_background, daemon=True)
+        self._sealer.name = "event-log-sealer"
+        self._sealer.start()
 
     def append(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Append events; returns once they are durable (fsynced). Bad rows raise DataError
@@ -268,26 +275,29 @@ class EventLog:
                 self._segment = _OpenSegment(self.directory, self.writer)
             self._segment.write(batch)
             if self._due():
-                try:
-                    self._seal_locked()
-                except Exception:  # the rows are durable in the IPC file; sealing can wait
-                    log.exception("sealing an event log segment failed; it stays readable")
+                self._close_segment_locked()
+                self._wake.set()
 
     def seal(self) -> None:
         """Seal the open segment now (e.g. after an erasure, so its rows go at once)."""
         with self._lock:
             self._check_usable()
-            self._seal_locked()
+            self._close_segment_locked()
+        self._seal_closed()
 
     def close(self) -> None:
         """Seal the open segment and stop; further appends raise."""
         self._stop.set()
-        if self._ticker is not None and self._ticker is not threading.current_thread():
-            self._ticker.join()
+        self._wake.set()
+        if self._sealer is not threading.current_thread():
+            self._sealer.join()
         with self._lock:
-            if not self._closed and self._pid == os.getpid():
-                self._seal_locked()
+            mine = not self._closed and self._pid == os.getpid()
+            if mine:
+                self._close_segment_locked()
             self._closed = True
+        if mine:
+            self._seal_closed()
 
     def __enter__(self) -> EventLog:
         return self
@@ -315,23 +325,42 @@ class EventLog:
             )
         )
 
-    def _seal_locked(self) -> None:
+    def _close_segment_locked(self) -> None:
+        """End the open segment (durable, still readable as IPC); it waits for its seal."""
         segment, self._segment = self._segment, None
-        if segment is None:
-            return
-        segment.close()
-        seal_segment(segment.path, read_tombstones(self.directory))
+        if segment is not None:
+            segment.close()
+            with self._pending_lock:
+                self._to_seal.append(segment)
 
-    def _seal_when_old(self) -> None:
-        interval = min(5.0, max(0.05, self.segment_max_age_s / 4))
-        while not self._stop.wait(interval):
-            with self._lock:
-                if self._closed or self._pid != os.getpid() or not self._due():
-                    continue
+    def _seal_closed(self) -> None:
+        """Seal every closed segment (Parquet, tombstones applied); appends go on meanwhile.
+        Returns once none is waiting and none is being sealed."""
+        with self._sealing:
+            while True:
+                with self._pending_lock:
+                    if not self._to_seal:
+                        return
+                    segment = self._to_seal.pop(0)
+                start = time.perf_counter()
                 try:
-                    self._seal_locked()
-                except Exception:
+                    seal_segment(segment.path, read_tombstones(self.directory))
+                except Exception:  # the rows are durable in the IPC file; sealing can wait
                     log.exception("sealing an event log segment failed; it stays readable")
+                disk("event_log_seal", time.perf_counter() - start)
+
+    def _seal_in_background(self) -> None:
+        interval = 5.0 if self.segment_max_age_s == 0 else self.segment_max_age_s / 4
+        interval = min(5.0, max(0.05, interval))
+        while not self._stop.is_set():
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._pid != os.getpid():
+                return  # a forked child: the parent's sealer is not ours
+            with self._lock:
+                if not self._closed and self._due():
+                    self._close_segment_locked()
+            self._seal_closed()
 
 
 # --------------------------------------------------------------------------- erasure

@@ -1,4 +1,5 @@
-"""ASGI middleware: refuse bodies over a size limit (413) and time every request for /metrics.
+"""ASGI middleware: refuse bodies over a size limit (413) and time every request for /metrics
+(and, on the first request, start the event-loop lag probe of serving/timing.py).
 
 A plain ASGI wrapper rather than FastAPI's `@app.middleware("http")`, which costs about a
 millisecond per request on a 2-core machine. The limit holds for chunked bodies too: the
@@ -11,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from recstack.serving import metrics
+from recstack.serving.timing import watch_event_loop
 
 
 class BodyTooLarge(HTTPException):
@@ -29,6 +31,7 @@ class LimitAndTime:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        watch_event_loop()
         start, status, received, started = time.perf_counter(), 500, 0, False
         length = dict(scope["headers"]).get(b"content-length", b"0")
 

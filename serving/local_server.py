@@ -3,12 +3,15 @@ ranker in-process (`recstack serve --config <yaml> --engine uvicorn --workers 2`
 
 For one machine where every millisecond counts: a Ray Serve request pays for the HTTP proxy
 and one actor call per deployment hop (benchmarks/serve_bench.py measures both engines). The
-config is the Serve YAML itself: http_options, applications[0].args, and the models
-(Retriever / Ranker `user_config`, or the Ingress's in a colocated pipeline). Workers share the online store (SQLite WAL or Redis) and the
-event log directory, so a recommendation sees an event posted to any worker; models change
-through `POST /v1/admin/models` (serving/model_watch.py), as on Ray.
+config is the Serve YAML itself: http_options, applications[0].args, and the models (the
+Ingress's `user_config`, or the Retriever / Ranker ones in a split pipeline). Workers share
+the online store (SQLite WAL or Redis) and the event log directory, so a recommendation sees
+an event posted to any worker; models change through `POST /v1/admin/models`
+(serving/model_watch.py), as on Ray. Once a worker's models are loaded, the objects it holds
+are frozen out of the garbage collector's scans (gc.freeze), as Ray does for its replicas.
 """
 
+import gc
 import os
 from pathlib import Path
 
@@ -16,17 +19,20 @@ from fastapi import FastAPI
 
 from recstack.serving.api import attach, make_api
 from recstack.serving.auth import ApiKeys
-from recstack.serving.backend import LocalBackend
+from recstack.serving.backend import LocalBackend, use_onnxruntime
 from recstack.serving.config import read_serve_config
 from recstack.serving.service import build_service
 
 CONFIG_ENV = "RECSTACK_SERVE_CONFIG"  # how the parent hands the config path to the workers
+WORKERS_ENV = "RECSTACK_SERVE_WORKERS"  # …and the number of workers (onnxruntime "auto")
 
 
 def build_local_app() -> FastAPI:
     """uvicorn factory: one worker's app, from the config named by $RECSTACK_SERVE_CONFIG."""
     checked = read_serve_config(Path(os.environ[CONFIG_ENV]))
     args = checked["args"]
+    workers = int(os.environ.get(WORKERS_ENV, "1"))
+    use_onnxruntime(args.onnxruntime, (os.cpu_count() or 1) / workers)
     retriever, ranker = checked["models"]["retriever"], checked["models"]["ranker"]
     service = build_service(
         args,
@@ -34,7 +40,10 @@ def build_local_app() -> FastAPI:
         f"uvicorn-{os.getpid()}",
     )
     attach(service, ApiKeys.from_environment())
-    return make_api()
+    api = make_api()
+    gc.collect()
+    gc.freeze()  # models, vocabularies and the app live as long as the worker: never scan them
+    return api
 
 
 def run_uvicorn(config: Path, workers: int = 1) -> None:
@@ -45,6 +54,7 @@ def run_uvicorn(config: Path, workers: int = 1) -> None:
     http = checked["document"].get("http_options") or {}
     ApiKeys.from_environment()  # fail here, with the message, not in every worker
     os.environ[CONFIG_ENV] = str(Path(config).resolve())
+    os.environ[WORKERS_ENV] = str(workers)
     uvicorn.run(
         "recstack.serving.local_server:build_local_app",
         factory=True,

@@ -36,3 +36,35 @@ EVENTS_DROPPED = Counter(
     registry=REGISTRY,
 )
 STORE_ERRORS = Counter("recstack_store_errors", "Online store calls that failed", registry=REGISTRY)
+
+# Where the time goes (serving/timing.py fills these): a request's stages, the event loop's
+# lag, garbage-collector pauses, and the disk work of the store and the event log.
+_FINE = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+STAGE = Histogram(
+    "recstack_stage_seconds",
+    "Time per request stage (store_read, retrieve, rank, popular, log_append, store_write, "
+    "serialise)",
+    ["stage"],
+    buckets=_FINE,
+    registry=REGISTRY,
+)
+LOOP_LAG = Histogram(
+    "recstack_event_loop_lag_seconds",
+    "How late the event loop ran a timer: time it spent blocked by other work",
+    buckets=_FINE,
+    registry=REGISTRY,
+)
+GC_PAUSE = Histogram(
+    "recstack_gc_pause_seconds",
+    "Garbage-collector pauses by generation",
+    ["generation"],
+    buckets=_FINE,
+    registry=REGISTRY,
+)
+DISK = Histogram(
+    "recstack_disk_seconds",
+    "Disk work: event-log fsync and segment seal, online-store checkpoint",
+    ["op"],
+    buckets=_FINE,
+    registry=REGISTRY,
+)

@@ -1,18 +1,23 @@
-"""`recstack serve`: start Ray quietly and run the Serve config's application.
+"""`recstack serve`: start Ray with the config's settings and run the Serve application.
 
-    recstack serve --config configs/serve_ml100k.yaml            # runs until Ctrl-C
+    recstack serve --config configs/serve_ml100k.yaml            # runs until Ctrl-C / SIGTERM
     recstack serve --config configs/serve_ml100k.yaml --update   # new user_config (artifact
                                                                  # version) into the running app
+    recstack serve --config configs/serve_ml100k.yaml --ray-env  # the env for `ray start`
 
 The config is the same YAML `serve run` takes. It is checked before Ray starts (args, models,
-experiment arms, every artifact's manifest and hashes), so a typo costs a second, not a
-half-started cluster. Ray starts with DESIGN §7's quiet settings: no usage stats, no
-dashboard, no log forwarding, its temp dir under runs/ray, no token in the home directory.
+experiment arms, every artifact's manifest and hashes, the `ray:` section, the HAProxy
+binary), so a typo costs a second, not a half-started cluster. Ray starts with the `ray:`
+section's process settings (serving/ray_runtime.py: HAProxy and direct ingress, throughput
+mode, a lean node) and quiet defaults: no usage stats, no dashboard, no log forwarding, its
+temp dir under runs/ray, no token in the home directory. Once the app answers, the settings
+are checked on the running processes.
 """
 
 import inspect
 import logging
 import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +25,7 @@ from pathlib import Path
 
 from recstack.errors import RecstackError, first_line
 from recstack.manifest import read_manifest
+from recstack.serving import ray_runtime
 from recstack.serving.artifact import ARTIFACT_KIND
 from recstack.serving.auth import ApiKeys
 from recstack.serving.config import INGRESS, RANKER, RETRIEVER, read_serve_config
@@ -59,11 +65,10 @@ def _check_artifacts(models: dict) -> None:
                 raise RecstackError(f"{side} model {model!r}: {exc}") from None
 
 
-def application(config: Path):
-    """The Serve application of a config YAML, with each deployment's options applied."""
+def application(checked: dict, config: Path):
+    """The Serve application of a checked config, with each deployment's options applied."""
     from recstack.serving.app import Ingress, RankerDeployment, RetrieverDeployment
 
-    checked = read_serve_config(config)
     _check_artifacts(checked["models"])
 
     def options(deployment, name: str):
@@ -80,11 +85,11 @@ def application(config: Path):
 
     args = checked["app"].get("args") or {}
     if checked["args"].pipeline == "colocated":
-        return checked, options(Ingress, INGRESS).bind(None, None, args)
-    store = checked["args"].store
-    retriever = options(RetrieverDeployment, RETRIEVER).bind(store)
-    ranker = options(RankerDeployment, RANKER).bind(store)
-    return checked, options(Ingress, INGRESS).bind(retriever, ranker, args)
+        return options(Ingress, INGRESS).bind(None, None, args)
+    store, ort = checked["args"].store, checked["args"].onnxruntime.model_dump()
+    retriever = options(RetrieverDeployment, RETRIEVER).bind(store, ort)
+    ranker = options(RankerDeployment, RANKER).bind(store, ort)
+    return options(Ingress, INGRESS).bind(retriever, ranker, args)
 
 
 def app_name(checked: dict) -> str:
@@ -109,16 +114,27 @@ def wait_ready(url: str, timeout_s: float = 120.0) -> None:
 
 def start(config: Path, address: str | None = None, temp_dir: Path = Path("runs/ray")) -> str:
     """Deploy the config's app (start Ray if needed); returns the base URL once /readyz is 200."""
-    from ray import serve
+    import ray
 
-    if address is None:  # new replicas read the keys too: say what is missing here, once
-        ApiKeys.from_environment()
-    checked, app = application(config)
-    start_ray(temp_dir, address)
+    checked = read_serve_config(config)
     http = checked["document"].get("http_options") or {}
     host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
+    if address is None and not ray.is_initialized():  # a new local Ray
+        ApiKeys.from_environment()  # new replicas read the keys too: say what is missing once
+        ray_runtime.apply(checked["ray"], port)  # before Ray's processes start (read once)
+    app = application(checked, config)
+    from ray import serve
+
+    start_ray(temp_dir, address)
     proxy_location = checked["document"].get("proxy_location", "HeadOnly")  # EveryNode: cluster
-    serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
+    logging_config = checked["document"].get("logging_config") or (
+        {"enable_access_log": False} if checked["ray"].lean else None
+    )
+    serve.start(
+        proxy_location=proxy_location,
+        http_options={"host": host, "port": port},
+        logging_config=logging_config,
+    )
     try:
         serve.run(
             app,
@@ -131,6 +147,8 @@ def start(config: Path, address: str | None = None, temp_dir: Path = Path("runs/
         raise RecstackError(f"{first_line(exc)}; the replicas' errors are in {logs}") from None
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     wait_ready(url)
+    if address is None:
+        ray_runtime.verify(checked["ray"], port)
     return url
 
 
@@ -146,6 +164,15 @@ def stop(app: str | None = None) -> None:
         else:
             serve.delete(app)
         ray.shutdown()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (systemd, docker stop, kill) stops the service like Ctrl-C does."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def serve_forever(config: Path, update: bool = False, address: str | None = None) -> None:
@@ -164,10 +191,17 @@ def serve_forever(config: Path, update: bool = False, address: str | None = None
         return
     # on a cluster this process joined, Ctrl-C removes only this app (named before it starts,
     # so that stopping never depends on the config file still being readable)
-    own_app = app_name(read_serve_config(config)) if address else None
-    url = start(config, address=address)
-    print(f"recstack is serving at {url}  (OpenAPI: {url}/docs; Ctrl-C stops it)")
+    checked = read_serve_config(config)
+    own_app = app_name(checked) if address else None
+    if address:
+        print(
+            "joining a running Ray cluster: it keeps the Serve settings its `ray start` was "
+            "given (see `recstack serve --config <yaml> --ray-env`)"
+        )
     try:
+        url = start(config, address=address)
+        _stop_on_sigterm()  # after Ray's start: ray.init installs a SIGTERM handler of its own
+        print(f"recstack is serving at {url}  (OpenAPI: {url}/docs; Ctrl-C stops it)")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -186,6 +220,12 @@ def serve_cli(argv: list[str]) -> None:
     parser.add_argument("--update", action="store_true", help="apply to the running app and exit")
     parser.add_argument("--address", help="Ray cluster address to join (default: a local Ray)")
     parser.add_argument(
+        "--ray-env",
+        action="store_true",
+        help="print the environment the config's `ray:` section gives Ray's processes (export "
+        "it before `ray start` on each node of a cluster) and exit",
+    )
+    parser.add_argument(
         "--engine",
         choices=("ray", "uvicorn"),
         default="ray",
@@ -194,6 +234,9 @@ def serve_cli(argv: list[str]) -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     args = parser.parse_args(argv)
+    if args.ray_env:
+        print(ray_runtime.env_lines(read_serve_config(args.config)["ray"]))
+        return
     if args.engine == "uvicorn":
         from recstack.serving.local_server import run_uvicorn
 

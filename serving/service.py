@@ -39,6 +39,7 @@ from recstack.serving.retrieval import RetrievalRequest, Retriever
 from recstack.serving.store import open_store
 from recstack.serving.store.base import OnlineStore, StoreUnavailable
 from recstack.serving.store.seed import seed_from_dataset
+from recstack.serving.timing import stage
 
 
 class NotFound(RecstackError):
@@ -130,41 +131,41 @@ class RecommendService:
         model = arm.model or self.settings.default_model
         fallback, source, history = None, None, []
         try:
-            consent = await self._store("consent", req.user_id) if req.user_id else None
-            if consent is not None and not consent.get("personalization", True):
-                fallback = "opted_out"
-            elif req.recent_items is not None:
-                history, source = list(req.recent_items), "request"
-            elif req.user_id:
-                history = await self._store("history", req.user_id, self.settings.history_limit)
-                source = "history"
-                if not history:
-                    history, source = await self._store("onboarding", req.user_id), "onboarding"
+            with stage("store_read"):
+                consent = await self._store("consent", req.user_id) if req.user_id else None
+                if consent is not None and not consent.get("personalization", True):
+                    fallback = "opted_out"
+                elif req.recent_items is not None:
+                    history, source = list(req.recent_items), "request"
+                elif req.user_id:
+                    limit = self.settings.history_limit
+                    history, source = await self._store("history", req.user_id, limit), "history"
+                    if not history:
+                        history = await self._store("onboarding", req.user_id)
+                        source = "onboarding"
         except StoreUnavailable:
             fallback, history = "store_unavailable", list(req.recent_items or [])
             source = "request" if history else None
         ranked, unknown = None, 0
         if fallback in (None, "store_unavailable") and history and arm.kind == "model":
-            candidates = await self.backend.retrieve(
-                model,
-                RetrievalRequest(
-                    history,
-                    dict(req.context),
-                    req.user_id,
-                    list(req.exclude),
-                    self.settings.retrieve_n,
-                ),
+            query = RetrievalRequest(
+                history, dict(req.context), req.user_id, list(req.exclude), self.settings.retrieve_n
             )
+            with stage("retrieve"):
+                candidates = await self.backend.retrieve(model, query)
             unknown = candidates.unknown_items
             if candidates.item_ids:
-                ranked = await self.backend.rank(
-                    model, RankRequest(history, candidates.item_ids, req.k, req.explain)
-                )
+                with stage("rank"):
+                    ranked = await self.backend.rank(
+                        model, RankRequest(history, candidates.item_ids, req.k, req.explain)
+                    )
                 fallback = None  # personalised from the request's own history
         if ranked is None:
             fallback = fallback or ("cold_start" if arm.kind == "model" else None)
             source = None
-            ranked = await self.backend.popular(model, req.k, [*history, *req.exclude], req.explain)
+            with stage("popular"):
+                exclude = [*history, *req.exclude]
+                ranked = await self.backend.popular(model, req.k, exclude, req.explain)
         metrics.UNKNOWN_ITEMS.inc(unknown)
         metrics.RECOMMENDATIONS.labels(arm.name, fallback or "none").inc()
         return schemas.RecommendResponse(
@@ -224,7 +225,8 @@ class RecommendService:
                 }
             )
         if rows:
-            await asyncio.to_thread(self.log.append, rows)  # durable before we answer
+            with stage("log_append"):
+                await asyncio.to_thread(self.log.append, rows)  # durable before we answer
         dropped = len(req.events) - len(rows)
         metrics.EVENTS_DROPPED.inc(dropped)
         for row in rows:
@@ -232,7 +234,8 @@ class RecommendService:
         updated = not allowed.get(None)  # no second timeout once the store is known down
         if updated:
             try:
-                await self._store("extend_histories", _histories(rows))  # one round trip
+                with stage("store_write"):
+                    await self._store("extend_histories", _histories(rows))  # one round trip
             except StoreUnavailable:
                 updated = False
         return schemas.EventsResponse(

@@ -18,6 +18,11 @@ Durability: `synchronous=NORMAL`: a commit survives a process crash, not a power
 last transactions can be lost). The event log is the durable record; the store is rebuilt
 from it (`recstack events rebuild`).
 
+Checkpoints (copying the WAL back into the database file, with an fsync) never run inside a
+request's commit: SQLite's automatic checkpoint is off, and a background thread per process
+runs a PASSIVE checkpoint (it waits for no reader or writer) every CHECKPOINT_EVERY_S on its
+own connection. Their duration is in recstack_disk_seconds{op="store_checkpoint"}.
+
 Measured (2-core VM, 1,000 users with full 200-item histories): append one item ~70 µs, read
 the last 50 ~35 µs (rows beat a JSON list per user, ~130 µs to rewrite the list on append).
 """
@@ -29,6 +34,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,8 +48,10 @@ from recstack.serving.store.base import (
     check_limit,
     consent_record,
 )
+from recstack.serving.timing import disk
 
 SCHEMA_VERSION = 1
+CHECKPOINT_EVERY_S = 1.0
 _TABLES = """
 CREATE TABLE IF NOT EXISTS history (
     user_key BLOB NOT NULL, seq INTEGER NOT NULL, item_id TEXT NOT NULL,
@@ -115,6 +123,7 @@ class EmbeddedStore(OnlineStore):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 conn.close()
@@ -139,9 +148,34 @@ class EmbeddedStore(OnlineStore):
             if self._conn is not None:
                 self._inherited.append(self._conn)  # a parent's connection: leave it alone
             self._conn, self._pid = self._open(), os.getpid()
+            self._stop_checkpoints = threading.Event()
+            threading.Thread(
+                target=self._checkpoint_loop,
+                args=(self._stop_checkpoints,),
+                name="store-checkpointer",
+                daemon=True,
+            ).start()
         if self._conn is None:
             raise RecstackError(f"the embedded store {self.path} is closed")
         return self._conn
+
+    def _checkpoint_loop(self, stop: threading.Event) -> None:
+        """Copy the WAL into the database every CHECKPOINT_EVERY_S, off the request path."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        except sqlite3.Error:
+            return
+        try:
+            while not stop.wait(CHECKPOINT_EVERY_S):
+                start = time.perf_counter()
+                try:
+                    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    continue  # busy or gone: the next round tries again
+                if frames > 0:
+                    disk("store_checkpoint", time.perf_counter() - start)
+        finally:
+            conn.close()
 
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
@@ -296,5 +330,6 @@ class EmbeddedStore(OnlineStore):
     def close(self) -> None:
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():
+                self._stop_checkpoints.set()
                 self._conn.close()
             self._conn = None

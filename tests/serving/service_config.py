@@ -99,9 +99,9 @@ def write_serve_config(
             }
         ],
     }
+    app = config["applications"][0]
+    app["args"]["pipeline"] = "colocated" if colocated else "split"
     if colocated:  # models inside each Ingress replica, from its user_config
-        app = config["applications"][0]
-        app["args"]["pipeline"] = "colocated"
         retriever, ranker = (d["user_config"] for d in app["deployments"][1:])
         app["deployments"] = [
             {

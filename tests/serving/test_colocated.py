@@ -1,7 +1,10 @@
 """The colocated pipeline on Ray Serve: retriever and ranker inside each Ingress replica."""
 
 import shutil
+import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -15,7 +18,11 @@ from service_config import (
     write_serve_config,
 )
 
-from recstack.serving import serve_cmd
+from recstack.serving import ray_runtime, serve_cmd
+from recstack.serving.config import RaySettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from open_loop import Call, run_open_loop
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +86,46 @@ def test_hot_update_through_the_ingress_user_config_and_the_admin_api(service):
     while not all("/v7@" in recommend(service, user)["model_version"] for _ in range(6)):
         assert time.monotonic() < deadline, "not every replica loaded the published model"
         time.sleep(0.3)
+
+
+def test_the_ray_settings_reached_rays_processes(service):
+    """HAProxy holds the port, each Ingress replica answers on its own port (direct ingress),
+    and the replicas run with the flags (read from their environment, not assumed)."""
+    port = int(service["url"].rsplit(":", 1)[1])
+    facts = ray_runtime.verify(RaySettings(), port)
+    assert facts["port_holder"] == "haproxy"  # not Ray's Python ProxyActor
+    assert facts["haproxy_threads"] == ray_runtime.haproxy_threads(RaySettings())
+    assert facts["ingress_replicas"] == 2
+    assert len(facts["replica_ports"]) == facts["replica_ports_answering"] == 2
+    for replica in ray_runtime._ingress_replicas():
+        environ = replica.environ()
+        assert environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+        assert environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+
+
+def test_a_killed_replica_is_replaced_while_haproxy_routes_to_the_other(service):
+    """kill -9 of one Ingress replica under 40 req/s: only requests in flight on it fail (HAProxy
+    marks it down and re-dispatches new connections), and Ray starts a replacement."""
+    port = int(service["url"].rsplit(":", 1)[1])
+    victim = ray_runtime._ingress_replicas()[0]
+    user = user_in("model", start=700)
+
+    def call(i: int) -> Call:
+        return Call("recommend", "POST", "/v1/recommend", {"user_id": user, "k": 5})
+
+    def kill_later() -> None:
+        time.sleep(4)
+        victim.kill()
+
+    killer = threading.Thread(target=kill_later)
+    killer.start()
+    timeline = run_open_loop(service["url"], 40, 12, 1, call, headers=APP, timeout_s=10)
+    killer.join()
+    errors = int((timeline.status != 200).sum())
+    print(f"errors while a replica died: {errors} of {timeline.status.size}")
+    assert errors <= 10, (errors, timeline.exceptions, list(timeline.status))
+    deadline = time.monotonic() + 90
+    while ray_runtime.verify(RaySettings(), port)["replica_ports_answering"] < 2:
+        assert time.monotonic() < deadline, "the killed replica was never replaced"
+        time.sleep(1)
+    assert all(recommend(service, user)["fallback"] is None for _ in range(6))

@@ -90,6 +90,9 @@ def test_sealing_by_size_and_age(tmp_path):
     with EventLog(tmp_path / "size", segment_max_events=3, segment_max_age_s=0) as log:
         for i in range(7):
             log.append([ev("u", f"i{i}", i)])
+        deadline = time.monotonic() + 5  # full segments are sealed in the background
+        while len(files(log.directory, ".parquet")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert len(files(log.directory, ".parquet")) == 2
         assert len(files(log.directory, ".arrow")) == 1
         assert read_events(log.directory).column(ITEM_ID).to_pylist() == [f"i{i}" for i in range(7)]

