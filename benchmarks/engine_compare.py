@@ -1,6 +1,8 @@
 """The serving engines side by side under the realistic mix of benchmarks/load_test.py: a step
 run to the highest sustained rate, then soaks of at least 5 minutes at fixed rates, each with
-its per-second p99 plotted and the server's stalls (serving/timing.py) lined up under it.
+its per-second p99 plotted and the server's stalls (serving/timing.py) lined up under it. Two
+floors come first: the same recommend pipeline in-process (no HTTP, no Ray), and 300
+sequential recommend calls per engine (one at a time, nothing queued).
 
     .venv/bin/python benchmarks/engine_compare.py                       # 3 engines, ~55 min
     .venv/bin/python benchmarks/engine_compare.py --engines uvicorn ray-colocated --no-step
@@ -12,16 +14,19 @@ in a process group of its own, stopped with SIGTERM; the load client shares the 
     ray-split      configs/serve_ml100k_split.yaml: Ingress -> Retriever / Ranker deployments
 
 Writes benchmarks/results/engines/<engine>_step.json and <engine>_soak<rate>.json (with their
-PNGs), and benchmarks/results/engine_compare.json: per engine the highest sustained rate, the
-soak percentiles and errors, server CPU per request and its ratio to uvicorn's, the worst
-stalls, and the issue's targets met or missed, plus engine_compare_p99.png (per-second p99 of
-every soak). Needs data/ml-100k and the artifacts the configs name (README: train + export).
+PNGs), and benchmarks/results/engine_compare.json: the floors, per engine the highest
+sustained rate, the soak percentiles and errors, server CPU per request and its ratio to
+uvicorn's, the stalls, and the targets met or missed, plus engine_compare_p99.png (per-second
+p99 of every soak). Needs data/ml-100k and the artifacts the configs name (README: train +
+export).
 """
 
 import argparse
+import asyncio
 import json
 import os
 import platform
+import random
 import secrets
 import shutil
 import signal
@@ -36,13 +41,21 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
+import requests
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 import load_test
+from load_mix import Catalogue
 from machine_info import machine
+from open_loop import summarise
 
+from recstack.serving import schemas
+from recstack.serving.backend import LocalBackend
+from recstack.serving.config import read_serve_config
 from recstack.serving.serve_cmd import wait_ready
+from recstack.serving.service import build_service
 
 RESULTS = Path(__file__).parent / "results"
 ENGINES = {
@@ -53,19 +66,76 @@ ENGINES = {
 TARGETS = {"soak_p99_ms": 15.0, "soak_rate": 200.0, "p50_ms_at_100": 5.0, "cpu_ratio": 1.3}
 
 
+def in_process(config: Path, users: list[str], calls: int) -> dict:
+    """The recommend pipeline's floor: RecommendService with the models in this process (store
+    read, arm, retrieval of retrieve_n, ranking of 10), one call at a time, no HTTP."""
+    checked = read_serve_config(config)
+    state = Path(tempfile.mkdtemp(prefix="recstack-in-process-"))
+    args = checked["args"].model_copy(
+        update={
+            "store": {"kind": "embedded", "path": str(state / "state.sqlite")},
+            "event_log": state / "events",
+        }
+    )
+    models = checked["models"]
+    service = build_service(
+        args,
+        lambda store: LocalBackend(models["retriever"].models, models["ranker"].models),
+        "in-process",
+    )
+    rng = random.Random(0)
+
+    async def run() -> np.ndarray:
+        times = []
+        for i in range(calls + 100):
+            request = schemas.RecommendRequest(user_id=rng.choice(users), k=10)
+            start = time.perf_counter()
+            await service.recommend(request)
+            if i >= 100:  # warm-up
+                times.append((time.perf_counter() - start) * 1000)
+        return np.array(times)
+
+    try:
+        return {"calls": calls, "latency_ms": summarise(asyncio.run(run()))}
+    finally:
+        service.log.close()
+        service.store.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def sequential(url: str, key: str, users: list[str], calls: int) -> dict:
+    """One recommend call at a time over HTTP (nothing queued): the engine's floor."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {key}"
+    rng, times = random.Random(2), []
+    for i in range(calls + 20):
+        start = time.perf_counter()
+        response = session.post(
+            url + "/v1/recommend", json={"user_id": rng.choice(users), "k": 10}, timeout=10
+        )
+        response.raise_for_status()
+        if i >= 20:
+            times.append((time.perf_counter() - start) * 1000)
+    return {"calls": calls, "latency_ms": summarise(np.array(times))}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def service_config(source: Path, state: Path, port: int) -> Path:
-    """The config with its state (store, event log) under `state` and a free port."""
+def service_config(source: Path, state: Path, port: int, replicas: int | None) -> Path:
+    """The config with its state (store, event log) under `state`, a free port, and
+    `replicas` Ingress replicas when given."""
     document = yaml.safe_load(source.read_text())
     document["http_options"] = {"host": "127.0.0.1", "port": port}
-    args = document["applications"][0]["args"]
-    args["store"] = {"kind": "embedded", "path": str(state / "state.sqlite")}
-    args["event_log"] = str(state / "events")
+    app = document["applications"][0]
+    app["args"]["store"] = {"kind": "embedded", "path": str(state / "state.sqlite")}
+    app["args"]["event_log"] = str(state / "events")
+    if replicas:
+        ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+        ingress["num_replicas"] = replicas
     out = state / "serve.yaml"
     out.write_text(yaml.safe_dump(document, sort_keys=False))
     return out
@@ -80,7 +150,8 @@ class Service:
         self.stall_log = self.state / "stalls"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = service_config(Path(source), self.state, self.port)
+        replicas = args.replicas if engine == "ray-colocated" else None
+        config = service_config(Path(source), self.state, self.port, replicas)
         command = [sys.executable, "-m", "recstack.cli", "serve", "--config", str(config)]
         if kind == "uvicorn":
             command += ["--engine", "uvicorn", "--workers", str(args.workers)]
@@ -126,8 +197,11 @@ def run_engine(engine: str, args, key: str) -> dict:
     summary = {"engine": engine, "config": ENGINES[engine][0], "soaks": {}}
     service = Service(engine, args, key)
     try:
+        summary["sequential"] = sequential(service.url, key, args.users, 300)
+        print(f"sequential: {summary['sequential']['latency_ms']}")
         if args.step:
             step_args = ["--step", "--step-duration", str(args.step_s), "--warmup", "5"]
+            step_args += ["--start-rate", str(args.start_rate)]
             step_args += ["--max-total", str(args.step_max_total), "--label", engine]
             result = load(service, args, key, folder / f"{engine}_step.json", step_args)
             summary["highest_sustained_rps"] = result["highest_sustained_rps"]
@@ -213,14 +287,19 @@ def parse_args(argv):
     )
     parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES))
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="uvicorn workers")
+    parser.add_argument(
+        "--replicas", type=int, help="ray-colocated Ingress replicas (default: the config's)"
+    )
     parser.add_argument("--dataset", type=Path, default=Path("data/ml-100k"))
     parser.add_argument("--soak-rates", type=float, nargs="+", default=[100.0, 200.0])
     parser.add_argument("--soak-s", type=float, default=300.0, help="measured s per soak")
     parser.add_argument("--no-step", dest="step", action="store_false", help="soaks only")
     parser.add_argument("--step-s", type=float, default=20.0, help="measured s per step")
+    parser.add_argument("--start-rate", type=float, default=50.0, help="first step, req/s")
     parser.add_argument("--step-max-total", type=float, default=400.0)
     parser.add_argument("--out", type=Path, default=RESULTS / "engine_compare.json")
     args = parser.parse_args(argv)
+    args.users = Catalogue.from_dataset(args.dataset).user_ids
     if args.soak_s < 300:
         print("note: soaks shorter than 5 minutes are not quoted as load figures (README)")
     return args
@@ -230,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     key = secrets.token_urlsafe(24)
     started = time.time()
+    floor = in_process(Path(ENGINES["ray-colocated"][0]), args.users, 2000)
+    print(f"in-process: {floor['latency_ms']}")
     engines = {}
     for engine in args.engines:
         print(f"=== {engine}")
@@ -248,7 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "engine_compare",
         "machine": machine(),
         "command": " ".join([sys.executable, *sys.argv]),
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "config": {
+            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "users"
+        },
+        "in_process": floor,
         "python": platform.python_version(),
         "minutes": (time.time() - started) / 60,
         "engines": engines,

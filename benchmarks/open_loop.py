@@ -9,7 +9,7 @@ No Python load tool holds a fixed arrival rate this way: Locust's users are a cl
 (each waits for its response), and k6 / wrk2 / vegeta are separate binaries that cannot draw
 requests from a recstack dataset. So the loop is ours; HTTP is aiohttp's.
 
-Used by benchmarks/load_test.py (the load-test CLI) and benchmarks/serve_bench.py.
+Used by benchmarks/load_test.py (the load-test CLI).
 """
 
 import asyncio

@@ -120,49 +120,67 @@ def quality_table() -> str:
     return title + "\n\n" + md_table(["model", "seeds", "NDCG@10", "HR@10", "MRR@10"], rows)
 
 
-def serve_table() -> str:
+def _stalls(by_kind: dict | None, n: int = 3) -> str:
+    """The kinds of server stall (>= 5 ms) that took the most time: kind count×, max ms."""
+    if not by_kind:
+        return "–"
+    top = list(by_kind.items())[:n]
+    return "; ".join(f"{k} {v['count']}×, max {v['max_ms']:.0f}" for k, v in top)
+
+
+def engine_table(name: str = "engine_compare.json") -> str:
+    d = load(name)
+    if d is None:
+        return f"_no `{name}` yet_"
+    engines = d["engines"]
+    floor = d["in_process"]["latency_ms"]
+    floors = [["in-process (no HTTP)", ms(floor["p50"]), ms(floor["p99"])]]
+    floors += [
+        [e, ms(v["sequential"]["latency_ms"]["p50"]), ms(v["sequential"]["latency_ms"]["p99"])]
+        for e, v in engines.items()
+    ]
     rows = []
-    for name in ("serve_ml100k.json", "serve_ml100k_colocated.json", "serve_ml100k_ray_rates.json"):
-        d = load(name)
-        if d is None:
-            continue
-        if name == "serve_ml100k.json":
-            lat = d["in_process"]["latency_ms"]
+    for engine, v in engines.items():
+        for rate, soak in v["soaks"].items():
+            lat = soak["latency_ms"]
             rows.append(
-                [name, "in-process (no HTTP)", "sequential", ms(lat["p50"]), ms(lat["p99"]), "–"]
+                [
+                    engine,
+                    f"{rate}/s × {soak['seconds'] / 60:.0f} min",
+                    *(ms(lat[p]) for p in ("p50", "p99", "p99.9", "max")),
+                    ms(soak["worst_second_p99_ms"]),
+                    f"{soak['errors']}/{soak['sent']}",
+                    num(soak["server_cores"], 2),
+                    num(soak["server_cpu_ms_per_request"], 2),
+                    num(v["cpu_ratio_to_uvicorn"].get(rate), 2),
+                    _stalls(soak["stalls"]),
+                ]
             )
-        pipeline = d["serve_config"]["applications"][0]["args"].get("pipeline", "split")
-        for http in d["http"]:
-            engine = (
-                f"uvicorn, {http['workers']} workers"
-                if http["engine"] == "uvicorn"
-                else f"ray, {pipeline}"
-            )
-            if "max_batch_size" in http:
-                engine += f", batch {http['max_batch_size']}"
-            lat = http["sequential"]["latency_ms"]
-            rows.append([name, engine, "sequential", ms(lat["p50"]), ms(lat["p99"]), "0"])
-            for run in http["rates"]:
-                lat = run["latency_ms"]
-                errors = f"{run['errors']}/{run['sent']}"
-                rows.append(
-                    [
-                        name,
-                        engine,
-                        f"{run['offered_rps']:g}/s",
-                        ms(lat["p50"]),
-                        ms(lat["p99"]),
-                        errors,
-                    ]
-                )
-    title = "`serve_bench.py`: `POST /v1/recommend` only, ML-100K, client on the same cores"
-    return title + "\n\n" + md_table(["file", "engine", "load", "p50 ms", "p99 ms", "errors"], rows)
+    best = [[e, num(v.get("highest_sustained_rps"), 1)] for e, v in engines.items()]
+    targets = "\n".join(
+        f"- {'met' if met else '**missed**'}: {target}" for target, met in d["targets"].items()
+    )
+    machine = d["machine"]
+    headers = ["engine", "soak", "p50", "p99", "p99.9", "max", "worst 1-s p99", "errors"]
+    headers += ["server cores", "CPU ms/req", "CPU × uvicorn", "largest stalls (ms)"]
+    return "\n\n".join(
+        [
+            f"`{name}` ({machine['cores']} cores, {machine['cpu']}; client on the same cores; "
+            f"`{d['command'].split('benchmarks/', 1)[-1]}`, {d['minutes']:.0f} min). "
+            "Realistic mix (80 % recommend, 15 % events, 5 % similar), latency in ms from the "
+            "scheduled send time; per-second p99 in `engine_compare_p99.png`.",
+            md_table(["floor: recommend, one call at a time", "p50", "p99"], floors),
+            md_table(headers, rows),
+            md_table(["engine", "highest rate at p99 ≤ 15 ms, errors ≤ 0.1 % (step run)"], best),
+            targets,
+        ]
+    )
 
 
 def load_test_table() -> str:
-    files = sorted(RESULTS.glob("load_test*.json"))
+    files = sorted([*RESULTS.glob("load_test*.json"), *RESULTS.glob("engines/*_step.json")])
     if not files:
-        return "_no `load_test*.json` yet_"
+        return "_no `load_test*.json` or `engines/*_step.json` yet_"
     parts = []
     for path in files:
         d = json.loads(path.read_text())
@@ -190,7 +208,8 @@ def load_test_table() -> str:
         best = d.get("highest_sustained_rps")
         target = d["target"]
         title = (
-            f"`{path.name}` ({label}; {d['mode']} mode): highest rate sustained at p99 ≤ "
+            f"`{path.relative_to(RESULTS)}` ({label}; {d['mode']} mode): highest rate sustained "
+            f"at p99 ≤ "
             f"{target['p99_ms']:g} ms and errors ≤ {target['error_budget']:.1%}: "
             f"**{'none' if best is None else f'{best:g} req/s'}**"
         )
@@ -315,7 +334,7 @@ TABLES: dict[str, Callable[[], str]] = {
         + train_table("gpu/train_bench_gpu_20m.json")
     ),
     "Model quality": quality_table,
-    "Serving latency (serve_bench)": serve_table,
+    "Serving engines side by side (engine_compare)": engine_table,
     "Load tests (load_test)": load_test_table,
     "Inference and retrieval (inference_bench)": inference_tables,
 }

@@ -1,10 +1,10 @@
 """The same HTTP API without Ray: uvicorn worker processes, each running the retriever and
 ranker in-process (`recstack serve --config <yaml> --engine uvicorn --workers 2`).
 
-For one machine where every millisecond counts: a Ray Serve request pays for the HTTP proxy
-and one actor call per deployment hop (benchmarks/serve_bench.py measures both engines). The
-config is the Serve YAML itself: http_options, applications[0].args, and the models (the
-Ingress's `user_config`, or the Retriever / Ranker ones in a split pipeline). Workers share
+The no-Ray mode for one machine (benchmarks/engine_compare.py measures both engines side by
+side; the README says which to use when). The config is the Serve YAML itself:
+http_options, applications[0].args, and the models (the Ingress's `user_config`, or the
+Retriever / Ranker ones in a split pipeline). Workers share
 the online store (SQLite WAL or Redis) and the event log directory, so a recommendation sees
 an event posted to any worker; models change through `POST /v1/admin/models`
 (serving/model_watch.py), as on Ray. Once a worker's models are loaded, the objects it holds
