@@ -139,7 +139,7 @@ def env_lines(settings: RaySettings, cores: int | None = None) -> str:
 # ------------------------------------------------------------------------------- verify
 
 
-def _listener(port: int) -> psutil.Process | None:
+def listener(port: int) -> psutil.Process | None:
     for conn in psutil.net_connections(kind="inet"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
             if conn.pid:
@@ -152,7 +152,7 @@ def _haproxy_config(process: psutil.Process) -> str:
     return Path(command[command.index("-f") + 1]).read_text()
 
 
-def _ingress_replicas() -> list[psutil.Process]:
+def ingress_replicas() -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["name"]):
         name = process.info["name"] or ""
@@ -176,12 +176,12 @@ def _answers(port: int) -> bool:
 def verify(settings: RaySettings, port: int) -> dict:
     """What runs on this node behind `port`, checked against the settings (RecstackError when
     a setting did not reach Ray's processes). Returns the facts found."""
-    holder = _listener(port)
+    holder = listener(port)
     if holder is None:
         return {"checked": False, "why": f"no process on this node listens on port {port}"}
     facts = {"checked": True, "port": port, "port_holder": holder.name()}
     expected = ray_env(settings)
-    replicas = _ingress_replicas()
+    replicas = ingress_replicas()
     facts["ingress_replicas"] = len(replicas)
     for process in replicas:
         environ = process.environ()

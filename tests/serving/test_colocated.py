@@ -97,7 +97,7 @@ def test_the_ray_settings_reached_rays_processes(service):
     assert facts["haproxy_threads"] == ray_runtime.haproxy_threads(RaySettings())
     assert facts["ingress_replicas"] == 2
     assert len(facts["replica_ports"]) == facts["replica_ports_answering"] == 2
-    for replica in ray_runtime._ingress_replicas():
+    for replica in ray_runtime.ingress_replicas():
         environ = replica.environ()
         assert environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
         assert environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
@@ -107,7 +107,7 @@ def test_a_killed_replica_is_replaced_while_haproxy_routes_to_the_other(service)
     """kill -9 of one Ingress replica under 40 req/s: only requests in flight on it fail (HAProxy
     marks it down and re-dispatches new connections), and Ray starts a replacement."""
     port = int(service["url"].rsplit(":", 1)[1])
-    victim = ray_runtime._ingress_replicas()[0]
+    victim = ray_runtime.ingress_replicas()[0]
     user = user_in("model", start=700)
 
     def call(i: int) -> Call:

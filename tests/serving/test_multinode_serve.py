@@ -7,12 +7,17 @@ needs: a Redis store, `proxy_location: EveryNode`, two Ingress replicas spread w
 `max_replicas_per_node: 1`, the Retriever pinned to the worker and the Ranker to the head, so
 every request crosses nodes.
 
+Both nodes start with the serve config's `ray:` settings in the env of their `ray start` (what
+`recstack serve --ray-env` prints: HAProxy and direct ingress, throughput mode), as
+docs/scaling.md says; the test checks that HAProxy holds each node's HTTP port.
+
 With EveryNode each node runs its own HTTP proxy on http_options.port. On separate machines
 that is one port per machine; here both nodes share one host, so the worker's proxy is moved
 with Ray's per-node override RAY_SERVE_WORKER_PROXY_HTTP_PORT (set in the env of its `ray start`)
-and each proxy can be called on its own. API keys reach the replicas the way docs/scaling.md
-says: from the env of each node's `ray start`, as key variables on the head and as a key
-file path (RECSTACK_API_KEYS_FILE) on the worker.
+and each proxy can be called on its own; HAProxy's stats and metrics ports get a free port
+per node the same way (RAY_SERVE_HAPROXY_STATS_PORT / _METRICS_PORT). API keys reach the
+replicas the way docs/scaling.md says: from the env of each node's `ray start`, as key
+variables on the head and as a key file path (RECSTACK_API_KEYS_FILE) on the worker.
 
 Each node's processes are in a session of their own, ended by process group in `finally`
 (never `ray stop`: it kills every Ray process on the machine).
@@ -32,6 +37,9 @@ import requests
 import yaml
 from service_config import ADMIN, ADMIN_KEY, APP, APP_KEY, free_port, ray_temp_dir
 from service_config import write_serve_config as write_test_config
+
+from recstack.serving import ray_runtime
+from recstack.serving.config import RaySettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 BIN = Path(sys.executable).parent
@@ -122,6 +130,13 @@ def wait_until_ready(dashboard: str, urls: list[str], logs: Path) -> dict:
 def test_serve_deploy_runs_the_app_across_two_nodes(tmp_path, ml100k_artifacts, redis_url):
     ports = {name: free_port() for name in ("gcs", "dashboard", "client", "agent_a", "agent_b")}
     ports |= {"http": free_port(), "http_b": free_port()}
+    # the config's ray: section (HAProxy + direct ingress, …) as `recstack serve --ray-env`
+    # prints it for `ray start`; HAProxy's stats and metrics ports per node (one host here)
+    serve_env = ray_runtime.ray_env(RaySettings())
+
+    def haproxy_ports() -> dict[str, str]:
+        return {name: str(free_port()) for name in ray_runtime.HAPROXY_PORTS}
+
     keys_file = tmp_path / "keys.json"  # on a real node: a secret file, same path everywhere
     keys_file.write_text(json.dumps({"app": [APP_KEY], "admin": [ADMIN_KEY]}))
     keys_file.chmod(0o600)
@@ -141,13 +156,15 @@ def test_serve_deploy_runs_the_app_across_two_nodes(tmp_path, ml100k_artifacts, 
                 "--dashboard-agent-listen-port", str(ports["agent_a"]),
                 "--resources", '{"node_a": 1}', *common]  # fmt: skip
         keys = {"RECSTACK_APP_KEYS": APP_KEY, "RECSTACK_ADMIN_KEYS": ADMIN_KEY}
-        nodes.append(Node(head, keys, tmp_path / "head.log"))
+        nodes.append(Node(head, keys | serve_env | haproxy_ports(), tmp_path / "head.log"))
         worker = ["--address", f"127.0.0.1:{ports['gcs']}",
                   "--dashboard-agent-listen-port", str(ports["agent_b"]),
                   "--resources", '{"node_b": 1}', *common]  # fmt: skip
         worker_env = {
             "RECSTACK_API_KEYS_FILE": str(keys_file),
             "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(ports["http_b"]),  # one host, two proxies
+            **serve_env,
+            **haproxy_ports(),
         }
         nodes.append(Node(worker, worker_env, tmp_path / "worker.log"))
 
@@ -174,6 +191,8 @@ def test_serve_deploy_runs_the_app_across_two_nodes(tmp_path, ml100k_artifacts, 
         assert details["proxy_location"] == "EveryNode"
         assert set(proxies) == {retriever_node, ranker_node}, proxies
         assert {p["status"] for p in proxies.values()} == {"HEALTHY"}
+        for port in (ports["http"], ports["http_b"]):  # the ray: settings reached both nodes
+            assert ray_runtime.listener(port).name() == "haproxy"
 
         # each node's proxy serves the whole API; state is shared through Redis and the log
         user = "1"  # an ML-100K user with history

@@ -1,17 +1,19 @@
 """The serve config's `ray:` section: the environment it gives Ray's processes, and the errors
-a new operator meets before Ray starts (no Ray is started here)."""
+a new operator meets before Ray starts; one service on Ray's Python proxy, when asked for.
+(HAProxy's own proof runs on the colocated service: test_colocated.py.)"""
 
 import os
 import socket
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
-from service_config import free_port
+from service_config import APP, free_port, ray_temp_dir, set_test_keys, write_serve_config
 
 from recstack.cli import main
 from recstack.errors import RecstackError
-from recstack.serving import ray_runtime
+from recstack.serving import ray_runtime, serve_cmd
 from recstack.serving.config import TOP_LEVEL_KEYS, RaySettings, read_serve_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,3 +130,24 @@ def test_ray_env_prints_the_lines_for_ray_start(capsys):
     assert "export RAY_SERVE_ENABLE_HA_PROXY=1" in lines
     assert "export RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in lines
     assert all(line.startswith("export RAY_") for line in lines)
+
+
+@pytest.mark.integration
+def test_the_python_proxy_serves_when_the_config_asks_for_it(tmp_path, ml100k_artifacts):
+    set_test_keys()
+    port = free_port()
+    config = write_serve_config(
+        tmp_path / "serve.yaml", ml100k_artifacts, tmp_path / "state", port, colocated=True
+    )
+    document = yaml.safe_load(config.read_text())
+    document["ray"] = {"proxy": "python"}
+    config.write_text(yaml.safe_dump(document))
+    url = serve_cmd.start(config, temp_dir=ray_temp_dir())
+    try:
+        facts = ray_runtime.verify(RaySettings(proxy="python"), port)
+        assert facts["port_holder"].startswith("ray::ProxyActor")
+        body = {"user_id": "1", "k": 3}
+        response = requests.post(f"{url}/v1/recommend", json=body, headers=APP, timeout=30)
+        assert response.status_code == 200 and len(response.json()["items"]) == 3
+    finally:
+        serve_cmd.stop()
