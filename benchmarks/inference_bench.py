@@ -25,7 +25,7 @@ Methods: exact-numpy (serving's path: matmul + `serving.item_index.top_n`), exac
 MatMul + TopK graph built with `onnx.helper`, the items as an initializer), exact-torch
 (matmul + topk on --device), faiss-flat (IndexFlatIP), faiss-ivf (IndexIVFFlat, nlist = the
 power of two nearest sqrt(items), trained on 64 * nlist sampled vectors; nprobe swept) and
-faiss-hnsw (IndexHNSWFlat, M = 32 as serving uses, efConstruction = 40; efSearch swept, FAISS
+faiss-hnsw (IndexHNSWFlat, M = 32 as serving once used, efConstruction = 40; efSearch swept, FAISS
 uses max(efSearch, k)). recall@k is against exact-numpy over all --queries; each batch size
 of --query-batches is timed over consecutive query chunks (batch 1 = latency, the largest =
 throughput). Index build time and size (`index_mib`: FAISS's serialised bytes, the ONNX
@@ -80,7 +80,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).parent))  # this folder's modules, however it is run
 from machine_info import machine, peak_rss_mib
 
-from recstack.serving.item_index import HNSW_NEIGHBOURS, top_n
+from recstack.serving.item_index import top_n
 from recstack.training.export.onnx_common import OPSET, PARITY_ATOL
 from recstack.training.export.sasrec_onnx import ONNX_FILE as SASREC_FILE
 from recstack.training.export.sasrec_onnx import SASRecState, export_sasrec
@@ -98,6 +98,7 @@ USER = {"gender": 3, "age": 8, "occupation": 22}
 ITEM_TAGS, ITEM_CATS = 19, {"year": 12}
 DIM = 64
 CLUSTERS, SPREAD = 1000, 0.15
+HNSW_NEIGHBOURS = 32
 HNSW_EF_CONSTRUCTION = 40
 IVF_NPROBE = (1, 4, 8, 10, 12, 16, 32, 64)
 HNSW_EF_SEARCH = (100, 128, 256, 512)

@@ -7,6 +7,8 @@ item embeddings that vector is scored against:
     two_tower: user_tower.onnx  history [B, L], lengths [B] (>= 0), context  -> user_vec [B, d]
                                 [B, C], user [B, U] (inputs listed in the manifest)
     both:      item_embeddings.npy [n_items + 1, d]; score(item) = query . embedding[item_idx]
+    optional:  item_index.faiss + ann_queries.npy, the ANN index of the manifest's "ann"
+               block (large catalogues); `item_index.AnnIndex.load` reads and re-checks it
 
 `load_artifact` refuses a missing or corrupt dir (manifest hashes), an unknown model kind or
 an ONNX input layout it does not know, each with a message that says what to do.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from recstack.serving.artifact import SessionSettings, use_session_settings
 from recstack.serving.config import OnnxRuntimeSettings
-from recstack.serving.item_index import Method
+from recstack.serving.item_index import Method, use_search_threads
 from recstack.serving.model_slots import ModelSlots
 from recstack.serving.model_watch import ModelWatch
 from recstack.serving.ranking import Ranked, Ranker, RankRequest
@@ -19,11 +19,13 @@ from recstack.serving.store.base import OnlineStore
 
 def use_onnxruntime(settings: OnnxRuntimeSettings, cpus: float) -> None:
     """Apply the serve config's onnxruntime settings to the sessions this process loads from
-    now on ("auto" threads: the `cpus` this replica or worker owns, at least 1)."""
+    now on, and to its ANN searches ("auto" threads: the `cpus` this replica or worker owns,
+    at least 1)."""
     threads = settings.intra_op_threads
     if threads == "auto":
         threads = max(1, int(cpus))
     use_session_settings(SessionSettings(threads, settings.spinning))
+    use_search_threads(threads)  # FAISS's OpenMP threads, the same share of the CPUs
 
 
 def _info(slots: ModelSlots) -> dict:

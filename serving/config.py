@@ -106,7 +106,7 @@ class RaySettings(Strict):
 
 class ModelsConfig(Strict):
     models: dict[str, str] = Field(min_length=1)  # model set name -> artifact dir
-    index: Method = "auto"  # retrieval search: exact | hnsw | auto (by catalogue size)
+    index: Method = "auto"  # auto: the artifact's ANN index when it has one | exact | ann
     max_batch_size: int = Field(32, ge=1, le=1024)  # @serve.batch: concurrent calls per ONNX run
     batch_wait_timeout_s: float = Field(0.0005, ge=0.0, le=1.0)  # wait for a batch to fill
 

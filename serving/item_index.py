@@ -1,25 +1,54 @@
-"""Top-N items for query vectors: exact inner product or a FAISS HNSW index.
+"""Top-N items for query vectors: exact inner product, or the artifact's FAISS ANN index.
 
-    ItemIndex(embeddings [n_items + 1, d], method).search(queries [B, d], n, exclude) ->
+    ItemIndex(vectors [n_items + 1, d], ann).search(queries [B, d], n, exclude) ->
         (item_idx int64 [B, n], scores float32 [B, n]), best first
 
-`exact` is a matmul + argpartition (fast up to ~10^5 items on a CPU); `hnsw` is FAISS's
-graph index for large catalogues (approximate; over-fetches to make room for exclusions);
-`auto` picks exact below `EXACT_MAX_ITEMS`. PAD_IDX and each row's excluded items never come
+`exact` (ann None) is a matmul + argpartition: fast up to ~10^5 items on a CPU. Larger
+catalogues get an IVF-Flat index at export (`recstack export --ann`, built by
+training/export/ann_index.py); serving never builds one. `AnnIndex.load` reads it and re-checks
+it: recall@100 of the index against exact search, on the sample queries saved beside it, must
+match the manifest's figure, so an index that belongs to other vectors is refused. The ANN path
+over-fetches to make room for exclusions. PAD_IDX and each row's excluded items never come
 back; when fewer than n items remain the row is padded with item_idx -1 and score -inf.
 """
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from recstack.errors import RecstackError
+from recstack.errors import DataError, RecstackError, first_line
 from recstack.schema import PAD_IDX
 
-Method = Literal["auto", "exact", "hnsw"]
-EXACT_MAX_ITEMS = 100_000
-HNSW_NEIGHBOURS = 32
-HNSW_EF_SEARCH = 128
+Method = Literal["auto", "exact", "ann"]  # auto: the artifact's ANN index when it has one
+METHODS = ("auto", "exact", "ann")
+EXACT_MAX_ITEMS = 100_000  # `recstack export --ann auto` builds an ANN index above this
+RECALL_AT = 100  # recall@100 of the ANN index against exact search
+RECALL_TOLERANCE = 0.02  # load refuses an index this far below the manifest's recall (or
+# below its target): the same queries on the same index give the same recall, so a lower one
+# means the index does not belong to these vectors
+EXACT_CHUNK = 32  # queries per exact-search matmul: a [32, n_items] block of scores
+
+_search_threads = 1  # OpenMP threads of one FAISS search; see use_search_threads
+
+
+def use_search_threads(n: int) -> None:
+    """Threads of each FAISS search this process runs from now on (default 1).
+
+    Call it at replica start with the replica's CPU count. OpenMP keeps the thread count per
+    calling thread, so every search applies it again in the thread that runs it.
+    """
+    global _search_threads
+    if n < 1:
+        raise RecstackError(f"search threads must be >= 1, got {n}")
+    _search_threads = int(n)
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (zero rows stay zero): cosine = dot product of unit rows."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -31,53 +60,159 @@ def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
 
 
+def recall_k(n_items: int) -> int:
+    """The k of the ANN recall check: RECALL_AT, or every item of a smaller catalogue."""
+    return min(RECALL_AT, n_items)
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """item_idx [Q, k] of the k best items 1..n_items per query by inner product, in no
+    particular order (the ground truth of the recall check)."""
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), EXACT_CHUNK):
+        scores = queries[start : start + EXACT_CHUNK] @ vectors[PAD_IDX + 1 :].T  # [C, n_items]
+        out[start : start + EXACT_CHUNK] = np.argpartition(scores, -k, axis=1)[:, -k:] + 1
+    return out
+
+
+def _row_keys(ids: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
+    """(row, id) pairs as one int64 each, so that np.isin compares them row by row."""
+    return rows * width + ids + 1  # + 1: id -1 (none) stays >= 0
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Share of each row of `truth` [Q, k] that the same row of `found` [Q, k'] holds."""
+    width = int(max(found.max(initial=0), truth.max(initial=0))) + 2
+    rows = np.arange(len(truth))[:, None]
+    hits = np.isin(_row_keys(truth, rows, width), _row_keys(found, rows, width))
+    return float(hits.mean()) if hits.size else 1.0
+
+
+@dataclass
+class AnnIndex:
+    """A FAISS IVF index over items 1..n_items (FAISS ids = item_idx), loaded from an artifact.
+
+    spec: the manifest's "ann" block (written by training/export/ann_index.py).
+    recall: recall@100 this process measured at load, on the saved sample queries.
+    """
+
+    index: object  # faiss.IndexIVF
+    spec: dict
+    recall: float
+
+    @classmethod
+    def load(cls, directory: Path, spec: dict, vectors: np.ndarray) -> "AnnIndex":
+        """Read the index `spec` names and check it against `vectors` [n_items + 1, d], the
+        rows it must index (row PAD unused); DataError says what is wrong, in one line."""
+        try:
+            path, queries_path = directory / spec["file"], directory / spec["queries_file"]
+            nprobe, expected = int(spec["nprobe"]), float(spec["recall_at_100"])
+            target = float(spec["target_recall"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(
+                f"{directory}/manifest.json: the ann block lacks {exc}; re-export the artifact"
+            ) from None
+        index = _read_ivf(path)
+        n_items, dim = vectors.shape[0] - 1, vectors.shape[1]
+        if (index.d, index.ntotal) != (dim, n_items):
+            raise DataError(
+                f"{path} indexes {index.ntotal} vectors of dim {index.d}, the artifact has "
+                f"{n_items} items of dim {dim}: it belongs to another artifact; re-export"
+            )
+        queries = _read_queries(queries_path, dim)
+        index.nprobe = nprobe
+        ann = cls(index=index, spec=spec, recall=0.0)
+        k = recall_k(n_items)
+        ann.recall = recall(ann.search(queries, k)[0], exact_top(vectors, queries, k))
+        if ann.recall < max(expected - RECALL_TOLERANCE, target):
+            raise DataError(
+                f"{path}: recall@{k} {ann.recall:.3f} on its {len(queries)} sample queries, "
+                f"the manifest says {expected:.3f} (target {target}): the index does not match "
+                "this artifact's item vectors; re-export the artifact"
+            )
+        return ann
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> (item_idx int64 [B, k], -1 where none; scores float32 [B, k]), best first."""
+        import faiss
+
+        faiss.omp_set_num_threads(_search_threads)  # per calling thread (see above)
+        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return ids, scores
+
+
+def _read_ivf(path: Path):
+    import faiss  # only artifacts with an ANN index need it
+
+    if not path.is_file():
+        raise DataError(f"{path} is missing: the artifact's ANN index; re-export the artifact")
+    try:
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except Exception as exc:  # FAISS: RuntimeError("Error in <C++ function> at <file>: why")
+        why = first_line(exc).rpartition(": ")[2] if " at " in str(exc) else first_line(exc)
+        raise DataError(
+            f"{path} is not a readable FAISS index ({why}); re-export the artifact"
+        ) from None
+    if not isinstance(index, faiss.IndexIVF) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise DataError(f"{path} is not an inner-product IVF index; re-export the artifact")
+    return index
+
+
+def _read_queries(path: Path, dim: int) -> np.ndarray:
+    try:
+        queries = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path} ({first_line(exc)}); re-export the artifact") from None
+    shape_ok = queries.ndim == 2 and len(queries) > 0 and queries.shape[1] == dim
+    if not (shape_ok and queries.dtype.kind == "f" and np.isfinite(queries).all()):
+        raise DataError(
+            f"{path} holds {queries.shape} {queries.dtype}, not finite [n, {dim}] sample "
+            "queries; re-export the artifact"
+        )
+    return queries.astype(np.float32)
+
+
+def _keep_allowed(
+    idx: np.ndarray, scores: np.ndarray, exclude: list[set[int]], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first n ids per row that are real items (> PAD) and not excluded in that row."""
+    counts = [len(items) for items in exclude]
+    banned = np.fromiter((i for items in exclude for i in items), np.int64, sum(counts))
+    rows = np.repeat(np.arange(len(exclude)), counts)
+    width = int(max(idx.max(initial=0), banned.max(initial=0))) + 2
+    allowed = (idx > PAD_IDX) & ~np.isin(
+        _row_keys(idx, np.arange(len(idx))[:, None], width), _row_keys(banned, rows, width)
+    )
+    order = np.argsort(~allowed, axis=1, kind="stable")[:, :n]  # allowed first, order kept
+    keep = np.take_along_axis(allowed, order, axis=1)
+    out_idx = np.where(keep, np.take_along_axis(idx, order, axis=1), -1)
+    out_scores = np.where(keep, np.take_along_axis(scores, order, axis=1), -np.inf)
+    return out_idx.astype(np.int64), out_scores.astype(np.float32)
+
+
 class ItemIndex:
-    def __init__(self, embeddings: np.ndarray, method: Method = "auto") -> None:
-        if method not in ("auto", "exact", "hnsw"):
-            raise RecstackError(f"retrieval index must be auto, exact or hnsw, got {method!r}")
-        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        n_items = self.embeddings.shape[0] - 1
-        self.method = (
-            ("exact" if n_items <= EXACT_MAX_ITEMS else "hnsw") if method == "auto" else method
-        )
-        self._faiss = self._build_hnsw() if self.method == "hnsw" else None
+    """Top-N search over item vectors: the ANN index when given one, exact otherwise."""
 
-    def _build_hnsw(self):
-        import faiss  # only large catalogues need it
+    def __init__(self, vectors: np.ndarray, ann: AnnIndex | None = None) -> None:
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.ann = ann
 
-        index = faiss.IndexHNSWFlat(
-            self.embeddings.shape[1], HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT
-        )
-        index.hnsw.efSearch = HNSW_EF_SEARCH
-        index.add(self.embeddings)
-        return index
+    @property
+    def method(self) -> str:
+        return "exact" if self.ann is None else "ann"
 
     def search(
         self, queries: np.ndarray, n: int, exclude: list[set[int]] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         exclude = exclude or [set()] * len(queries)
-        if self._faiss is None:
-            scores = queries.astype(np.float32) @ self.embeddings.T  # [B, n_items + 1]
-            scores[:, PAD_IDX] = -np.inf
-            for row, items in enumerate(exclude):
-                if items:
-                    scores[row, list(items)] = -np.inf
-            idx, top = top_n(scores, n)
-            return np.where(np.isfinite(top), idx, -1), top
-        return self._search_hnsw(queries, n, exclude)
-
-    def _search_hnsw(self, queries, n, exclude) -> tuple[np.ndarray, np.ndarray]:
-        fetch = n + 1 + max(len(e) for e in exclude)
-        scores, idx = self._faiss.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
-        out_idx = np.full((len(queries), n), -1, dtype=np.int64)
-        out_scores = np.full((len(queries), n), -np.inf, dtype=np.float32)
-        for row, items in enumerate(exclude):
-            keep = [
-                (i, s)
-                for i, s in zip(idx[row], scores[row], strict=True)
-                if i > PAD_IDX and i not in items
-            ]
-            keep = keep[:n]
-            out_idx[row, : len(keep)] = [i for i, _ in keep]
-            out_scores[row, : len(keep)] = [s for _, s in keep]
-        return out_idx, out_scores
+        if self.ann is not None:
+            fetch = n + max(len(items) for items in exclude)
+            idx, scores = self.ann.search(queries, fetch)
+            return _keep_allowed(idx, scores, exclude, n)
+        scores = queries.astype(np.float32) @ self.vectors.T  # [B, n_items + 1]
+        scores[:, PAD_IDX] = -np.inf
+        counts = [len(items) for items in exclude]
+        rows = np.repeat(np.arange(len(exclude)), counts)
+        scores[rows, np.fromiter((i for e in exclude for i in e), np.int64, sum(counts))] = -np.inf
+        idx, top = top_n(scores, n)
+        return np.where(np.isfinite(top), idx, -1), top

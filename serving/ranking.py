@@ -4,7 +4,9 @@
 
 With `explain`, each returned item carries the history item whose embedding is closest to it
 (cosine), with its title: "because you watched X". The popularity ranking (control arm and
-fallbacks) lives here too, because it needs the same catalogue.
+fallbacks) lives here too, because it needs the same catalogue. Similar items use the
+artifact's cosine ANN index when the export built one (`recstack export --ann`), exact cosine
+otherwise.
 """
 
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ import numpy as np
 
 from recstack.schema import PAD_IDX
 from recstack.serving.artifact import Artifact, load_artifact
-from recstack.serving.item_index import top_n
+from recstack.serving.item_index import AnnIndex, ItemIndex, unit_rows
 from recstack.serving.query import encode
 
 POPULAR_REASON = {"kind": "popular", "text": "popular now"}
@@ -40,9 +42,11 @@ class Ranked:
 class Ranker:
     def __init__(self, artifact: Artifact) -> None:
         self.artifact = artifact
-        emb = artifact.item_embeddings
-        norms = np.linalg.norm(emb, axis=1, keepdims=True)
-        self.unit = emb / np.maximum(norms, 1e-12)  # [n_items + 1, d] for explanations
+        self.unit = unit_rows(artifact.item_embeddings)  # [n_items + 1, d]: cosine = dot
+        spec = artifact.manifest.get("ann")
+        cosine = spec is not None and spec.get("metric") == "cosine"
+        ann = AnnIndex.load(artifact.path, spec, self.unit) if cosine else None
+        self.similar_index = ItemIndex(self.unit, ann)
         self.popular_order = np.argsort(-artifact.catalog.popularity[1:], kind="stable") + 1
 
     @classmethod
@@ -102,8 +106,6 @@ class Ranker:
         idx = self.artifact.catalog.index.get(item_id)
         if idx is None:
             return None
-        similarity = self.unit @ self.unit[idx]  # [n_items + 1]
-        similarity[[PAD_IDX, idx]] = -np.inf
-        top, scores = top_n(similarity[None, :], k)  # [1, k], best first
-        keep = np.isfinite(scores[0])
+        top, scores = self.similar_index.search(self.unit[idx][None, :], k, [{idx}])  # [1, k]
+        keep = top[0] > PAD_IDX
         return self._ranked(top[0][keep], scores[0][keep], None)

@@ -3,13 +3,19 @@
 Ids in and out are external item ids (strings); the artifact's vocab maps them, so a retriever
 and a ranker exported on the same dataset agree on what an id means (checked by /readyz).
 Unknown history ids are dropped and counted (`unknown_items`).
+
+The search (`index` of the serve config): `auto` uses the artifact's ANN index when it has one
+built for retrieval (a two-tower export with `--ann`), exact search otherwise; `ann` requires
+that index; `exact` never reads it. A SASRec artifact's index serves similar items (cosine), not
+retrieval.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from recstack.errors import DataError, RecstackError
 from recstack.serving.artifact import Artifact, load_artifact
-from recstack.serving.item_index import ItemIndex, Method
+from recstack.serving.item_index import METHODS, AnnIndex, ItemIndex, Method
 from recstack.serving.query import encode
 
 
@@ -30,17 +36,34 @@ class Candidates:
     model_version: str
 
 
+def retrieval_ann(artifact: Artifact, method: Method) -> AnnIndex | None:
+    """The ANN index `method` asks for, loaded and re-checked; None for exact search."""
+    if method not in METHODS:
+        raise RecstackError(f"retrieval index must be one of {METHODS}, got {method!r}")
+    spec = artifact.manifest.get("ann")
+    usable = spec is not None and spec.get("metric") == "inner_product"
+    if method == "ann" and not usable:
+        what = "has no ANN index" if spec is None else "has a similar-items (cosine) index only"
+        raise DataError(
+            f"{artifact.path} {what} for `index: ann`; re-export the two-tower run with "
+            "`recstack export --ann on` or serve it with `index: auto`"
+        )
+    if method == "exact" or not usable:
+        return None
+    return AnnIndex.load(artifact.path, spec, artifact.item_embeddings)
+
+
 class Retriever:
     def __init__(self, artifact: Artifact, method: Method = "auto") -> None:
         self.artifact = artifact
-        self.index = ItemIndex(artifact.item_embeddings, method)
+        self.index = ItemIndex(artifact.item_embeddings, retrieval_ann(artifact, method))
 
     @classmethod
     def load(cls, path: Path, method: Method = "auto") -> "Retriever":
         return cls(load_artifact(path), method)
 
     def retrieve(self, requests: list[RetrievalRequest]) -> list[Candidates]:
-        """One ONNX call and one matmul for the whole batch."""
+        """One ONNX call and one search (matmul or ANN) for the whole batch."""
         catalog = self.artifact.catalog
         histories, unknown = zip(*(catalog.to_idx(r.history) for r in requests), strict=True)
         queries = encode(

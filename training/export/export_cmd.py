@@ -11,6 +11,12 @@ manifest.json (kind "artifact": model kind, ONNX input/output names and shapes, 
 the parity check's figures, the run's validation and test metrics, the dataset's manifest
 hash, sha256 of every file). It is written to a temp dir and renamed, so a failed export
 leaves nothing behind.
+
+Large catalogues (`--ann auto`: more than 100,000 items; `on` / `off` force it) also get an
+ANN index (ann_index.py): item_index.faiss and its sample queries ann_queries.npy, with the
+manifest's "ann" block (nprobe, measured recall@100, build time). A two-tower index serves
+retrieval (inner product, queries from the exported user tower on the dataset's histories); a
+SASRec index serves similar items (cosine, queries are popular items).
 """
 
 import importlib
@@ -24,12 +30,16 @@ import numpy as np
 import torch
 import yaml
 
-from recstack.datasets.dataset_dir import load_dataset
+from recstack.datasets.dataset_dir import PreparedDataset, load_dataset
 from recstack.errors import RecstackError, first_line
 from recstack.manifest import CONTENT_HASH, read_manifest, write_manifest
 from recstack.schema import ITEM_IDX, ITEMS_FILE
+from recstack.serving.artifact import load_artifact
+from recstack.serving.item_index import unit_rows
 from recstack.training.data.features import FeatureVocab
 from recstack.training.eval.baselines import item_counts
+from recstack.training.export.ann_index import AnnMode, build_ann, wants_ann
+from recstack.training.export.ann_queries import item_queries, user_tower_queries
 from recstack.training.export.sasrec_onnx import export_sasrec
 from recstack.training.export.two_tower_onnx import export_two_tower
 from recstack.training.run_report import METRICS_FILE
@@ -39,6 +49,7 @@ from recstack.training.tasks.retrieval import RetrievalTask
 ARTIFACT_KIND = "artifact"
 POPULARITY_FILE = "popularity.npy"  # float64 [n_items + 1]: events per item_idx, PAD = 0
 EXPORTABLE = ("NextItemTask", "RetrievalTask")  # task classes with an exporter
+N_QUERIES = 256  # sample queries the ANN index is checked on (at export and at every load)
 
 
 def _run_config(run_dir: Path) -> dict:
@@ -72,13 +83,34 @@ def _model_files(task, data, staging: Path) -> dict:
     raise RecstackError(f"no exporter for {type(task).__name__} (exportable: {EXPORTABLE})")
 
 
-def export(ckpt: Path, out: Path, overwrite: bool = False) -> Path:
+def _ann_files(staging: Path, data: PreparedDataset, nlist: int | None) -> dict:
+    """Build the ANN index of the artifact in `staging` (manifest written); its "ann" block."""
+    artifact = load_artifact(staging)  # what serving will load: its encoder makes the queries
+    if artifact.kind == "two_tower":
+        queries = user_tower_queries(artifact, data, N_QUERIES)
+        source = "user tower on the dataset's histories (users drawn uniformly)"
+        return build_ann(artifact.item_embeddings, queries, "inner_product", nlist, staging, source)
+    unit = unit_rows(artifact.item_embeddings)
+    queries = item_queries(unit, artifact.catalog.popularity, N_QUERIES)
+    source = "unit item vectors (items drawn by popularity)"
+    return build_ann(unit, queries, "cosine", nlist, staging, source)
+
+
+def export(
+    ckpt: Path,
+    out: Path,
+    overwrite: bool = False,
+    ann: AnnMode = "auto",
+    ann_nlist: int | None = None,
+) -> Path:
     """Export a trained model to an artifact dir for serving.
 
     Args:
         ckpt: checkpoint of a `recstack train` run (e.g. <run>/checkpoints/best.ckpt).
         out: artifact dir to create (e.g. artifacts/<name>/<version>).
         overwrite: replace `out` if it exists.
+        ann: build the ANN index: auto (catalogues above 100,000 items), on or off.
+        ann_nlist: IVF lists of the ANN index (default about 4 sqrt(items)).
     """
     ckpt, out = Path(ckpt), Path(out)
     if not ckpt.is_file():
@@ -94,6 +126,7 @@ def export(ckpt: Path, out: Path, overwrite: bool = False) -> Path:
             "(NextItemTask) and two-tower (RetrievalTask) checkpoints export"
         )
     data = load_dataset(config["data"]["dataset"], columns=[ITEM_IDX])
+    with_ann = wants_ann(ann, data.n_items)
     task = _load_task(ckpt, class_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -104,20 +137,25 @@ def export(ckpt: Path, out: Path, overwrite: bool = False) -> Path:
         np.save(staging / POPULARITY_FILE, item_counts(data.interactions, data.n_items))
         metrics_path = run_dir / METRICS_FILE
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        write_manifest(
-            staging,
-            ARTIFACT_KIND,
-            **fields,
-            vocab={"file": ITEMS_FILE, "dataset_hash": data.manifest.get(CONTENT_HASH)},
-            popularity={"file": POPULARITY_FILE, "shape": [data.n_items + 1], "of": "all events"},
-            training={
+        fields |= {
+            "vocab": {"file": ITEMS_FILE, "dataset_hash": data.manifest.get(CONTENT_HASH)},
+            "popularity": {
+                "file": POPULARITY_FILE,
+                "shape": [data.n_items + 1],
+                "of": "all events",
+            },
+            "training": {
                 "checkpoint": str(ckpt),
                 "seed": config.get("seed_everything"),
                 "valid": metrics.get("valid"),
                 "test": metrics.get("test"),
             },
-            torch_version=torch.__version__,
-        )
+            "torch_version": torch.__version__,
+        }
+        write_manifest(staging, ARTIFACT_KIND, **fields)
+        if with_ann:  # the index's files join the artifact: hash them all again
+            fields["ann"] = _ann_files(staging, data, ann_nlist)
+            write_manifest(staging, ARTIFACT_KIND, **fields)
         if out.exists():
             shutil.rmtree(out)
         staging.chmod(0o755)  # mkdtemp makes it private
@@ -126,8 +164,14 @@ def export(ckpt: Path, out: Path, overwrite: bool = False) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     manifest = read_manifest(out, ARTIFACT_KIND)
     parity = manifest["parity"]
-    print(
+    summary = (
         f"exported {manifest['model_kind']} to {out}: parity max |onnx - torch| = "
         f"{parity['max_abs_diff']:.1e} over {len(parity['checks'])} shapes"
     )
+    if index := manifest.get("ann"):
+        summary += (
+            f"; ANN index nlist {index['nlist']}, nprobe {index['nprobe']}, recall@100 "
+            f"{index['recall_at_100']:.3f}, built in {index['build_s']:.1f} s"
+        )
+    print(summary)
     return out
