@@ -13,12 +13,12 @@ in a process group of its own, stopped with SIGTERM; the load client shares the 
     ray-colocated  configs/serve_ml100k.yaml: HAProxy, direct ingress, colocated pipeline
     ray-split      configs/serve_ml100k_split.yaml: Ingress -> Retriever / Ranker deployments
 
-Writes benchmarks/results/engines/<engine>_step.json and <engine>_soak<rate>.json (with their
-PNGs), and benchmarks/results/engine_compare.json: the floors, per engine the highest
+Writes benchmarks/results/engine_compare.json (--out): the floors, per engine the highest
 sustained rate, the soak percentiles and errors, server CPU per request and its ratio to
-uvicorn's, the stalls, and the targets met or missed, plus engine_compare_p99.png (per-second
-p99 of every soak). Needs data/ml-100k and the artifacts the configs name (README: train +
-export).
+uvicorn's, the stalls, and the targets met or missed; engine_compare_p99.png (per-second p99 of
+every soak); and in engine_compare_runs/ each engine's <engine>_step.json and
+<engine>_soak<rate>.json from load_test.py, with their PNGs. Needs data/ml-100k and the
+artifacts the configs name (README: train + export).
 """
 
 import argparse
@@ -146,6 +146,8 @@ class Service:
 
     def __init__(self, engine: str, args, key: str) -> None:
         source, kind = ENGINES[engine]
+        if args.config and engine != "ray-split":
+            source = args.config
         self.state = Path(tempfile.mkdtemp(prefix=f"recstack-{engine}-"))
         self.stall_log = self.state / "stalls"
         self.port = free_port()
@@ -193,8 +195,9 @@ def per_request_cpu_ms(step: dict) -> float | None:
 
 def run_engine(engine: str, args, key: str) -> dict:
     """Step run and soaks of one engine; the summary of its results."""
-    folder = args.out.parent / "engines"
-    summary = {"engine": engine, "config": ENGINES[engine][0], "soaks": {}}
+    folder = args.out.parent / f"{args.out.stem}_runs"
+    config = args.config if args.config and engine != "ray-split" else ENGINES[engine][0]
+    summary = {"engine": engine, "config": str(config), "soaks": {}}
     service = Service(engine, args, key)
     try:
         summary["sequential"] = sequential(service.url, key, args.users, 300)
@@ -259,8 +262,10 @@ def targets(engines: dict[str, dict]) -> dict:
     return out
 
 
-def plot(engines: dict[str, dict], out: Path) -> Path:
+def plot(engines: dict[str, dict], out: Path) -> Path | None:
     rates = sorted({r for e in engines.values() for r in e["soaks"]}, key=float)
+    if not rates:
+        return None
     fig, axes = plt.subplots(len(rates), 1, figsize=(10, 3.2 * len(rates)), squeeze=False)
     for ax, rate in zip(axes[:, 0], rates, strict=True):
         for name, engine in engines.items():
@@ -290,8 +295,15 @@ def parse_args(argv):
     parser.add_argument(
         "--replicas", type=int, help="ray-colocated Ingress replicas (default: the config's)"
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="serve config of uvicorn and ray-colocated (default configs/serve_ml100k.yaml)",
+    )
     parser.add_argument("--dataset", type=Path, default=Path("data/ml-100k"))
-    parser.add_argument("--soak-rates", type=float, nargs="+", default=[100.0, 200.0])
+    parser.add_argument(
+        "--soak-rates", type=float, nargs="*", default=[100.0, 200.0], help="none: no soak"
+    )
     parser.add_argument("--soak-s", type=float, default=300.0, help="measured s per soak")
     parser.add_argument("--no-step", dest="step", action="store_false", help="soaks only")
     parser.add_argument("--step-s", type=float, default=20.0, help="measured s per step")
@@ -309,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     key = secrets.token_urlsafe(24)
     started = time.time()
-    floor = in_process(Path(ENGINES["ray-colocated"][0]), args.users, 2000)
+    floor = in_process(args.config or Path(ENGINES["ray-colocated"][0]), args.users, 2000)
     print(f"in-process: {floor['latency_ms']}")
     engines = {}
     for engine in args.engines:
@@ -337,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         "minutes": (time.time() - started) / 60,
         "engines": engines,
         "targets": targets(engines),
-        "plot": str(plot(engines, args.out.with_name(args.out.stem + "_p99.png"))),
+        "plot": str(plot(engines, args.out.with_name(args.out.stem + "_p99.png")) or ""),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2) + "\n")

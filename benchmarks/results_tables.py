@@ -178,9 +178,11 @@ def engine_table(name: str = "engine_compare.json") -> str:
 
 
 def load_test_table() -> str:
-    files = sorted([*RESULTS.glob("load_test*.json"), *RESULTS.glob("engines/*_step.json")])
+    files = sorted(
+        [*RESULTS.glob("load_test*.json"), *RESULTS.glob("engine_compare*_runs/*_step.json")]
+    )
     if not files:
-        return "_no `load_test*.json` or `engines/*_step.json` yet_"
+        return "_no `load_test*.json` or `engine_compare*_runs/*_step.json` yet_"
     parts = []
     for path in files:
         d = json.loads(path.read_text())

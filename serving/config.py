@@ -92,8 +92,8 @@ class RaySettings(Strict):
     haproxy_threads: Threads = "auto"
     # handle calls over gRPC, user code on the replica's main loop, GC frozen after start
     throughput_optimized: bool = True
-    # no Ray metrics export, no per-request HAProxy metric lines, no access log, a slower
-    # controller loop: background work a small node cannot spare
+    # no Ray metrics export, no per-request HAProxy metric lines, a slower controller loop:
+    # background work a small node cannot spare
     lean: bool = True
     # seconds an Ingress replica keeps serving after it is told to stop (Ray's default, 30 s,
     # is for cloud load balancers; HAProxy on the node drops a replica within a second)

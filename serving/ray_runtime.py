@@ -138,6 +138,23 @@ def env_lines(settings: RaySettings, cores: int | None = None) -> str:
 
 # ------------------------------------------------------------------------------- verify
 
+_started_haproxy: list[psutil.Process] = []  # HAProxy processes `verify` found for this driver
+
+
+def reap_haproxy() -> None:
+    """After Ray's shutdown: end any HAProxy of ours still running (Ray's manager actor starts
+    it; a manager that dies hard leaves it holding the ports)."""
+    while _started_haproxy:
+        process = _started_haproxy.pop()
+        try:
+            if process.is_running() and process.name() == "haproxy":
+                process.terminate()
+                process.wait(5)
+        except psutil.TimeoutExpired:
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+
 
 def listener(port: int) -> psutil.Process | None:
     for conn in psutil.net_connections(kind="inet"):
@@ -195,7 +212,9 @@ def verify(settings: RaySettings, port: int) -> dict:
             )
     if settings.proxy == "python":
         return facts
-    if holder.name() != "haproxy":
+    if holder.name() == "haproxy":
+        _started_haproxy.append(holder)
+    else:
         raise RecstackError(
             f"port {port} is served by {holder.name()}, not HAProxy: Ray's processes did not "
             "get RAY_SERVE_ENABLE_HA_PROXY=1 (see `recstack serve --ray-env`)"

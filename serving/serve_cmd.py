@@ -127,9 +127,12 @@ def start(config: Path, address: str | None = None, temp_dir: Path = Path("runs/
 
     start_ray(temp_dir, address)
     proxy_location = checked["document"].get("proxy_location", "HeadOnly")  # EveryNode: cluster
-    logging_config = checked["document"].get("logging_config") or (
-        {"enable_access_log": False} if checked["ray"].lean else None
-    )
+    # no access log unless the config asks for one: request lines carry user ids in their
+    # paths (as on the uvicorn engine), and a log line per request costs CPU
+    logging_config = {
+        "enable_access_log": False,
+        **(checked["document"].get("logging_config") or {}),
+    }
     serve.start(
         proxy_location=proxy_location,
         http_options={"host": host, "port": port},
@@ -141,6 +144,7 @@ def start(config: Path, address: str | None = None, temp_dir: Path = Path("runs/
             name=app_name(checked),
             route_prefix=checked["app"].get("route_prefix", "/"),
             blocking=False,
+            logging_config=logging_config,
         )
     except RuntimeError as exc:  # a replica failed to start: its traceback is in Ray's logs
         logs = Path(temp_dir).resolve() / "session_latest" / "logs" / "serve"
@@ -164,6 +168,8 @@ def stop(app: str | None = None) -> None:
         else:
             serve.delete(app)
         ray.shutdown()
+    if app is None:
+        ray_runtime.reap_haproxy()
 
 
 def _stop_on_sigterm() -> None:
