@@ -137,7 +137,13 @@ class CpuMeter:
         idle = sum(getattr(host, f) - getattr(self.host, f) for f in ("idle", "iowait"))
         client_s = _cpu_s([self.client])[self.client.pid] - self.client_start
         server_end = _cpu_s(self.servers)  # processes gone since the start are not counted
-        server_s = sum(server_end[pid] - self.server_start.get(pid, 0.0) for pid in server_end)
+        used = {pid: server_end[pid] - self.server_start.get(pid, 0.0) for pid in server_end}
+        server_s = sum(used.values())
+        by_role: dict[str, float] = {}  # where the server's CPU went, by process name
+        for process in self.servers:
+            if process.pid in used:
+                role = _name(process) or str(process.pid)
+                by_role[role] = by_role.get(role, 0.0) + used[process.pid] / wall
         self.result = {
             "wall_s": wall,
             "host_cores": psutil.cpu_count(),
@@ -147,5 +153,9 @@ class CpuMeter:
             "server_cpu_s": server_s if self.servers else None,
             "server_cores_used": server_s / wall if self.servers else None,
             "server_processes": len(server_end),
+            "server_cores_by_process": {
+                role: round(cores, 4)
+                for role, cores in sorted(by_role.items(), key=lambda kv: -kv[1])
+            },
             "server_found_by": self.found_by or "not measured: the service is not on this host",
         }

@@ -1,8 +1,9 @@
 """The serving engines side by side under the realistic mix of benchmarks/load_test.py: a step
 run to the highest sustained rate, then soaks of at least 5 minutes at fixed rates, each with
-its per-second p99 plotted and the server's stalls (serving/timing.py) lined up under it. Two
-floors come first: the same recommend pipeline in-process (no HTTP, no Ray), and 300
-sequential recommend calls per engine (one at a time, nothing queued).
+its per-second p99 plotted and the server's stalls (serving/timing.py) lined up under it.
+Floors come first: the same recommend pipeline in-process (no HTTP, no Ray); per engine, 300
+sequential recommend calls (one at a time, nothing queued) and the CPU its HTTP path costs
+per request without the model (GET /healthz at 300/s for 30 s).
 
     .venv/bin/python benchmarks/engine_compare.py                       # 3 engines, ~55 min
     .venv/bin/python benchmarks/engine_compare.py --engines uvicorn ray-colocated --no-step
@@ -47,9 +48,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 import load_test
+from cpu_use import CpuMeter
 from load_mix import Catalogue
 from machine_info import machine
-from open_loop import summarise
+from open_loop import Call, account, run_open_loop, summarise
 
 from recstack.serving import schemas
 from recstack.serving.backend import LocalBackend
@@ -117,6 +119,21 @@ def sequential(url: str, key: str, users: list[str], calls: int) -> dict:
         if i >= 20:
             times.append((time.perf_counter() - start) * 1000)
     return {"calls": calls, "latency_ms": summarise(np.array(times))}
+
+
+def http_path_cpu(url: str, rate: float = 300.0, seconds: float = 30.0) -> dict:
+    """CPU per request of the engine's HTTP path alone: GET /healthz (no auth, no store, no
+    model) at `rate` for `seconds`, with the server's CPU by process."""
+    with CpuMeter(url) as meter:
+        timeline = run_open_loop(url, rate, seconds, 3, lambda i: Call("health", "GET", "/healthz"))
+    ok = account(timeline)["ok"]
+    cpu = meter.result
+    return {
+        "rate": rate,
+        "ok": ok,
+        "server_cpu_ms_per_request": 1000 * cpu["server_cpu_s"] / ok if ok else None,
+        "server_cores_by_process": cpu.get("server_cores_by_process"),
+    }
 
 
 def free_port() -> int:
@@ -202,6 +219,8 @@ def run_engine(engine: str, args, key: str) -> dict:
     try:
         summary["sequential"] = sequential(service.url, key, args.users, 300)
         print(f"sequential: {summary['sequential']['latency_ms']}")
+        summary["http_path"] = http_path_cpu(service.url)
+        print(f"HTTP path CPU ms/request: {summary['http_path']['server_cpu_ms_per_request']:.3f}")
         if args.step:
             step_args = ["--step", "--step-duration", str(args.step_s), "--warmup", "5"]
             step_args += ["--start-rate", str(args.start_rate)]
@@ -222,6 +241,7 @@ def run_engine(engine: str, args, key: str) -> dict:
                 "server_cores": step["cpu"].get("server_cores_used"),
                 "client_cores": step["cpu"]["client_cores_used"],
                 "server_cpu_ms_per_request": per_request_cpu_ms(step),
+                "server_cores_by_process": step["cpu"].get("server_cores_by_process"),
                 "worst_second_p99_ms": max(
                     (r["p99_ms"] for r in step["timeline"] if r["p99_ms"] is not None),
                     default=None,
