@@ -1,4 +1,5 @@
-"""Write the results tables of benchmarks/README.md from the JSON in benchmarks/results/.
+"""Write the results tables of benchmarks/README.md (and the serving table of the main README)
+from the JSON in benchmarks/results/.
 
     .venv/bin/python benchmarks/results_tables.py          # rewrite the README's tables
     .venv/bin/python benchmarks/results_tables.py --check  # exit 1 if the README is stale
@@ -16,7 +17,9 @@ from pathlib import Path
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
+MAIN_README = HERE.parent / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+ENGINES_START, ENGINES_END = "<!-- engines:start -->", "<!-- engines:end -->"
 
 
 def md_table(headers: list[str], rows: list[list]) -> str:
@@ -128,6 +131,33 @@ def _stalls(by_kind: dict | None, n: int = 3) -> str:
     return "; ".join(f"{k} {v['count']}×, max {v['max_ms']:.0f}" for k, v in top)
 
 
+def engine_headlines() -> str:
+    """The main README's serving table: the soaks of each engine_compare*.json."""
+    rows = []
+    for path in sorted(RESULTS.glob("engine_compare*.json")):
+        d = json.loads(path.read_text())
+        for engine, v in d["engines"].items():
+            for rate, soak in v["soaks"].items():
+                lat = soak["latency_ms"]
+                rows.append(
+                    [
+                        f"`{path.name}`",
+                        engine,
+                        f"{rate}/s, {soak['seconds'] / 60:.0f} min",
+                        ms(lat["p50"]),
+                        ms(lat["p99"]),
+                        ms(lat["max"]),
+                        f"{soak['errors']}/{soak['sent']}",
+                        num(soak["server_cpu_ms_per_request"], 2),
+                        num(v["cpu_ratio_to_uvicorn"].get(rate), 2),
+                        num(v.get("highest_sustained_rps"), 0),
+                    ]
+                )
+    headers = ["run", "engine", "soak", "p50 ms", "p99 ms", "max ms", "errors"]
+    headers += ["CPU ms/req", "× uvicorn", "highest rate at p99 ≤ 15 ms (step)"]
+    return md_table(headers, rows) if rows else "_no `engine_compare*.json` yet_"
+
+
 def engine_table(name: str = "engine_compare.json") -> str:
     d = load(name)
     if d is None:
@@ -166,7 +196,8 @@ def engine_table(name: str = "engine_compare.json") -> str:
     return "\n\n".join(
         [
             f"`{name}` ({machine['cores']} cores, {machine['cpu']}; client on the same cores; "
-            f"`{d['command'].split('benchmarks/', 1)[-1]}`, {d['minutes']:.0f} min). "
+            f"`.venv/bin/python {d['command'].split('python ', 1)[-1]}`, "
+            f"{d['minutes']:.0f} min). "
             "Realistic mix (80 % recommend, 15 % events, 5 % similar), latency in ms from the "
             "scheduled send time; per-second p99 in `engine_compare_p99.png`.",
             md_table(["floor: recommend, one call at a time", "p50", "p99"], floors),
@@ -353,28 +384,42 @@ def render() -> str:
     return "\n\n".join(parts)
 
 
+def _fill(path: Path, start: str, end: str, body: str) -> tuple[str, str] | None:
+    """(current text, text with `body` between the markers); None when a marker is missing."""
+    text = path.read_text()
+    if start not in text or end not in text:
+        print(f"error: {path} lacks the {start} … {end} markers", file=sys.stderr)
+        return None
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return text, f"{head}{start}\n\n{body}\n\n{end}{tail}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--check", action="store_true", help="exit 1 if the README is not up to date"
-    )
+    parser.add_argument("--check", action="store_true", help="exit 1 if a README is not up to date")
     args = parser.parse_args(argv)
-    text = README.read_text()
-    if START not in text or END not in text:
-        print(f"error: {README} lacks the {START} … {END} markers", file=sys.stderr)
-        return 2
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    updated = f"{head}{START}\n\n{render()}\n\n{END}{tail}"
-    if args.check:
+    targets = {
+        README: (START, END, render()),
+        MAIN_README: (ENGINES_START, ENGINES_END, engine_headlines()),
+    }
+    stale = []
+    for path, (start, end, body) in targets.items():
+        filled = _fill(path, start, end, body)
+        if filled is None:
+            return 2
+        text, updated = filled
         if updated != text:
-            print(f"{README} is stale: run benchmarks/results_tables.py", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(updated)
-    print(f"wrote the tables of {README}")
+            stale.append(path)
+            if not args.check:
+                path.write_text(updated)
+                print(f"wrote the tables of {path}")
+    if args.check and stale:
+        names = ", ".join(str(p) for p in stale)
+        print(f"{names} stale: run benchmarks/results_tables.py", file=sys.stderr)
+        return 1
     return 0
 
 

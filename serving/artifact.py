@@ -109,7 +109,8 @@ class Catalog:
 
     def to_idx(self, item_ids: list[str]) -> tuple[list[int], int]:
         """External ids -> item_idx; unknown ids are dropped and counted."""
-        known = [self.index[i] for i in item_ids if i in self.index]
+        lookup = self.index.get
+        known = [idx for idx in map(lookup, item_ids) if idx is not None]  # one lookup per id
         return known, len(item_ids) - len(known)
 
 
