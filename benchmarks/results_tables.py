@@ -158,7 +158,7 @@ def engine_headlines() -> str:
     return md_table(headers, rows) if rows else "_no `engine_compare*.json` yet_"
 
 
-def engine_table(name: str = "engine_compare.json") -> str:
+def engine_table(name: str) -> str:
     d = load(name)
     if d is None:
         return f"_no `{name}` yet_"
@@ -199,7 +199,7 @@ def engine_table(name: str = "engine_compare.json") -> str:
             f"`.venv/bin/python {d['command'].split('python ', 1)[-1]}`, "
             f"{d['minutes']:.0f} min). "
             "Realistic mix (80 % recommend, 15 % events, 5 % similar), latency in ms from the "
-            "scheduled send time; per-second p99 in `engine_compare_p99.png`.",
+            f"scheduled send time; per-second p99 in `{Path(d['plot']).name}`.",
             md_table(["floor: recommend, one call at a time", "p50", "p99"], floors),
             md_table(headers, rows),
             md_table(["engine", "highest rate at p99 ≤ 15 ms, errors ≤ 0.1 % (step run)"], best),
@@ -358,6 +358,38 @@ def inference_tables(name: str = "inference_bench.json") -> str:
     return "\n\n".join([part1, part2, part3])
 
 
+def engine_tables() -> str:
+    """Every engine_compare*.json run, the first run first (a second run reproduces it)."""
+    names = sorted(p.name for p in RESULTS.glob("engine_compare*.json"))
+    return "\n\n".join(engine_table(n) for n in names) or "_no `engine_compare*.json` yet_"
+
+
+def stall_fixes_table() -> str:
+    d = load("stall_fixes.json")
+    if d is None:
+        return "_no `stall_fixes.json` yet_"
+    r = d["results"]
+    rows = []
+    for name, what in [
+        ("event_log_seal", "event-log append (seal every 10 s)"),
+        ("store_checkpoint", "SQLite store call, 2 processes"),
+        ("gc_full_collection_ms", "full GC pause, 1M-item vocabulary"),
+    ]:
+        for side in ("before", "after"):
+            v = r[name][side]
+            rows.append([what, side, *(ms(v[p]) for p in ("p50", "p99", "p99.9", "max"))])
+    auth = r["auth_dependency_cpu_us_per_request"]
+    return "\n\n".join(
+        [
+            f"`stall_fixes.json` (before = `{d['before_commit']}`, after = `{d['after_commit']}`, "
+            f"{d['seconds']:.0f} s per workload and side; ms).",
+            md_table(["workload", "code", "p50", "p99", "p99.9", "max"], rows),
+            "API-key check, CPU µs per request: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in auth.items()),
+        ]
+    )
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "Data preparation (CPU)": prepare_table,
     "Training (CPU, this machine)": lambda: train_table("train_bench.json"),
@@ -367,7 +399,8 @@ TABLES: dict[str, Callable[[], str]] = {
         + train_table("gpu/train_bench_gpu_20m.json")
     ),
     "Model quality": quality_table,
-    "Serving engines side by side (engine_compare)": engine_table,
+    "Serving engines side by side (engine_compare)": engine_tables,
+    "Tail-latency fixes, before and after (stall_fixes)": stall_fixes_table,
     "Load tests (load_test)": load_test_table,
     "Inference and retrieval (inference_bench)": inference_tables,
 }
