@@ -13,7 +13,6 @@ and model loads of a hot update run in a thread so requests keep being served me
 
 import asyncio
 import os
-from collections import defaultdict
 
 import ray
 from ray import serve
@@ -22,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from recstack.serving.api import attach, make_api
 from recstack.serving.auth import ApiKeys
 from recstack.serving.backend import LocalBackend, RankerReplica, RetrieverReplica, use_onnxruntime
+from recstack.serving.batching import grouped, unwrap
 from recstack.serving.config import (
     INGRESS,
     RANKER,
@@ -39,18 +39,6 @@ from recstack.serving.store import open_store
 
 BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0005}
 api = make_api()
-
-
-def _grouped(calls: list[tuple[str, object]], run) -> list:
-    """Run `run(model, requests)` once per model; results in call order."""
-    by_model: dict[str, list[int]] = defaultdict(list)
-    for i, (model, _) in enumerate(calls):
-        by_model[model].append(i)
-    out: list = [None] * len(calls)
-    for model, rows in by_model.items():
-        for row, result in zip(rows, run(model, [calls[r][1] for r in rows]), strict=True):
-            out[row] = result
-    return out
 
 
 def _set_batching(method, config: ModelsConfig) -> None:
@@ -79,11 +67,14 @@ class RetrieverDeployment:
             )
         else:
             await asyncio.to_thread(self.replica.slots.apply, config.models)
-        _set_batching(self.retrieve, config)
+        _set_batching(self._retrieve_batch, config)
+
+    async def retrieve(self, model: str, request: RetrievalRequest) -> Candidates:
+        return unwrap(await self._retrieve_batch((model, request)))
 
     @serve.batch(**BATCH)
-    async def retrieve(self, calls: list[tuple[str, RetrievalRequest]]) -> list[Candidates]:
-        return _grouped(calls, self.replica.retrieve)
+    async def _retrieve_batch(self, calls: list[tuple[str, RetrievalRequest]]) -> list:
+        return grouped(calls, self.replica.retrieve)
 
     async def info(self) -> dict:
         return self.replica.info()
@@ -102,11 +93,14 @@ class RankerDeployment:
             self.replica = await asyncio.to_thread(RankerReplica, config.models, self.store)
         else:
             await asyncio.to_thread(self.replica.slots.apply, config.models)
-        _set_batching(self.rank, config)
+        _set_batching(self._rank_batch, config)
+
+    async def rank(self, model: str, request: RankRequest) -> Ranked:
+        return unwrap(await self._rank_batch((model, request)))
 
     @serve.batch(**BATCH)
-    async def rank(self, calls: list[tuple[str, RankRequest]]) -> list[Ranked]:
-        return _grouped(calls, self.replica.rank)
+    async def _rank_batch(self, calls: list[tuple[str, RankRequest]]) -> list:
+        return grouped(calls, self.replica.rank)
 
     async def popular(self, model: str, k: int, exclude: list[str], explain: bool) -> Ranked:
         return self.replica.popular(model, k, exclude, explain)
@@ -128,10 +122,10 @@ class RayBackend:
         self.retriever, self.ranker = retriever, ranker
 
     async def retrieve(self, model: str, request: RetrievalRequest) -> Candidates:
-        return await self.retriever.retrieve.remote((model, request))
+        return await self.retriever.retrieve.remote(model, request)
 
     async def rank(self, model: str, request: RankRequest) -> Ranked:
-        return await self.ranker.rank.remote((model, request))
+        return await self.ranker.rank.remote(model, request)
 
     async def popular(self, model: str, k: int, exclude: list[str], explain: bool) -> Ranked:
         return await self.ranker.popular.remote(model, k, exclude, explain)

@@ -10,8 +10,11 @@ item embeddings that vector is scored against:
     optional:  item_index.faiss + ann_queries.npy, the ANN index of the manifest's "ann"
                block (large catalogues); `item_index.AnnIndex.load` reads and re-checks it
 
-`load_artifact` refuses a missing or corrupt dir (manifest hashes), an unknown model kind or
-an ONNX input layout it does not know, each with a message that says what to do.
+`load_artifact` refuses a missing or corrupt dir (manifest hashes), a file that does not load
+(no pickle: arrays are read with allow_pickle=False), arrays of the wrong dtype or shape or with
+NaN / infinite values, a model kind the side does not serve, or an ONNX input layout it does
+not know, each with a message that says what to do. `query.check_scores` then runs the model
+once on sample inputs before the artifact may serve.
 """
 
 import json
@@ -86,15 +89,22 @@ class Catalog:
 
     @classmethod
     def load(cls, path: Path, manifest: dict) -> "Catalog":
-        items = pl.read_parquet(path / ITEMS_FILE).sort(ITEM_IDX)
+        items = read_parquet(path / ITEMS_FILE)
+        missing = {ITEM_IDX, ITEM_ID} - set(items.columns)
+        if missing:
+            raise DataError(f"{path / ITEMS_FILE} lacks column(s) {sorted(missing)}; re-export")
+        items = items.sort(ITEM_IDX)
         n_items = items.height
         if items[ITEM_IDX].to_list() != list(range(1, n_items + 1)):
             raise DataError(f"{path / ITEMS_FILE} does not hold item_idx 1..{n_items}")
         item_ids = ["", *items[ITEM_ID].cast(pl.String).to_list()]
         titles = ["", *items[TITLE].fill_null("").to_list()] if TITLE in items.columns else []
-        popularity = np.load(path / manifest["popularity"]["file"])
-        if popularity.shape != (n_items + 1,):
-            raise DataError(f"{path}: popularity has shape {popularity.shape}, not [{n_items + 1}]")
+        popularity = read_array(path / manifest["popularity"]["file"], "fiu")
+        if popularity.shape != (n_items + 1,) or (popularity < 0).any():
+            raise DataError(
+                f"{path}: popularity has shape {popularity.shape}, not [{n_items + 1}], or "
+                "negative counts; re-export the artifact"
+            )
         return cls(
             item_ids=item_ids,
             titles=titles or [""] * (n_items + 1),
@@ -140,6 +150,27 @@ class Artifact:
         return int(self.item_embeddings.shape[1])
 
 
+def read_array(path: Path, dtype_kinds: str = "f") -> np.ndarray:
+    """An artifact's .npy array: no pickle, a numeric dtype of `dtype_kinds` (numpy kind codes),
+    every value finite. Anything else is a DataError naming the file."""
+    try:
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:  # missing, truncated, not .npy, pickled
+        raise DataError(f"cannot read {path} ({exc}); re-export the artifact") from None
+    if array.dtype.kind not in dtype_kinds:
+        raise DataError(f"{path} holds {array.dtype}, not numbers of kind {dtype_kinds!r}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise DataError(f"{path} holds NaN or infinite values; re-train or re-export the model")
+    return np.asarray(array)
+
+
+def read_parquet(path: Path) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except Exception as exc:  # polars raises its own types for a file that is not Parquet
+        raise DataError(f"cannot read {path} as Parquet ({exc}); re-export the artifact") from None
+
+
 def _check_inputs(path: Path, session: ort.InferenceSession, manifest: dict) -> list[str]:
     names = [i.name for i in session.get_inputs()]
     inputs = manifest["onnx"]["inputs"]  # {name: shape} or [{"name": ...}, ...]
@@ -155,43 +186,52 @@ def _user_codes(path: Path, manifest: dict) -> dict[str, np.ndarray]:
     file = manifest.get("user_features", {}).get("file")
     if not file:
         return {}
-    frame = pl.read_parquet(path / file)
+    frame = read_parquet(path / file)
+    if USER_ID not in frame.columns or not all(t.is_integer() for t in frame.drop(USER_ID).dtypes):
+        raise DataError(f"{path / file}: needs {USER_ID} and integer code columns; re-export")
     ids = frame[USER_ID].cast(pl.String).to_list()
     codes = frame.drop(USER_ID).to_numpy().astype(np.int64)  # [n_users, U]
     return dict(zip(ids, codes, strict=True))
 
 
-def load_artifact(path: Path) -> Artifact:
-    """Verify (manifest hashes) and load an artifact dir; DataError says what is wrong."""
+def load_artifact(path: Path, kinds: tuple[str, ...] = MODEL_KINDS) -> Artifact:
+    """Verify (manifest hashes) and load an artifact dir of one of `kinds`; every file is read
+    and checked (dtype, shape, finite values). DataError says what is wrong."""
     path = Path(path)
     manifest = read_manifest(path, ARTIFACT_KIND)
     kind = manifest.get("model_kind")
-    if kind not in MODEL_KINDS:
-        raise DataError(f"{path}: model kind {kind!r} is not servable (one of {MODEL_KINDS})")
+    if kind not in kinds:
+        raise DataError(f"{path}: a {kind!r} model, where this side serves {' or '.join(kinds)}")
     try:
         onnx = manifest["onnx"]
+        dim, max_length = manifest["dim"], onnx["max_length"]
+        if not (type(dim) is int and dim > 0 and type(max_length) is int and max_length > 0):
+            raise DataError(f"{path}/manifest.json: dim and onnx.max_length must be positive ints")
         session = _session(path / onnx["file"])
-        embeddings = np.load(path / manifest["item_embeddings"]["file"]).astype(np.float32)
+        embeddings = read_array(path / manifest["item_embeddings"]["file"]).astype(np.float32)
         catalog = Catalog.load(path, manifest)
         features = None
         if kind == "two_tower":
             features = json.loads((path / manifest["features"]["file"]).read_text())
+        input_names = _check_inputs(path, session, manifest)
     except (KeyError, TypeError) as exc:
         raise DataError(f"{path}/manifest.json lacks {exc}; re-export the artifact") from None
-    if embeddings.shape != (catalog.n_items + 1, manifest["dim"]):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read a file ({exc}); re-export the artifact") from None
+    if embeddings.shape != (catalog.n_items + 1, dim):
         raise DataError(
             f"{path}: item embeddings {embeddings.shape} do not match {catalog.n_items} items "
-            f"x dim {manifest['dim']}; re-export the artifact"
+            f"x dim {dim}; re-export the artifact"
         )
     return Artifact(
         path=path,
         manifest=manifest,
         kind=kind,
         session=session,
-        input_names=_check_inputs(path, session, manifest),
+        input_names=input_names,
         output_name=session.get_outputs()[0].name,
         item_embeddings=embeddings,
-        max_length=int(onnx["max_length"]),
+        max_length=max_length,
         catalog=catalog,
         features=features,
         user_codes=_user_codes(path, manifest) if kind == "two_tower" else None,

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from recstack import feature_codes
+from recstack.errors import DataError
 from recstack.schema import PAD_IDX
 from recstack.serving.artifact import Artifact
 
@@ -68,3 +69,29 @@ def encode(
         feeds = {"history": items, "lengths": lengths}
         feeds |= _two_tower_inputs(artifact, contexts or [{}] * batch, user_ids or [None] * batch)
     return artifact.session.run([artifact.output_name], feeds)[0]
+
+
+def check_scores(artifact: Artifact) -> None:
+    """Run the model once on sample inputs (the most popular items as a history; for the
+    two-tower also a user with none): the query vectors and their scores over the whole
+    catalogue must be finite, or the artifact may not serve (DataError)."""
+    popular = np.argsort(-artifact.catalog.popularity[1:], kind="stable") + 1
+    histories = [popular[: artifact.max_length][::-1].tolist(), popular[:1].tolist()]
+    if artifact.kind == "two_tower":
+        histories.append([])
+    try:
+        queries = encode(artifact, histories)
+    except Exception as exc:
+        raise DataError(
+            f"{artifact.path}: the model fails on sample inputs ({exc}); re-export the artifact"
+        ) from None
+    if queries.shape != (len(histories), artifact.dim):
+        raise DataError(
+            f"{artifact.path}: the model returns {queries.shape} for {len(histories)} sample "
+            f"histories, not [{len(histories)}, {artifact.dim}]; re-export the artifact"
+        )
+    if not (np.isfinite(queries).all() and np.isfinite(queries @ artifact.item_embeddings.T).all()):
+        raise DataError(
+            f"{artifact.path}: the model gives NaN or infinite scores on sample inputs; "
+            "re-train or re-export it"
+        )

@@ -1,4 +1,4 @@
-"""Ranking: score a user's candidates with an artifact (SASRec in the shipped config).
+"""Ranking: score a user's candidates with a SASRec artifact (the only kind a ranker takes).
 
     score(item) = state(history) . embedding[item]      state: the ONNX model's [B, d] output
 
@@ -17,8 +17,9 @@ import numpy as np
 from recstack.schema import PAD_IDX
 from recstack.serving.artifact import Artifact, load_artifact
 from recstack.serving.item_index import AnnIndex, ItemIndex, unit_rows
-from recstack.serving.query import encode
+from recstack.serving.query import check_scores, encode
 
+KINDS = ("sasrec",)  # ranks by the order of a history; the two-tower is a retriever
 POPULAR_REASON = {"kind": "popular", "text": "popular now"}
 
 
@@ -51,7 +52,9 @@ class Ranker:
 
     @classmethod
     def load(cls, path: Path) -> "Ranker":
-        return cls(load_artifact(path))
+        artifact = load_artifact(path, KINDS)
+        check_scores(artifact)
+        return cls(artifact)
 
     def _reasons(self, history: list[int], items: np.ndarray) -> list[dict]:
         catalog = self.artifact.catalog

@@ -16,7 +16,9 @@ from pathlib import Path
 from recstack.errors import DataError, RecstackError
 from recstack.serving.artifact import Artifact, load_artifact
 from recstack.serving.item_index import METHODS, AnnIndex, ItemIndex, Method
-from recstack.serving.query import encode
+from recstack.serving.query import check_scores, encode
+
+KINDS = ("two_tower", "sasrec")  # any model whose query vector scores the whole catalogue
 
 
 @dataclass
@@ -60,7 +62,9 @@ class Retriever:
 
     @classmethod
     def load(cls, path: Path, method: Method = "auto") -> "Retriever":
-        return cls(load_artifact(path), method)
+        artifact = load_artifact(path, KINDS)
+        check_scores(artifact)
+        return cls(artifact, method)
 
     def retrieve(self, requests: list[RetrievalRequest]) -> list[Candidates]:
         """One ONNX call and one search (matmul or ANN) for the whole batch."""

@@ -6,17 +6,75 @@ the field, never a 500 or a replica stuck on a huge payload.
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+)
+from pydantic_core import PydanticCustomError
 
 from recstack.event_log_format import EVENT_TYPES
+from recstack.schema import TS
 
 MAX_K = 1000
 MAX_HISTORY = 1000  # items in an explicit history / exclude list / onboarding list
 MAX_EVENTS = 1000  # events per POST /v1/events
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-ContextValue = Annotated[str, StringConstraints(max_length=128)] | int | float | bool | None
+MAX_TS = 2**40  # seconds since the epoch: any real clock, and far inside int64
+MAX_CONTEXT_NUMBER = 1e15  # a context number's bound (ints up to it are exact as float64 too)
+
+
+def _context_value(value: object) -> object:
+    """A context value: a string, a finite bounded number, true/false or null. JSON's NaN and
+    Infinity and huge numbers are refused here with a 422 naming the field, never deep in a
+    model's input coding (a 500 for the request, and on Ray for its batch neighbours)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and len(value) <= 128:
+        return value
+    if isinstance(value, int | float) and abs(value) <= MAX_CONTEXT_NUMBER:  # NaN fails this
+        return value
+    raise PydanticCustomError(
+        "context_value",
+        "must be a string of at most 128 characters, a finite number within ±1e15, true/false "
+        "or null (got {value})",
+        {"value": repr(value)[:32]},
+    )
+
+
+_ContextNumber = Field(ge=-MAX_CONTEXT_NUMBER, le=MAX_CONTEXT_NUMBER)
+ContextValue = Annotated[
+    str | bool | int | float | None,
+    PlainValidator(
+        _context_value,
+        json_schema_input_type=Annotated[str, StringConstraints(max_length=128)]
+        | bool
+        | Annotated[int, _ContextNumber]
+        | Annotated[float, _ContextNumber]
+        | None,
+    ),
+]
+
+
+def _check_ts(context: dict) -> dict:
+    """`ts` (the request's time: hour and weekday features) is whole seconds, 0..MAX_TS."""
+    ts = context.get(TS)
+    if ts is not None and (type(ts) is not int or not 0 <= ts <= MAX_TS):
+        raise PydanticCustomError(
+            "context_ts",
+            "ts must be whole seconds since the epoch (UTC), 0..{max}, got {ts}",
+            {"max": MAX_TS, "ts": repr(ts)[:32]},
+        )
+    return context
+
+
 Context = Annotated[
-    dict[Annotated[str, StringConstraints(max_length=64)], ContextValue], Field(max_length=32)
+    dict[Annotated[str, StringConstraints(max_length=64)], ContextValue],
+    Field(max_length=32),
+    AfterValidator(_check_ts),
 ]
 Fallback = Literal["cold_start", "opted_out", "store_unavailable"]
 EventType = Literal[EVENT_TYPES]  # the event log's types, one list
@@ -81,7 +139,7 @@ class Event(Strict):
     user_id: Id
     item_id: Id
     type: EventType
-    ts: int = Field(ge=0, le=2**40, description="event time, seconds since the epoch (UTC)")
+    ts: int = Field(ge=0, le=MAX_TS, description="event time, seconds since the epoch (UTC)")
     context: Context | None = None
     request_id: Annotated[str, StringConstraints(max_length=64)] | None = None
     model_version: Annotated[str, StringConstraints(max_length=128)] | None = None

@@ -1,7 +1,6 @@
 """The ANN index: built by `recstack export --ann`, loaded and re-checked by serving, never
 built there; refusals of a missing, corrupt or foreign index, each in one line."""
 
-import json
 import shutil
 import threading
 from pathlib import Path
@@ -9,11 +8,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+from bad_artifacts import copy_with_hashes
 
 from recstack.cli import main
 from recstack.errors import DataError, RecstackError
-from recstack.manifest import file_sha256, read_manifest
-from recstack.schema import MANIFEST_FILE
+from recstack.manifest import read_manifest
 from recstack.serving import item_index
 from recstack.serving.item_index import AnnIndex, ItemIndex, exact_top, recall, unit_rows
 from recstack.serving.model_slots import ModelSlots
@@ -42,20 +41,6 @@ def ann_artifacts(tmp_path_factory, ml100k_artifacts) -> dict[str, Path]:
         out[role] = root / role / "v1"
         assert main(["export", "--ckpt", ckpt, "--out", str(out[role]), "--ann", "on"]) == 0
     return out
-
-
-def copy_with_hashes(src: Path, dst: Path, change=None) -> Path:
-    """A copy of an artifact dir, `change(dst)` applied, manifest hashes rewritten to match:
-    only the checks behind the hashes can catch what `change` did."""
-    shutil.copytree(src, dst)
-    if change:
-        change(dst)
-    manifest = json.loads((dst / MANIFEST_FILE).read_text())
-    manifest["files"] = {
-        name: file_sha256(dst / name) for name in manifest["files"] if (dst / name).exists()
-    }
-    (dst / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return dst
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:

@@ -3,6 +3,8 @@
 Models: a small SASRec ranker and two-tower retriever trained briefly on ML-100K and exported.
 """
 
+import asyncio
+import json
 import shutil
 import threading
 import time
@@ -10,6 +12,7 @@ import time
 import pyarrow.compute as pc
 import pytest
 import requests
+from bad_artifacts import FORGERIES, copy_with_hashes
 from service_config import (
     ADMIN,
     APP,
@@ -172,11 +175,56 @@ def test_similar_items(service):
         ({"user_id": "1", "recent_items": ["1"] * 1001}, "recent_items"),
         ({"user_id": ["1"]}, "user_id"),
         ({"user_id": "1", "context": {"ts": {"nested": 1}}}, "context"),
+        # numbers in a context: finite and bounded; ts whole seconds 0..2^40 (were 500s)
+        ({"user_id": "1", "context": {"ts": float("nan")}}, "context.ts: must be a string"),
+        ({"user_id": "1", "context": {"ts": float("-inf")}}, "context.ts: must be"),
+        ({"user_id": "1", "context": {"ts": -1e30}}, "context.ts: must be"),
+        ({"user_id": "1", "context": {"ts": 2**70}}, "context.ts: must be"),
+        ({"user_id": "1", "context": {"ts": -1}}, "context: ts must be whole seconds"),
+        ({"user_id": "1", "context": {"ts": 1.7e9}}, "context: ts must be whole seconds"),
+        ({"user_id": "1", "context": {"price": float("nan")}}, "context.price: must be"),
+        ({"user_id": "1", "context": {"device": "x" * 129}}, "context.device: must be"),
     ],
 )
 def test_bad_recommend_requests_get_a_clear_422(service, body, says):
-    response = post(service, "/v1/recommend", body)
+    response = requests.post(  # json.dumps writes NaN / Infinity, as some clients do
+        service["url"] + "/v1/recommend",
+        data=json.dumps(body),
+        headers={**APP, "Content-Type": "application/json"},
+        timeout=30,
+    )
     assert response.status_code == 422 and says in response.json()["error"], response.text
+
+
+def test_one_bad_call_in_a_batch_fails_alone(service):
+    """Split pipeline: the Retriever batches concurrent calls of many clients (@serve.batch);
+    a call the schema would refuse, sent past it, must fail only itself."""
+    from ray import serve
+
+    from recstack.serving.config import RETRIEVER
+    from recstack.serving.retrieval import RetrievalRequest
+
+    good = RetrievalRequest(["1", "2", "3"], {"ts": 1_700_000_000}, "1", [], 50)
+    bad = RetrievalRequest(["1", "2", "3"], {"ts": float("nan")}, "1", [], 50)
+
+    async def outcome(response) -> int | str:
+        try:
+            return len((await response).item_ids)
+        except Exception as exc:  # the poisoned call's own error, raised in its handler
+            return type(exc).__name__
+
+    async def calls() -> list:
+        handle = serve.get_deployment_handle(RETRIEVER, app_name="recstack")
+        # concurrent calls: batched together (max 32, 0.5 ms wait)
+        responses = [handle.retrieve.remote("main", bad if i == 5 else good) for i in range(24)]
+        return await asyncio.gather(*(outcome(r) for r in responses))
+
+    # the handle's router stays bound to the loop it was made on: one that runs until exit
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    for _ in range(3):
+        outcomes = asyncio.run_coroutine_threadsafe(calls(), loop).result(timeout=60)
+        assert outcomes[5] != 50 and outcomes[:5] + outcomes[6:] == [50] * 23, outcomes
 
 
 def test_malformed_and_oversized_bodies(service):
@@ -308,3 +356,29 @@ def test_admin_model_update_reaches_every_replica_and_refuses_a_bad_artifact(ser
     assert (
         "/v4@" in post(service, "/v1/recommend", {"user_id": user, "k": 5}).json()["model_version"]
     )
+
+
+def test_admin_update_refuses_each_forged_artifact_in_one_line_and_keeps_serving(service):
+    """Files that match their hashes but are garbage, pickled, non-finite, of the wrong dtype,
+    or a manifest without `dim`, or a two-tower as the ranker: 400 with one line, no 500, and
+    the model that serves stays."""
+    ranker = service["artifacts"]["ranker"]
+    url = service["url"] + "/v1/admin/models"
+    user = user_in("model", start=750)
+    before = post(service, "/v1/recommend", {"user_id": user, "k": 5}).json()["model_version"]
+    tries = {"two_tower": (service["artifacts"]["retriever"], "where this side serves sasrec")}
+    for name, (change, says) in FORGERIES.items():
+        tries[name] = (copy_with_hashes(ranker, ranker.parent / f"forged-{name}", change), says)
+    for name, (path, says) in tries.items():
+        refused = requests.post(
+            url, json={"ranker": {"main": str(path)}}, headers=ADMIN, timeout=60
+        )
+        error = refused.json().get("error", "")
+        assert refused.status_code == 400 and says in error and "\n" not in error, (
+            name,
+            refused.text,
+        )
+    time.sleep(1.5)  # past the replicas' next look at the store: nothing was published
+    body = post(service, "/v1/recommend", {"user_id": user, "k": 5}).json()
+    assert body["model_version"] == before
+    assert all(isinstance(item["score"], float) for item in body["items"]), body

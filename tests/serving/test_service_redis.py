@@ -161,11 +161,16 @@ def test_two_ingress_and_two_ranker_replicas_serve_requests(service):
         assert {str(s): n for s, n in deployments[name].replica_states.items()} == {"RUNNING": 2}, (
             name
         )
+
     # Each ingress replica logs its events to its own segment (its pid in the file name): after
-    # CALLS posts through the proxy, both replicas have handled some.
-    for n in range(CALLS):
+    # CALLS posts through HAProxy, 4 at a time, both replicas have handled some. (One at a time,
+    # HAProxy may send them all down one reused connection to the same replica.)
+    def post_event(n: int) -> int:
         body = {"events": [{"user_id": "spread", "item_id": "1", "type": "impression", "ts": n}]}
-        assert post(service, "/v1/events", body).status_code == 202
+        return post(service, "/v1/events", body).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(post_event, range(CALLS))) == {202}
     sealed, opened = segment_files(service["root"] / "state" / "events")
     writers = {SegmentName.parse(p.stem).pid for p in [*sealed, *opened]}
     assert len(writers) == 2, writers

@@ -1,0 +1,55 @@
+"""serving/http_limits.py on a real uvicorn server: a body shorter than its Content-Length
+gets a 408 once it stops arriving (it held the request until the client gave up), and the
+server goes on answering others."""
+
+import socket
+import threading
+import time
+
+import pytest
+import requests
+import uvicorn
+from fastapi import FastAPI, Request
+from service_config import free_port
+
+from recstack.serving.api import make_api
+from recstack.serving.http_limits import BODY_TIMEOUT_S, LimitAndTime
+
+
+@pytest.fixture(scope="module")
+def server():
+    app = FastAPI()
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict:
+        return {"bytes": len(await request.body())}
+
+    app.add_middleware(LimitAndTime, max_body_bytes=1 << 20, body_timeout_s=0.5)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    while not instance.started:
+        time.sleep(0.02)
+    yield port
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_body_shorter_than_its_content_length_gets_a_408(server):
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as conn:
+        head = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        conn.sendall(head + b"Content-Length: 100\r\n\r\n" + b'{"a": 1}')
+        start = time.monotonic()
+        reply = conn.recv(4096).decode()
+        waited = time.monotonic() - start
+    assert reply.startswith("HTTP/1.1 408") and "Content-Length" in reply, reply
+    assert 0.4 < waited < 5, waited
+    ok = requests.post(f"http://127.0.0.1:{server}/echo", data=b"x" * 1000, timeout=10)
+    assert ok.json() == {"bytes": 1000}
+
+
+def test_the_service_uses_the_body_timeout():
+    limits = [m for m in make_api().user_middleware if m.cls is LimitAndTime]
+    assert len(limits) == 1 and BODY_TIMEOUT_S <= 30
