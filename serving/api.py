@@ -4,8 +4,12 @@
 `attach(service, keys)` first. The state lives in this module, not in `app.state`, because Ray
 Serve ships a pickled copy of the app to each replica: one ingress replica per process.
 Every error is a JSON body `{"error": "..."}` with a 4xx (or 503 while not ready) status.
+A graceful stop (SIGTERM or Ctrl-C on uvicorn, a replica told to stop on Ray: both run the
+app's lifespan shutdown) closes the service, which seals this process's event-log segment.
 """
 
+import asyncio
+import contextlib
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Path, Query, Request
@@ -105,8 +109,17 @@ def _install_handlers(api: FastAPI) -> None:
         api.add_exception_handler(exc_class, lambda _req, exc, make=make: make(exc))
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(_api: FastAPI):
+    yield
+    service = _STATE.pop("service", None)
+    if service is not None:
+        await asyncio.to_thread(service.close)
+
+
 def make_api() -> FastAPI:
     api = FastAPI(
+        lifespan=_lifespan,
         title="recstack",
         version=__version__,
         description="Recommendations over HTTP: retrieval + ranking, real-time history, experiments.",
@@ -183,11 +196,15 @@ def make_api() -> FastAPI:
         return {"status": "ok"}
 
     @api.get("/readyz", responses={503: {"model": schemas.ErrorBody}})
-    async def readyz(request: Request):
+    async def readyz(request: Request, creds: Credentials):
         problems = await _service(request).readiness()
-        if problems:
-            return JSONResponse({"error": "; ".join(problems)}, status_code=503)
-        return {"status": "ready"}
+        if not problems:
+            return {"status": "ready"}
+        if creds and creds.credentials and ADMIN in _keys().scopes_of(creds.credentials):
+            message = "; ".join(problems)
+        else:  # store hosts, artifact paths and error text are for operators only
+            message = f"not ready ({len(problems)} problem(s)); an admin key shows which"
+        return JSONResponse({"error": message}, status_code=503)
 
     # Build the schema now and serve that, not one rebuilt from Ray Serve's pickled copy of the
     # routes: FastAPI tells "no example" by the identity of a sentinel, which unpickling loses

@@ -9,10 +9,16 @@ the online store (SQLite WAL or Redis) and the event log directory, so a recomme
 an event posted to any worker; models change through `POST /v1/admin/models`
 (serving/model_watch.py), as on Ray. Once a worker's models are loaded, the objects it holds
 are frozen out of the garbage collector's scans (gc.freeze), as Ray does for its replicas.
+Workers die with the `recstack serve` process (Linux's parent-death signal): a parent killed
+with kill -9 must not leave them holding the port. SIGTERM or Ctrl-C stops them gracefully,
+which seals each worker's event-log segment (api.py's lifespan).
 """
 
+import ctypes
 import gc
 import os
+import signal
+import sys
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -25,10 +31,25 @@ from recstack.serving.service import build_service
 
 CONFIG_ENV = "RECSTACK_SERVE_CONFIG"  # how the parent hands the config path to the workers
 WORKERS_ENV = "RECSTACK_SERVE_WORKERS"  # …and the number of workers (onnxruntime "auto")
+PARENT_ENV = "RECSTACK_SERVE_PARENT"  # …and its pid: a worker stops when that process is gone
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _die_with_parent() -> None:
+    """SIGTERM this worker when the process that started it dies, however it dies."""
+    parent = int(os.environ.get(PARENT_ENV, "0"))
+    if parent in (0, os.getpid()) or not sys.platform.startswith("linux"):
+        return  # one worker runs inside `recstack serve` itself
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # it died before the line above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def build_local_app() -> FastAPI:
     """uvicorn factory: one worker's app, from the config named by $RECSTACK_SERVE_CONFIG."""
+    _die_with_parent()
     checked = read_serve_config(Path(os.environ[CONFIG_ENV]))
     args = checked["args"]
     workers = int(os.environ.get(WORKERS_ENV, "1"))
@@ -55,6 +76,7 @@ def run_uvicorn(config: Path, workers: int = 1) -> None:
     ApiKeys.from_environment()  # fail here, with the message, not in every worker
     os.environ[CONFIG_ENV] = str(Path(config).resolve())
     os.environ[WORKERS_ENV] = str(workers)
+    os.environ[PARENT_ENV] = str(os.getpid())
     uvicorn.run(
         "recstack.serving.local_server:build_local_app",
         factory=True,

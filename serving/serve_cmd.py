@@ -21,6 +21,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from recstack.errors import RecstackError, first_line
@@ -112,8 +113,14 @@ def wait_ready(url: str, timeout_s: float = 120.0) -> None:
     raise RecstackError(f"the service at {url} did not become ready in {timeout_s:.0f} s: {last}")
 
 
-def start(config: Path, address: str | None = None, temp_dir: Path = Path("runs/ray")) -> str:
-    """Deploy the config's app (start Ray if needed); returns the base URL once /readyz is 200."""
+def start(
+    config: Path,
+    address: str | None = None,
+    temp_dir: Path = Path("runs/ray"),
+    on_ray_started: Callable[[], None] | None = None,
+) -> str:
+    """Deploy the config's app (start Ray if needed); returns the base URL once /readyz is 200.
+    `on_ray_started` runs right after this process connects to Ray."""
     import ray
 
     checked = read_serve_config(config)
@@ -126,6 +133,8 @@ def start(config: Path, address: str | None = None, temp_dir: Path = Path("runs/
     from ray import serve
 
     start_ray(temp_dir, address)
+    if on_ray_started:
+        on_ray_started()
     proxy_location = checked["document"].get("proxy_location", "HeadOnly")  # EveryNode: cluster
     # no access log unless the config asks for one: request lines carry user ids in their
     # paths (as on the uvicorn engine), and a log line per request costs CPU
@@ -204,9 +213,11 @@ def serve_forever(config: Path, update: bool = False, address: str | None = None
             "joining a running Ray cluster: it keeps the Serve settings its `ray start` was "
             "given (see `recstack serve --config <yaml> --ray-env`)"
         )
+    _stop_on_sigterm()
     try:
-        url = start(config, address=address)
-        _stop_on_sigterm()  # after Ray's start: ray.init installs a SIGTERM handler of its own
+        # again once Ray is up: ray.init installs a SIGTERM handler of its own (a core dump and
+        # an abort), and the service answers before start() returns
+        url = start(config, address=address, on_ray_started=_stop_on_sigterm)
         print(f"recstack is serving at {url}  (OpenAPI: {url}/docs; Ctrl-C stops it)")
         while True:
             time.sleep(3600)

@@ -100,6 +100,11 @@ class RecommendService:
         arms = self.experiment.arms if self.experiment else [self.default_arm]
         return {self.settings.default_model} | {a.model for a in arms if a.model}
 
+    def close(self) -> None:
+        """A graceful stop: seal this writer's open event-log segment, close the store."""
+        self.log.close()
+        self.store.close()
+
     async def readiness(self) -> list[str]:
         """Why this replica cannot serve yet (empty list = ready)."""
         problems = []
