@@ -22,9 +22,11 @@ from starlette.exceptions import HTTPException
 from recstack import __version__
 from recstack.errors import RecstackError
 from recstack.serving import metrics, schemas
-from recstack.serving.auth import ADMIN, APP, ApiKeys
+from recstack.serving.auth import APP, MODELS, PRIVACY, ApiKeys, key_id
+from recstack.serving.config import RateLimit
 from recstack.serving.http_limits import LimitAndTime
 from recstack.serving.model_slots import UnknownModel
+from recstack.serving.rate_limit import KeyRateLimiter, RateLimited
 from recstack.serving.service import NotFound, RecommendService
 from recstack.serving.store.base import StoreUnavailable
 from recstack.serving.timing import stage, watch_gc
@@ -47,9 +49,10 @@ _NOT_FOUND = {404: {"model": schemas.ErrorBody, "description": "unknown item id"
 _STATE: dict = {}
 
 
-def attach(service: RecommendService, keys: ApiKeys) -> None:
-    """Serve `service`, guarded by `keys`, from this process's app."""
+def attach(service: RecommendService, keys: ApiKeys, rate_limit: RateLimit | None = None) -> None:
+    """Serve `service`, guarded by `keys` (and a rate limit per key), from this process's app."""
     _STATE["service"], _STATE["keys"] = service, keys
+    _STATE["limiter"] = KeyRateLimiter(rate_limit.per_key) if rate_limit else None
     watch_gc()
 
 
@@ -68,6 +71,9 @@ def _scope(scope: str):
             raise HttpError(401, "unknown API key")
         if scope not in granted:
             raise HttpError(403, f"this endpoint needs a key with the {scope!r} scope")
+        limiter = _STATE.get("limiter")
+        if limiter is not None:
+            await limiter.hit(key_id(creds.credentials))
 
     return Depends(check)
 
@@ -79,6 +85,7 @@ def _service(request: Request) -> RecommendService:
 
 
 def _keys() -> ApiKeys:
+    _STATE["keys"] = _STATE["keys"].current()  # a rotated keys file takes effect here
     return _STATE["keys"]
 
 
@@ -96,6 +103,9 @@ def _install_handlers(api: FastAPI) -> None:
 
     handlers = {
         HttpError: lambda exc: error(exc.status, str(exc)),
+        RateLimited: lambda exc: JSONResponse(
+            {"error": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after_s)}
+        ),
         HTTPException: lambda exc: JSONResponse(  # FastAPI's own: 404 route, 405, 400 body
             {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         ),
@@ -126,7 +136,7 @@ def make_api() -> FastAPI:
     )
     _install_handlers(api)
     api.add_middleware(LimitAndTime, max_body_bytes=MAX_BODY_BYTES)
-    app_scope, admin_scope = _scope(APP), _scope(ADMIN)
+    app_scope, models_scope, privacy_scope = _scope(APP), _scope(MODELS), _scope(PRIVACY)
 
     @api.post(
         "/v1/recommend",
@@ -162,17 +172,17 @@ def make_api() -> FastAPI:
     ) -> schemas.OnboardingResponse:
         return await _service(request).onboarding(user_id, body)
 
-    @api.get("/v1/users/{user_id}/data", dependencies=[admin_scope], responses=_ERRORS)
+    @api.get("/v1/users/{user_id}/data", dependencies=[privacy_scope], responses=_ERRORS)
     async def user_data(user_id: UserId, request: Request) -> schemas.UserData:
         return await _service(request).user_data(user_id)
 
-    @api.delete("/v1/users/{user_id}", dependencies=[admin_scope], responses=_ERRORS)
+    @api.delete("/v1/users/{user_id}", dependencies=[privacy_scope], responses=_ERRORS)
     async def erase(user_id: UserId, request: Request) -> schemas.ErasureResponse:
         return await _service(request).erase(user_id)
 
     @api.post(
         "/v1/admin/models",
-        dependencies=[admin_scope],
+        dependencies=[models_scope],
         responses=_ERRORS | _BAD_ARTIFACT,
         status_code=202,
     )
@@ -181,12 +191,12 @@ def make_api() -> FastAPI:
     ) -> schemas.ModelUpdateResponse:
         return await _service(request).update_models(body)
 
-    @api.get("/v1/experiments/report", dependencies=[admin_scope], responses=_ERRORS)
+    @api.get("/v1/experiments/report", dependencies=[models_scope], responses=_ERRORS)
     async def experiments_report(request: Request) -> dict:
         return await _service(request).experiment_report()
 
     @api.get(
-        "/metrics", dependencies=[admin_scope], responses=_ERRORS, response_class=PlainTextResponse
+        "/metrics", dependencies=[models_scope], responses=_ERRORS, response_class=PlainTextResponse
     )
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
@@ -200,10 +210,10 @@ def make_api() -> FastAPI:
         problems = await _service(request).readiness()
         if not problems:
             return {"status": "ready"}
-        if creds and creds.credentials and ADMIN in _keys().scopes_of(creds.credentials):
+        if creds and creds.credentials and MODELS in _keys().scopes_of(creds.credentials):
             message = "; ".join(problems)
         else:  # store hosts, artifact paths and error text are for operators only
-            message = f"not ready ({len(problems)} problem(s)); an admin key shows which"
+            message = f"not ready ({len(problems)} problem(s)); a models key shows which"
         return JSONResponse({"error": message}, status_code=503)
 
     # Build the schema now and serve that, not one rebuilt from Ray Serve's pickled copy of the

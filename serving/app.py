@@ -160,7 +160,7 @@ class Ingress:
         settings = parse_args(args)
         _use_replica_cpus(settings.onnxruntime.model_dump())
         self.service = build_service(settings, backend, f"ingress-{os.getpid()}")
-        attach(self.service, ApiKeys.from_environment())
+        attach(self.service, ApiKeys.from_environment(), settings.rate_limit)
 
     async def reconfigure(self, user_config: dict) -> None:
         """Colocated pipeline only: load (or hot-swap) the models named in the user_config.

@@ -27,11 +27,13 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
 )
 
 from recstack.errors import RecstackError
 from recstack.serving.experiments import Experiment
 from recstack.serving.item_index import Method
+from recstack.serving.rate_limit import parse_limit
 
 RETRIEVER, RANKER, INGRESS = "Retriever", "Ranker", "Ingress"
 # Ray's ServeDeploySchema fields (tests check the list against the installed Ray; importing
@@ -64,6 +66,19 @@ class OnnxRuntimeSettings(Strict):
     spinning: bool = False  # off where replicas share cores (a spinning thread steals them)
 
 
+class RateLimit(Strict):
+    per_key: str  # "100/second", "6000/minute": per replica or worker process
+
+    @field_validator("per_key")
+    @classmethod
+    def _a_rate(cls, value: str) -> str:
+        try:
+            parse_limit(value)
+        except RecstackError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
 class AppArgs(Strict):
     store: dict[str, Any] = Field(
         default_factory=lambda: {"kind": "embedded", "path": "runs/serve/state.sqlite"}
@@ -80,6 +95,7 @@ class AppArgs(Strict):
     # scaling the sides apart (e.g. a GPU ranker).
     pipeline: Literal["split", "colocated"] = "colocated"
     onnxruntime: OnnxRuntimeSettings = Field(default_factory=OnnxRuntimeSettings)
+    rate_limit: RateLimit | None = None  # calls per API key (serving/rate_limit.py); none: off
 
 
 class RaySettings(Strict):

@@ -60,7 +60,7 @@ def build_local_app() -> FastAPI:
         lambda store: LocalBackend(retriever.models, ranker.models, retriever.index, store),
         f"uvicorn-{os.getpid()}",
     )
-    attach(service, ApiKeys.from_environment())
+    attach(service, ApiKeys.from_environment(), args.rate_limit)
     api = make_api()
     gc.collect()
     gc.freeze()  # models, vocabularies and the app live as long as the worker: never scan them

@@ -15,8 +15,12 @@ from recstack.serving.experiments import Experiment, assign
 
 APP_KEY = "app-key-for-tests-0123456789"
 ADMIN_KEY = "admin-key-for-tests-0123456789"
+MODELS_KEY = "models-key-for-tests-0123456789"
+PRIVACY_KEY = "privacy-key-for-tests-0123456789"
 APP = {"Authorization": f"Bearer {APP_KEY}"}  # request headers with each scope's key
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+MODELS = {"Authorization": f"Bearer {MODELS_KEY}"}
+PRIVACY = {"Authorization": f"Bearer {PRIVACY_KEY}"}
 
 
 EXPERIMENT_CONFIG = {
@@ -52,6 +56,8 @@ def set_test_keys() -> None:
     """Keys through the environment, as in production (Ray workers inherit it)."""
     os.environ["RECSTACK_APP_KEYS"] = APP_KEY
     os.environ["RECSTACK_ADMIN_KEYS"] = ADMIN_KEY
+    os.environ["RECSTACK_MODELS_KEYS"] = MODELS_KEY
+    os.environ["RECSTACK_PRIVACY_KEYS"] = PRIVACY_KEY
 
 
 def write_serve_config(

@@ -8,6 +8,7 @@ import yaml
 from service_config import write_serve_config
 
 from recstack.errors import DataError, RecstackError
+from recstack.serving import auth
 from recstack.serving.artifact import check_same_vocab, load_artifact
 from recstack.serving.auth import ApiKeys
 from recstack.serving.config import read_serve_config
@@ -77,7 +78,7 @@ def test_model_slots_keep_the_old_model_when_a_new_dir_is_bad(ml100k_artifacts, 
 
 
 def test_api_keys_come_from_the_environment_or_a_file(monkeypatch, tmp_path):
-    for name in ("RECSTACK_APP_KEYS", "RECSTACK_ADMIN_KEYS", "RECSTACK_API_KEYS_FILE"):
+    for name in (*auth.KEY_ENV.values(), auth.KEYS_FILE_ENV):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(Exception, match="no API keys"):
         ApiKeys.from_environment()
@@ -90,8 +91,28 @@ def test_api_keys_come_from_the_environment_or_a_file(monkeypatch, tmp_path):
     monkeypatch.setenv("RECSTACK_API_KEYS_FILE", str(secret))
     keys = ApiKeys.from_environment()
     assert keys.scopes_of("a-very-long-app-key-1") == {"app"}
-    assert keys.scopes_of("a-very-long-admin-key") == {"app", "admin"}
+    assert keys.scopes_of("a-very-long-admin-key") == {"app", "models", "privacy", "admin"}
     assert keys.scopes_of("a-very-long-app-key-2") == set()
+
+
+def test_keys_rotate_when_the_keys_file_changes(monkeypatch, tmp_path, caplog):
+    for name in auth.KEY_ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(auth, "RELOAD_EVERY_S", 0.0)
+    secret = tmp_path / "keys.json"
+    secret.write_text('{"app": ["old-app-key-0123456"], "privacy": ["privacy-key-0123456"]}')
+    monkeypatch.setenv("RECSTACK_API_KEYS_FILE", str(secret))
+    keys = ApiKeys.from_environment()
+    assert keys.current() is not keys and keys.current().digests == keys.digests  # unchanged
+    assert keys.scopes_of("privacy-key-0123456") == {"privacy"}  # no models, no app
+    secret.write_text('{"app": ["new-app-key-0123456", "another-app-key-01"]}')
+    rotated = keys.current()
+    assert rotated.scopes_of("new-app-key-0123456") == {"app"}
+    assert rotated.scopes_of("old-app-key-0123456") == set()
+    secret.write_text("{not json")  # a broken file: the keys read last stay, and it is logged
+    kept = rotated.current()
+    assert kept.scopes_of("new-app-key-0123456") == {"app"}
+    assert "keeping the previous ones" in caplog.text
 
 
 @pytest.mark.gpu

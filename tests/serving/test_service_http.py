@@ -16,6 +16,8 @@ from bad_artifacts import FORGERIES, copy_with_hashes
 from service_config import (
     ADMIN,
     APP,
+    MODELS,
+    PRIVACY,
     free_port,
     ray_temp_dir,
     set_test_keys,
@@ -156,6 +158,31 @@ def test_opted_out_users_get_non_personalised_results(service):
         {"events": [{"user_id": user, "item_id": "1", "type": "click", "ts": 1}]},
     )
     assert dropped.json()["accepted"] == 0 and dropped.json()["dropped_no_consent"] == 1
+
+
+def test_each_scope_opens_only_its_endpoints(service):
+    """privacy: data export and erasure; models: model updates, experiments, metrics,
+    readiness details; app: the product's calls; admin: everything."""
+    user = user_in("model", start=990)
+    update = {"ranker": {"main": str(service["artifacts"]["ranker"])}}
+    for headers, allowed in [(PRIVACY, "privacy"), (MODELS, "models"), (APP, "app")]:
+        calls = {
+            "privacy": [get(service, f"/v1/users/{user}/data", headers=headers)],
+            "models": [
+                post(service, "/v1/admin/models", update, headers=headers),
+                get(service, "/v1/experiments/report", headers=headers),
+                get(service, "/metrics", headers=headers),
+            ],
+            "app": [post(service, "/v1/recommend", {"user_id": user, "k": 3}, headers=headers)],
+        }
+        for scope, responses in calls.items():
+            for response in responses:
+                if scope == allowed:
+                    assert response.status_code in (200, 202), (allowed, response.text)
+                else:
+                    assert response.status_code == 403, (allowed, scope, response.text)
+                    assert f"{scope!r} scope" in response.json()["error"]
+    assert get(service, f"/v1/users/{user}/data", headers=ADMIN).status_code == 200
 
 
 def test_similar_items(service):
