@@ -100,7 +100,9 @@ def test_every_package_directory_is_listed_in_pyproject():
 
 
 def test_serve_without_api_keys_says_how_to_set_them(monkeypatch, capsys):
-    for name in ("RECSTACK_APP_KEYS", "RECSTACK_ADMIN_KEYS", "RECSTACK_API_KEYS_FILE"):
+    from recstack.serving.auth import KEY_ENV, KEYS_FILE_ENV
+
+    for name in (*KEY_ENV.values(), KEYS_FILE_ENV):
         monkeypatch.delenv(name, raising=False)
     assert main(["serve", "--config", str(ROOT / "configs" / "serve_ml100k.yaml")]) == 2
     assert "no API keys: set RECSTACK_APP_KEYS" in capsys.readouterr().err  # before Ray starts
