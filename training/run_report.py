@@ -45,7 +45,7 @@ def load_best(task, best_path: str | Path | None) -> dict | None:
     """Load the best checkpoint's weights into `task` (kept as is when there is none)."""
     if not best_path:
         return None
-    checkpoint = torch.load(best_path, map_location=task.device, weights_only=False)
+    checkpoint = torch.load(best_path, map_location=task.device, weights_only=True)
     task.load_state_dict(checkpoint["state_dict"])
     return checkpoint
 

@@ -12,7 +12,7 @@ import torch
 from train_configs import SASREC, write_config
 
 from recstack.cli import main
-from recstack.errors import DataError
+from recstack.errors import DataError, RecstackError
 from recstack.manifest import read_manifest
 from recstack.training.export import export_cmd
 from recstack.training.export.export_cmd import ARTIFACT_KIND
@@ -94,3 +94,18 @@ def test_bad_inputs_get_one_line_errors(tmp_path, capsys):
     )
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+class NotAWeight:
+    """Stands for any object a tampered checkpoint could smuggle in to run on unpickling."""
+
+
+def test_a_checkpoint_holding_other_objects_is_refused_unread(tmp_path, sasrec_ckpt):
+    checkpoint = torch.load(sasrec_ckpt, map_location="cpu", weights_only=True)
+    checkpoint["extra"] = NotAWeight()
+    tampered = tmp_path / "tampered.ckpt"
+    torch.save(checkpoint, tampered)
+    with pytest.raises(RecstackError, match="weights only") as exc:
+        export_cmd._load_task(tampered, f"{NextItemTask.__module__}.NextItemTask")
+    assert "\n" not in str(exc.value)
+    assert export_cmd._load_task(sasrec_ckpt, f"{NextItemTask.__module__}.NextItemTask")

@@ -21,6 +21,7 @@ SASRec index serves similar items (cosine, queries are popular items).
 
 import importlib
 import json
+import pickle
 import shutil
 import tempfile
 import warnings
@@ -68,7 +69,13 @@ def _load_task(ckpt: Path, class_path: str):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return task_class.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
+            # weights only: tensors and plain containers, never arbitrary pickled objects
+            return task_class.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise RecstackError(
+            f"cannot load checkpoint {ckpt}: it holds objects other than tensors and plain "
+            "values (recstack loads weights only); export a checkpoint `recstack train` wrote"
+        ) from None
     except (RuntimeError, KeyError, EOFError, ValueError) as exc:
         raise RecstackError(f"cannot load checkpoint {ckpt}: {first_line(exc)}") from None
 
