@@ -62,11 +62,16 @@ class HttpError(Exception):
         self.status = status
 
 
+def _granted(creds: HTTPAuthorizationCredentials | None) -> set[str]:
+    """The scopes of the request's key (empty: no key or an unknown one)."""
+    return _keys().scopes_of(creds.credentials) if creds and creds.credentials else set()
+
+
 def _scope(scope: str):
     async def check(creds: Credentials) -> None:  # async: FastAPI runs a sync one in a thread
         if creds is None or not creds.credentials:
             raise HttpError(401, "missing API key: send `Authorization: Bearer <key>`")
-        granted = _keys().scopes_of(creds.credentials)
+        granted = _granted(creds)
         if not granted:
             raise HttpError(401, "unknown API key")
         if scope not in granted:
@@ -210,7 +215,7 @@ def make_api() -> FastAPI:
         problems = await _service(request).readiness()
         if not problems:
             return {"status": "ready"}
-        if creds and creds.credentials and MODELS in _keys().scopes_of(creds.credentials):
+        if MODELS in _granted(creds):
             message = "; ".join(problems)
         else:  # store hosts, artifact paths and error text are for operators only
             message = f"not ready ({len(problems)} problem(s)); a models key shows which"

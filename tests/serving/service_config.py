@@ -70,6 +70,7 @@ def write_serve_config(
     replicas: int = 1,
     weights: tuple[float, float] = (0.5, 0.5),
     colocated: bool = False,
+    extra_args: dict | None = None,
 ) -> Path:
     config = {
         "http_options": {"host": "127.0.0.1", "port": port},
@@ -107,6 +108,7 @@ def write_serve_config(
     }
     app = config["applications"][0]
     app["args"]["pipeline"] = "colocated" if colocated else "split"
+    app["args"] |= extra_args or {}
     if colocated:  # models inside each Ingress replica, from its user_config
         retriever, ranker = (d["user_config"] for d in app["deployments"][1:])
         app["deployments"] = [
@@ -125,19 +127,40 @@ def ray_temp_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
 
 
-@contextlib.contextmanager
-def uvicorn_service(root: Path, artifacts: dict[str, Path], workers: int) -> Iterator[str]:
-    """`recstack serve --engine uvicorn` on the test config, state under `root`; yields its URL."""
+def start_serve(
+    root: Path,
+    artifacts: dict[str, Path],
+    *options: str,
+    extra_args: dict | None = None,
+    cwd: Path | None = None,
+    ready_s: float = 90.0,
+) -> tuple[subprocess.Popen, str]:
+    """`recstack serve <options>` in a process of its own on the test config (`root/serve.yaml`
+    with `extra_args`, state under `root/state`); -> (the process, its URL) once it is ready."""
     from recstack.serving.serve_cmd import wait_ready
 
     set_test_keys()
     port = free_port()
-    config = write_serve_config(root / "serve.yaml", artifacts, root / "state", port)
-    command = [sys.executable, "-m", "recstack.cli", "serve", "--config", str(config)]
-    server = subprocess.Popen([*command, "--engine", "uvicorn", "--workers", str(workers)])
+    config = write_serve_config(
+        root / "serve.yaml", artifacts, root / "state", port, extra_args=extra_args
+    )
+    command = [sys.executable, "-m", "recstack.cli", "serve", "--config", str(config), *options]
+    server = subprocess.Popen(command, cwd=cwd)
+    base = f"http://127.0.0.1:{port}"
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base, timeout_s=90)
+        wait_ready(base, timeout_s=ready_s)
+    except BaseException:
+        server.kill()
+        server.wait(timeout=30)
+        raise
+    return server, base
+
+
+@contextlib.contextmanager
+def uvicorn_service(root: Path, artifacts: dict[str, Path], workers: int) -> Iterator[str]:
+    """`recstack serve --engine uvicorn` on the test config, state under `root`; yields its URL."""
+    server, base = start_serve(root, artifacts, "--engine", "uvicorn", "--workers", str(workers))
+    try:
         yield base
     finally:
         server.terminate()

@@ -5,33 +5,17 @@ with each writer's event-log segment sealed and no Ray process left behind."""
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 import requests
-from service_config import APP, free_port, ray_temp_dir, set_test_keys, write_serve_config
+from service_config import APP, ray_temp_dir, start_serve
 
 from recstack.event_log_format import segment_files
 from recstack.serving.event_log import read_events
-from recstack.serving.serve_cmd import wait_ready
 
 pytestmark = pytest.mark.integration
-
-
-def start(root: Path, artifacts: dict, *engine: str, cwd: Path | None = None):
-    """`recstack serve` in its own process; -> (process, base URL, events dir)."""
-    set_test_keys()
-    port = free_port()
-    config = write_serve_config(root / "serve.yaml", artifacts, root / "state", port)
-    command = [sys.executable, "-m", "recstack.cli", "serve", "--config", str(config), *engine]
-    server = subprocess.Popen(command, cwd=cwd)
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base, timeout_s=120)
-    return server, base, root / "state" / "events"
 
 
 def post_events(base: str, user: str, n: int) -> None:
@@ -63,7 +47,8 @@ def wait_for(condition, timeout_s: float) -> bool:
 
 
 def test_uvicorn_workers_die_with_a_parent_killed_with_kill_9(tmp_path, ml100k_artifacts):
-    server, base, _ = start(tmp_path, ml100k_artifacts, "--engine", "uvicorn", "--workers", "2")
+    options = ("--engine", "uvicorn", "--workers", "2")
+    server, base = start_serve(tmp_path, ml100k_artifacts, *options, ready_s=120)
     workers = psutil.Process(server.pid).children(recursive=True)
     assert len([w for w in workers if "multiprocessing" in " ".join(w.cmdline())]) >= 2
     os.kill(server.pid, signal.SIGKILL)
@@ -76,7 +61,8 @@ def test_uvicorn_workers_die_with_a_parent_killed_with_kill_9(tmp_path, ml100k_a
 def test_sigterm_stops_gracefully_and_seals_the_event_log(tmp_path, ml100k_artifacts, engine):
     cwd = ray_temp_dir()  # Ray's runs/ray under a short path (socket names fit)
     args = ("--engine", "uvicorn", "--workers", "2") if engine == "uvicorn" else ()
-    server, base, events = start(tmp_path, ml100k_artifacts, *args, cwd=cwd)
+    server, base = start_serve(tmp_path, ml100k_artifacts, *args, cwd=cwd, ready_s=120)
+    events = tmp_path / "state" / "events"
     post_events(base, f"sigterm-{engine}", 12)
     assert segment_files(events)[1], "the events sit in open segments while serving"
     server.send_signal(signal.SIGTERM)

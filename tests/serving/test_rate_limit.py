@@ -2,18 +2,14 @@
 Retry-After, and other keys are not affected; a limit that is not a rate is refused in one line."""
 
 import asyncio
-import subprocess
-import sys
 
 import pytest
 import requests
-import yaml
-from service_config import ADMIN, APP, free_port, set_test_keys, write_serve_config
+from service_config import ADMIN, APP, start_serve, write_serve_config
 
 from recstack.errors import RecstackError
 from recstack.serving.config import read_serve_config
 from recstack.serving.rate_limit import KeyRateLimiter, RateLimited
-from recstack.serving.serve_cmd import wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -28,30 +24,28 @@ def test_a_key_over_its_limit_is_told_when_to_retry():
     asyncio.run(limiter.hit("key-b"))  # another key has its own count
 
 
-def with_rate_limit(config, per_key: str):
-    document = yaml.safe_load(config.read_text())
-    document["applications"][0]["args"]["rate_limit"] = {"per_key": per_key}
-    config.write_text(yaml.safe_dump(document))
-    return config
-
-
 def test_a_limit_that_is_not_a_rate_is_refused_in_one_line(tmp_path, ml100k_artifacts):
-    config = write_serve_config(tmp_path / "s.yaml", ml100k_artifacts, tmp_path / "state", 1)
+    config = write_serve_config(
+        tmp_path / "s.yaml",
+        ml100k_artifacts,
+        tmp_path / "state",
+        1,
+        extra_args={"rate_limit": {"per_key": "lots"}},
+    )
     with pytest.raises(RecstackError, match="not a rate: write it like 100/second") as exc:
-        read_serve_config(with_rate_limit(config, "lots"))
+        read_serve_config(config)
     assert "\n" not in str(exc.value)
 
 
 def test_uvicorn_answers_429_with_retry_after_to_that_key_only(tmp_path, ml100k_artifacts):
-    set_test_keys()
-    port = free_port()
-    config = write_serve_config(tmp_path / "s.yaml", ml100k_artifacts, tmp_path / "state", port)
-    command = [sys.executable, "-m", "recstack.cli", "serve", "--config"]
-    command += [str(with_rate_limit(config, "3/minute")), "--engine", "uvicorn"]
-    server = subprocess.Popen(command)
+    server, base = start_serve(
+        tmp_path,
+        ml100k_artifacts,
+        "--engine",
+        "uvicorn",
+        extra_args={"rate_limit": {"per_key": "3/minute"}},
+    )
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base, timeout_s=90)
         body = {"user_id": "1", "k": 3}
         codes = [
             requests.post(f"{base}/v1/recommend", json=body, headers=APP, timeout=30)
