@@ -43,6 +43,8 @@ def test_uvicorn_answers_429_with_retry_after_to_that_key_only(tmp_path, ml100k_
         ml100k_artifacts,
         "--engine",
         "uvicorn",
+        "--workers",
+        "1",  # counts are per worker: one worker sees every call
         extra_args={"rate_limit": {"per_key": "3/minute"}},
     )
     try:
