@@ -2,6 +2,7 @@
 
     recstack data prepare --source ml-100k --out data/ml-100k
     recstack data synth --users 6000 --items 3700 --events 1000000 --out data/synth-1m
+    recstack data forget --dataset data/ml-100k --user 42 [--user 43 ...] [--artifact DIR]
     recstack eval baselines --dataset data/ml-100k
     recstack train --config configs/train/sasrec_ml100k.yaml
     recstack tune --config configs/train/sasrec_ml100k.yaml --search configs/search/sasrec.yaml
@@ -40,7 +41,9 @@ EPILOG = (
     "Training and tuning take LightningCLI configs and have their own --help: "
     "recstack train --config configs/train/<x>.yaml; "
     "recstack tune --config configs/train/<x>.yaml --search configs/search/<x>.yaml; "
-    "recstack serve --config configs/serve_ml100k.yaml [--update]"
+    "recstack serve --config configs/serve_ml100k.yaml [--update]; "
+    "recstack data forget --dataset DIR --user ID [--user ID ...] [--artifact DIR] "
+    "(removes users from datasets and artifacts' user features)"
 )
 
 
@@ -76,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
             from recstack.training.tuning.tune_cli import tune
 
             tune(argv[1:])
+            return 0
+        if argv[:2] == ["data", "forget"]:  # its own parser: --user, --dataset repeat
+            from recstack.datasets.forget import forget_cli
+
+            forget_cli(argv[2:])
             return 0
         if argv[:1] == ["serve"]:  # --config is the Serve YAML, not jsonargparse's own --config
             from recstack.serving.serve_cmd import serve_cli

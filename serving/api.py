@@ -14,14 +14,14 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from recstack import __version__
 from recstack.errors import RecstackError
-from recstack.serving import metrics, schemas
+from recstack.serving import metrics, model_watch, schemas
 from recstack.serving.auth import APP, MODELS, PRIVACY, ApiKeys, key_id
 from recstack.serving.config import RateLimit
 from recstack.serving.http_limits import LimitAndTime
@@ -35,14 +35,28 @@ MAX_BODY_BYTES = 1 << 20  # 1 MiB: larger bodies get 413 before they are read
 UserId = Annotated[str, Path(min_length=1, max_length=128)]
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer <key>`")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-_ERRORS = {
+_ERRORS = {  # every error status a route can answer, each with the `{"error": ...}` body
+    400: {"model": schemas.ErrorBody, "description": "request body that is not JSON"},
     401: {"model": schemas.ErrorBody, "description": "missing or unknown API key"},
     403: {"model": schemas.ErrorBody, "description": "the key lacks this endpoint's scope"},
+    408: {"model": schemas.ErrorBody, "description": "request body stopped arriving"},
     413: {"model": schemas.ErrorBody, "description": "request body over 1 MiB"},
     422: {"model": schemas.ErrorBody, "description": "invalid request"},
+    429: {"model": schemas.ErrorBody, "description": "over the key's rate limit (Retry-After)"},
     503: {"model": schemas.ErrorBody, "description": "not ready (model not loaded, store down)"},
 }
-_BAD_ARTIFACT = {400: {"model": schemas.ErrorBody, "description": "missing or corrupt artifact"}}
+_BAD_ARTIFACT = {
+    400: {
+        "model": schemas.ErrorBody,
+        "description": "body not JSON, or a missing or corrupt artifact",
+    }
+}
+_PROMETHEUS_TEXT = {
+    200: {
+        "description": "Prometheus text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
 _NOT_FOUND = {404: {"model": schemas.ErrorBody, "description": "unknown item id"}}
 
 
@@ -129,7 +143,7 @@ async def _lifespan(_api: FastAPI):
     yield
     service = _STATE.pop("service", None)
     if service is not None:
-        await asyncio.to_thread(service.close)
+        await service.close()
 
 
 def make_api() -> FastAPI:
@@ -200,8 +214,11 @@ def make_api() -> FastAPI:
     async def experiments_report(request: Request) -> dict:
         return await _service(request).experiment_report()
 
-    @api.get(
-        "/metrics", dependencies=[models_scope], responses=_ERRORS, response_class=PlainTextResponse
+    @api.get(  # errors in JSON like every route; the exposition in Prometheus' text format
+        "/metrics",
+        dependencies=[models_scope],
+        response_class=Response,
+        responses=_ERRORS | _PROMETHEUS_TEXT,
     )
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
@@ -210,13 +227,35 @@ def make_api() -> FastAPI:
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @api.get("/readyz", responses={503: {"model": schemas.ErrorBody}})
-    async def readyz(request: Request, creds: Credentials):
-        problems = await _service(request).readiness()
+    @api.get("/v1/admin/models", dependencies=[models_scope], responses=_ERRORS)
+    async def served_models(request: Request) -> schemas.ServedModels:
+        """The published model spec, and what every replica serves: each replica (uvicorn
+        worker, Ray replica) records its versions in the online store at start, on a swap and
+        every 5 s; those seen in the last 30 s are listed. A replica that just started can be
+        missing for about a second (two records written at once: the replica writes its own
+        again), and a dead one stays listed until its record is 30 s old."""
+        return await asyncio.to_thread(model_watch.served_models, _service(request).store)
+
+    @api.get(
+        "/readyz", responses={503: {"model": schemas.ErrorBody}}, response_model_exclude_none=True
+    )
+    async def readyz(request: Request, creds: Credentials) -> schemas.Readiness:
+        """Ready: models loaded on both sides with one vocab, store reachable. A models key
+        also gets what every replica serves (as GET /v1/admin/models), or the problems."""
+        service = _service(request)
+        problems = await service.readiness()
+        operator = MODELS in _granted(creds)
         if not problems:
-            return {"status": "ready"}
-        if MODELS in _granted(creds):
-            message = "; ".join(problems)
+            replicas = None
+            if operator:
+                with contextlib.suppress(StoreUnavailable):
+                    served = await asyncio.to_thread(model_watch.served_models, service.store)
+                    replicas = served["replicas"]
+            return schemas.Readiness(status="ready", replicas=replicas)
+        if operator:
+            info = await service.backend.info()
+            started = sorted({side.get("started", "") for side in info.values()} - {""})
+            message = "; ".join([*problems, *(f"models from {s}" for s in started)])
         else:  # store hosts, artifact paths and error text are for operators only
             message = f"not ready ({len(problems)} problem(s)); a models key shows which"
         return JSONResponse({"error": message}, status_code=503)

@@ -20,7 +20,13 @@ from ray.serve.handle import DeploymentHandle
 
 from recstack.serving.api import attach, make_api
 from recstack.serving.auth import ApiKeys
-from recstack.serving.backend import LocalBackend, RankerReplica, RetrieverReplica, use_onnxruntime
+from recstack.serving.backend import (
+    LocalBackend,
+    RankerReplica,
+    RetrieverReplica,
+    follow,
+    use_onnxruntime,
+)
 from recstack.serving.batching import grouped, unwrap
 from recstack.serving.config import (
     INGRESS,
@@ -32,6 +38,7 @@ from recstack.serving.config import (
     parse_args,
     parse_models,
 )
+from recstack.serving.model_watch import ModelsFrom
 from recstack.serving.ranking import Ranked, RankRequest
 from recstack.serving.retrieval import Candidates, RetrievalRequest
 from recstack.serving.service import build_service
@@ -52,21 +59,51 @@ def _use_replica_cpus(settings: dict) -> None:
     use_onnxruntime(OnnxRuntimeSettings.model_validate(settings), cpus)
 
 
-@serve.deployment(name=RETRIEVER, ray_actor_options={"num_cpus": 0.25})
-class RetrieverDeployment:
-    def __init__(self, store: dict, onnxruntime: dict) -> None:
+class _Side:
+    """One side's replica in a split-pipeline deployment: its models are loaded in the first
+    `reconfigure`, before Ray marks the replica ready, as the app's `models_from` says."""
+
+    side = ""
+
+    def __init__(
+        self, store: dict, onnxruntime: dict, models_from: ModelsFrom = "last_published"
+    ) -> None:
         _use_replica_cpus(onnxruntime)
         self.store = open_store(store)  # where the admin API publishes model updates
-        self.replica: RetrieverReplica | None = None
+        self.models_from = models_from
+        self.replica = None
+
+    def _new(self, config: ModelsConfig):
+        raise NotImplementedError
+
+    async def _load(self, config: ModelsConfig) -> None:
+        index = getattr(self.replica, "index", config.index)  # a ranker has none
+        if self.replica is None or index != config.index:
+            replica, old = self._new(config), self.replica
+            await asyncio.to_thread(
+                follow, {self.side: replica}, {self.side: config.models}, self.store,
+                self.models_from,
+            )  # fmt: skip
+            self.replica = replica
+            if old is not None:
+                old.watch.stop()
+        else:
+            await asyncio.to_thread(self.replica.watch.load, {self.side: config.models})
+
+    async def info(self) -> dict:
+        return self.replica.info()
+
+
+@serve.deployment(name=RETRIEVER, ray_actor_options={"num_cpus": 0.25})
+class RetrieverDeployment(_Side):
+    side = "retriever"
+
+    def _new(self, config: ModelsConfig) -> RetrieverReplica:
+        return RetrieverReplica({}, config.index)
 
     async def reconfigure(self, user_config: dict) -> None:
         config = parse_models(user_config, RETRIEVER)
-        if self.replica is None or self.replica.index != config.index:
-            self.replica = await asyncio.to_thread(
-                RetrieverReplica, config.models, config.index, self.store
-            )
-        else:
-            await asyncio.to_thread(self.replica.slots.apply, config.models)
+        await self._load(config)
         _set_batching(self._retrieve_batch, config)
 
     async def retrieve(self, model: str, request: RetrievalRequest) -> Candidates:
@@ -76,23 +113,17 @@ class RetrieverDeployment:
     async def _retrieve_batch(self, calls: list[tuple[str, RetrievalRequest]]) -> list:
         return grouped(calls, self.replica.retrieve)
 
-    async def info(self) -> dict:
-        return self.replica.info()
-
 
 @serve.deployment(name=RANKER, ray_actor_options={"num_cpus": 0.25})
-class RankerDeployment:
-    def __init__(self, store: dict, onnxruntime: dict) -> None:
-        _use_replica_cpus(onnxruntime)
-        self.store = open_store(store)  # where the admin API publishes model updates
-        self.replica: RankerReplica | None = None
+class RankerDeployment(_Side):
+    side = "ranker"
+
+    def _new(self, config: ModelsConfig) -> RankerReplica:
+        return RankerReplica({})
 
     async def reconfigure(self, user_config: dict) -> None:
         config = parse_models(user_config, RANKER)
-        if self.replica is None:
-            self.replica = await asyncio.to_thread(RankerReplica, config.models, self.store)
-        else:
-            await asyncio.to_thread(self.replica.slots.apply, config.models)
+        await self._load(config)
         _set_batching(self._rank_batch, config)
 
     async def rank(self, model: str, request: RankRequest) -> Ranked:
@@ -110,9 +141,6 @@ class RankerDeployment:
 
     async def unknown_items(self, model: str, item_ids: list[str]) -> int:
         return self.replica.unknown_items(model, item_ids)
-
-    async def info(self) -> dict:
-        return self.replica.info()
 
 
 class RayBackend:
@@ -142,6 +170,9 @@ class RayBackend:
             "ranker": await self.ranker.info.remote(),
         }
 
+    def close(self) -> None:
+        return None  # the Retriever / Ranker replicas stop their own model watches
+
 
 @serve.deployment(name=INGRESS, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(api)
@@ -153,28 +184,28 @@ class Ingress:
         self, retriever: DeploymentHandle | None, ranker: DeploymentHandle | None, args: dict
     ) -> None:
         def backend(store):  # colocated: no models until reconfigure (503, never a 500)
-            if retriever is None:
-                return LocalBackend({}, {}, store=store)
-            return RayBackend(retriever, ranker)
+            return LocalBackend({}, {}) if retriever is None else RayBackend(retriever, ranker)
 
-        settings = parse_args(args)
-        _use_replica_cpus(settings.onnxruntime.model_dump())
-        self.service = build_service(settings, backend, f"ingress-{os.getpid()}")
-        attach(self.service, ApiKeys.from_environment(), settings.rate_limit)
+        self.settings = parse_args(args)
+        _use_replica_cpus(self.settings.onnxruntime.model_dump())
+        self.service = build_service(self.settings, backend, f"ingress-{os.getpid()}")
+        attach(self.service, ApiKeys.from_environment(), self.settings.rate_limit)
 
     async def reconfigure(self, user_config: dict) -> None:
-        """Colocated pipeline only: load (or hot-swap) the models named in the user_config.
-        The loads run in a thread: this replica keeps answering on the old models meanwhile."""
+        """Colocated pipeline only: load (or hot-swap) the models named in the user_config, or
+        the published ones (models_from). Ray calls this before the replica is ready; later
+        loads run in a thread: this replica keeps answering on the old models meanwhile."""
         models = colocated_models(user_config)
         retriever, ranker = models["retriever"], models["ranker"]
         backend = self.service.backend
-        if isinstance(backend, LocalBackend) and backend.retriever.index == retriever.index:
-            await asyncio.to_thread(backend.retriever.slots.apply, retriever.models)
-            await asyncio.to_thread(backend.ranker.slots.apply, ranker.models)
+        if backend.watch is not None and backend.retriever.index == retriever.index:
+            await asyncio.to_thread(backend.reload, retriever.models, ranker.models)
         else:
             self.service.backend = await asyncio.to_thread(
-                LocalBackend, retriever.models, ranker.models, retriever.index, self.service.store
-            )
+                LocalBackend, retriever.models, ranker.models, retriever.index,
+                self.service.store, self.settings.models_from,
+            )  # fmt: skip
+            backend.close()
 
 
 def build_app(args: dict) -> serve.Application:
@@ -182,7 +213,5 @@ def build_app(args: dict) -> serve.Application:
     settings = parse_args(args)  # fail in the driver, before any replica starts
     if settings.pipeline == "colocated":
         return Ingress.bind(None, None, args)
-    store, ort = settings.store, settings.onnxruntime.model_dump()
-    return Ingress.bind(
-        RetrieverDeployment.bind(store, ort), RankerDeployment.bind(store, ort), args
-    )
+    side = (settings.store, settings.onnxruntime.model_dump(), settings.models_from)
+    return Ingress.bind(RetrieverDeployment.bind(*side), RankerDeployment.bind(*side), args)

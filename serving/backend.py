@@ -11,7 +11,7 @@ from recstack.serving.artifact import SessionSettings, use_session_settings
 from recstack.serving.config import OnnxRuntimeSettings
 from recstack.serving.item_index import Method, use_search_threads
 from recstack.serving.model_slots import ModelSlots
-from recstack.serving.model_watch import ModelWatch
+from recstack.serving.model_watch import ModelsFrom, ModelWatch
 from recstack.serving.ranking import Ranked, Ranker, RankRequest
 from recstack.serving.retrieval import Candidates, RetrievalRequest, Retriever
 from recstack.serving.store.base import OnlineStore
@@ -28,53 +28,47 @@ def use_onnxruntime(settings: OnnxRuntimeSettings, cpus: float) -> None:
     use_search_threads(threads)  # FAISS's OpenMP threads, the same share of the CPUs
 
 
-def _info(slots: ModelSlots) -> dict:
-    """What /readyz checks: {models: {name: {version, vocab}}, errors: {name: why}}."""
+def _info(slots: ModelSlots, watch: ModelWatch | None) -> dict:
+    """What /readyz checks: {models: {name: {version, vocab}}, errors: {name: why}}, and how
+    this replica chose its models (`started`)."""
     return {
         "models": {
             name: {"version": m.artifact.version, "vocab": m.artifact.catalog.vocab_hash}
             for name, m in slots.models.items()
         },
         "errors": slots.errors,
+        "started": watch.started if watch else "config (no store to follow)",
     }
 
 
 class RetrieverReplica:
-    """Named retrievers of one replica (hot-swappable; with a store, also by the admin API)."""
+    """Named retrievers of one replica (hot-swappable: ModelSlots, followed by a ModelWatch)."""
 
-    def __init__(
-        self, models: dict[str, str], index: Method = "auto", store: OnlineStore | None = None
-    ) -> None:
+    def __init__(self, models: dict[str, str], index: Method = "auto") -> None:
         self.index = index
         self.slots: ModelSlots[Retriever] = ModelSlots(lambda path: Retriever.load(path, index))
         self.slots.apply(models)
-        self.watch = ModelWatch(store, "retriever", self.slots) if store else None
+        self.watch: ModelWatch | None = None
 
     def retrieve(self, model: str, requests: list[RetrievalRequest]) -> list[Candidates]:
-        if self.watch:
-            self.watch.poll()
         return self.slots.get(model).retrieve(requests)
 
     def info(self) -> dict:
-        return _info(self.slots)
+        return _info(self.slots, self.watch)
 
 
 class RankerReplica:
     """Named rankers of one replica (hot-swappable); also popularity and similar items."""
 
-    def __init__(self, models: dict[str, str], store: OnlineStore | None = None) -> None:
+    def __init__(self, models: dict[str, str]) -> None:
         self.slots: ModelSlots[Ranker] = ModelSlots(Ranker.load)
         self.slots.apply(models)
-        self.watch = ModelWatch(store, "ranker", self.slots) if store else None
+        self.watch: ModelWatch | None = None
 
     def rank(self, model: str, requests: list[RankRequest]) -> list[Ranked]:
-        if self.watch:
-            self.watch.poll()
         return self.slots.get(model).rank(requests)
 
     def popular(self, model: str, k: int, exclude: list[str], explain: bool) -> Ranked:
-        if self.watch:
-            self.watch.poll()
         return self.slots.get(model).popular(k, exclude, explain)
 
     def similar(self, model: str, item_id: str, k: int) -> Ranked | None:
@@ -84,11 +78,29 @@ class RankerReplica:
         return self.slots.get(model).artifact.catalog.to_idx(item_ids)[1]
 
     def info(self) -> dict:
-        return _info(self.slots)
+        return _info(self.slots, self.watch)
+
+
+def follow(
+    replicas: dict[str, RetrieverReplica | RankerReplica],
+    config: dict[str, dict[str, str]],
+    store: OnlineStore,
+    models_from: ModelsFrom,
+    replica: str | None = None,
+) -> ModelWatch:
+    """Load the models `models_from` says (the config's, or the published ones) into these
+    replicas, which start empty, before they serve; then follow the published spec."""
+    watch = ModelWatch(store, {s: r.slots for s, r in replicas.items()}, models_from, replica)
+    for r in replicas.values():
+        r.watch = watch
+    watch.load(config)
+    return watch
 
 
 class LocalBackend:
-    """Retriever and ranker in this process."""
+    """Retriever and ranker in this process. With a store, the models `models_from` says are
+    loaded before the first request, and publications are followed (serving/model_watch.py);
+    `replica` names this process in the store's replica list (default host:pid)."""
 
     def __init__(
         self,
@@ -96,9 +108,33 @@ class LocalBackend:
         rankers: dict[str, str | Path],
         index: Method = "auto",
         store: OnlineStore | None = None,
+        models_from: ModelsFrom = "last_published",
+        replica: str | None = None,
     ):
-        self.retriever = RetrieverReplica({k: str(v) for k, v in retrievers.items()}, index, store)
-        self.ranker = RankerReplica({k: str(v) for k, v in rankers.items()}, store)
+        config = {
+            "retriever": {k: str(v) for k, v in retrievers.items()},
+            "ranker": {k: str(v) for k, v in rankers.items()},
+        }
+        watched = store is not None
+        self.retriever = RetrieverReplica({} if watched else config["retriever"], index)
+        self.ranker = RankerReplica({} if watched else config["ranker"])
+        self.watch = None
+        if watched:
+            sides = {"retriever": self.retriever, "ranker": self.ranker}
+            self.watch = follow(sides, config, store, models_from, replica)
+
+    def reload(self, retrievers: dict[str, str], rankers: dict[str, str]) -> None:
+        """New config models (a Ray user_config update), as models_from says."""
+        if self.watch is None:
+            self.retriever.slots.apply(retrievers)
+            self.ranker.slots.apply(rankers)
+        else:
+            self.watch.load({"retriever": dict(retrievers), "ranker": dict(rankers)})
+
+    def close(self) -> None:
+        """Stop following the published spec."""
+        if self.watch is not None:
+            self.watch.stop()
 
     async def retrieve(self, model: str, request: RetrievalRequest) -> Candidates:
         return self.retriever.retrieve(model, [request])[0]

@@ -33,7 +33,9 @@ from pydantic import (
 from recstack.errors import RecstackError
 from recstack.serving.experiments import Experiment
 from recstack.serving.item_index import Method
+from recstack.serving.model_watch import ModelsFrom
 from recstack.serving.rate_limit import parse_limit
+from recstack.serving.store.guard import GuardSettings
 
 RETRIEVER, RANKER, INGRESS = "Retriever", "Ranker", "Ingress"
 # Ray's ServeDeploySchema fields (tests check the list against the installed Ray; importing
@@ -96,6 +98,17 @@ class AppArgs(Strict):
     pipeline: Literal["split", "colocated"] = "colocated"
     onnxruntime: OnnxRuntimeSettings = Field(default_factory=OnnxRuntimeSettings)
     rate_limit: RateLimit | None = None  # calls per API key (serving/rate_limit.py); none: off
+    # Which models a replica loads at start when the config and a spec published by
+    # POST /v1/admin/models disagree (serving/model_watch.py). last_published (default): the
+    # latest change wins. An admin swap outlives restarts while the config's models stay as
+    # they were when it was published, and an edit of the config's models after it wins; so
+    # a restart never undoes the last change, and every replica, including ones Ray restarts
+    # or adds later, serves the same models. config: the config's models serve after every
+    # start (a replica that starts replaces an earlier publication for all replicas);
+    # publications made while running still swap models until then.
+    models_from: ModelsFrom = "last_published"
+    # bounds on the request path's store calls: timeout, deadline, circuit (store/guard.py)
+    store_guard: GuardSettings = Field(default_factory=GuardSettings)
 
 
 class RaySettings(Strict):

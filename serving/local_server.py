@@ -27,6 +27,7 @@ from recstack.serving.api import attach, make_api
 from recstack.serving.auth import ApiKeys
 from recstack.serving.backend import LocalBackend, use_onnxruntime
 from recstack.serving.config import read_serve_config
+from recstack.serving.http_protocol import KEEP_ALIVE_S, HeaderTimeoutProtocol
 from recstack.serving.service import build_service
 
 CONFIG_ENV = "RECSTACK_SERVE_CONFIG"  # how the parent hands the config path to the workers
@@ -57,7 +58,9 @@ def build_local_app() -> FastAPI:
     retriever, ranker = checked["models"]["retriever"], checked["models"]["ranker"]
     service = build_service(
         args,
-        lambda store: LocalBackend(retriever.models, ranker.models, retriever.index, store),
+        lambda store: LocalBackend(
+            retriever.models, ranker.models, retriever.index, store, args.models_from
+        ),
         f"uvicorn-{os.getpid()}",
     )
     attach(service, ApiKeys.from_environment(), args.rate_limit)
@@ -79,10 +82,20 @@ def run_uvicorn(config: Path, workers: int = 1) -> None:
     os.environ[PARENT_ENV] = str(os.getpid())
     uvicorn.run(
         "recstack.serving.local_server:build_local_app",
-        factory=True,
         host=http.get("host", "127.0.0.1"),
         port=int(http.get("port", 8000)),
         workers=workers,
-        log_level="warning",
-        access_log=False,  # never log request lines (ids) by default
+        **uvicorn_options(),
     )
+
+
+def uvicorn_options() -> dict:
+    """How each worker's HTTP server runs: explicit timeouts for headers (408), keep-alive
+    and (in http_limits.py) bodies; no access log (request lines carry ids)."""
+    return {
+        "factory": True,
+        "http": HeaderTimeoutProtocol,
+        "timeout_keep_alive": KEEP_ALIVE_S,
+        "log_level": "warning",
+        "access_log": False,
+    }

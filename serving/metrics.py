@@ -4,7 +4,7 @@ Each ingress replica serves its own registry; Prometheus sums over replicas. Lab
 user ids or keys.
 """
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry()
 
@@ -35,7 +35,24 @@ EVENTS_DROPPED = Counter(
     "Events dropped because the user opted out of tracking",
     registry=REGISTRY,
 )
-STORE_ERRORS = Counter("recstack_store_errors", "Online store calls that failed", registry=REGISTRY)
+STORE_ERRORS = Counter(
+    "recstack_store_errors",
+    "Online store calls that failed (error, timeout) or were skipped (circuit_open)",
+    ["kind"],
+    registry=REGISTRY,
+)
+STORE_CIRCUIT_OPEN = Gauge(
+    "recstack_store_circuit_open",
+    "1 while store calls are skipped after failures in a row (serving/store/guard.py)",
+    registry=REGISTRY,
+)
+STORE_SEEDED = Gauge(
+    "recstack_store_seeded",
+    "1 while the online store holds the seed_histories_from histories (or none is "
+    "configured), 0 while they are missing or being re-seeded (serving/store/seed.py)",
+    registry=REGISTRY,
+)
+STORE_SEEDED.set(1)
 
 # Where the time goes (serving/timing.py fills these): a request's stages, the event loop's
 # lag, garbage-collector pauses, and the disk work of the store and the event log.

@@ -8,26 +8,39 @@ starts Ray; setting them in a driver after Ray is up changes nothing. A cluster 
 `--address` keeps whatever its `ray start` was given: `recstack serve --config X --ray-env`
 prints the lines to export before `ray start` on every node.
 
+A local Ray is locked to this machine (docs/security.md): its node IP is 127.0.0.1, so the GCS,
+raylet, agents and workers bind to loopback; Ray's token auth is on, with a fresh token in its
+temp dir (`local_token`); HAProxy's stats and Prometheus listeners are moved to loopback
+(`haproxy_wrapper`). On a cluster the same is up to each node's `ray start`.
+
 After the app is up, `verify` looks at the local node and says what is really running: who holds
 the HTTP port (haproxy or Ray's Python proxy), HAProxy's thread count, each Ingress replica's
-own HTTP port, and the flags in each replica's environment. A setting that did not take
-effect is an error, never a silent slow path.
+own HTTP port, and the flags in each replica's environment; `check_exposure` lists every TCP
+listener of Ray's processes. A setting that did not take effect is an error, never a silent
+slow path.
 """
 
+import ipaddress
 import os
 import re
+import secrets
+import shlex
 import shutil
 import socket
 import subprocess
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
 from recstack.errors import RecstackError
 from recstack.serving.config import RaySettings
+from recstack.serving.http_protocol import HEADER_TIMEOUT_S
 
 HAPROXY_THREADS_MAX = 4
+LOOPBACK = "127.0.0.1"  # a local Ray's node IP: Ray binds its servers to loopback then
+TOKEN_FILE = "auth_token"  # in Ray's temp dir: the local Ray's token (RAY_AUTH_TOKEN_PATH)
 
 
 def haproxy_threads(settings: RaySettings, cores: int | None = None) -> int:
@@ -46,6 +59,9 @@ def ray_env(settings: RaySettings, cores: int | None = None) -> dict[str, str]:
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         env["RAY_SERVE_HAPROXY_NBTHREAD"] = str(haproxy_threads(settings, cores))
         env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = f"{settings.drain_s:g}"
+        # HAProxy's `timeout client` (Ray's default 3600 s) also bounds a request's headers:
+        # the same 10 s as the uvicorn engine's header timeout (http_protocol.py)
+        env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] = f"{HEADER_TIMEOUT_S:.0f}"
     else:
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
         env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
@@ -84,7 +100,7 @@ def check_haproxy() -> str:
 _applied: set[str] = set()  # names set by the last apply (a later config replaces them all)
 
 
-HAPROXY_PORTS = {  # HAProxy's own listeners (all interfaces) and Ray's defaults for them
+HAPROXY_PORTS = {  # HAProxy's own listeners (all interfaces but see haproxy_wrapper) and defaults
     "RAY_SERVE_HAPROXY_STATS_PORT": 8404,
     "RAY_SERVE_HAPROXY_METRICS_PORT": 9101,
 }
@@ -117,11 +133,96 @@ def check_ports(settings: RaySettings, http_port: int) -> None:
             )
 
 
-def apply(settings: RaySettings, http_port: int) -> dict[str, str]:
-    """Put the settings into this process's environment, before it starts a local Ray."""
+_WRAPPER = r"""#!/bin/sh
+# written by recstack (serving/ray_runtime.py: haproxy_wrapper)
+prev=
+for arg in "$@"; do
+  if [ "$prev" = -f ] && [ -f "$arg" ]; then
+    sed -i -e 's/^\([[:space:]]*bind \)\*:STATS$/\1LOOPBACK:STATS/' \
+      -e 's/^\([[:space:]]*bind \):METRICS$/\1LOOPBACK:METRICS/' "$arg"
+  fi
+  prev=$arg
+done
+exec BINARY "$@"
+"""
+
+
+def haproxy_wrapper(settings: RaySettings, binary: str, folder: Path) -> Path:
+    """A script that runs `binary` with HAProxy's stats and Prometheus listeners on loopback.
+
+    Ray Serve 2.60 renders them as `bind *:<stats port>` and `bind :<metrics port>` (all
+    interfaces, haproxy_templates.py) with no setting for the address. Ray runs HAProxy as
+    `$RAY_SERVE_HAPROXY_BINARY_PATH -db -f <config> ...` on each start and reload, so this
+    script rewrites those two lines of <config> to 127.0.0.1, then execs HAProxy.
+    """
+    env = ray_env(settings)
+    ports = {name: str(env.get(name, default)) for name, default in HAPROXY_PORTS.items()}
+    text = (
+        _WRAPPER.replace("STATS", ports["RAY_SERVE_HAPROXY_STATS_PORT"])
+        .replace("METRICS", ports["RAY_SERVE_HAPROXY_METRICS_PORT"])
+        .replace("LOOPBACK", LOOPBACK)
+        .replace("BINARY", shlex.quote(binary))
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "haproxy-loopback"
+    script.write_text(text)
+    script.chmod(0o755)
+    return script
+
+
+def loopback_node() -> None:
+    """Make ray.init in this process use 127.0.0.1 as a new local Ray's node IP (for good:
+    call it only in a process that starts its own Ray, never one that joins a cluster).
+
+    Ray binds its servers to loopback only when the node IP is 127.0.0.1 (the GCS, raylet and
+    workers' gRPC servers, the dashboard agent, the metrics servers), but ray.init turns a
+    given 127.0.0.1 into the machine's outward IP (services.resolve_ip_for_localhost) unless
+    clusters are off: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which ray_constants reads once,
+    at import (ray may be imported already, hence the attribute too).
+    """
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def local_token(temp_dir: Path, new: bool) -> None:
+    """Ray's token auth for a local Ray, with the token in `temp_dir` (mode 0600; nothing in
+    ~/.ray) named by RAY_AUTH_TOKEN_PATH, which Ray's processes inherit.
+
+    `new`: a fresh random token for a Ray about to start (ray.init turns token auth on for a
+    new local Ray when RAY_AUTH_MODE is unset). Otherwise (`recstack serve --update` joining
+    that Ray): the token found there, unless the environment names one.
+    """
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+    from ray._raylet import AuthenticationTokenLoader
+
+    path = Path(temp_dir).resolve() / TOKEN_FILE
+    if new:
+        path.unlink(missing_ok=True)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(secrets.token_hex(32))
+        for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):  # RAY_AUTH_TOKEN would win over the file
+            os.environ.pop(name, None)
+    elif not path.exists() or {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ):
+        return
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    AuthenticationTokenLoader.instance().reset_cache()  # a token read for an earlier Ray
+    if not new:  # ray.init does this itself only for an address it found, not RAY_ADDRESS's
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def apply(settings: RaySettings, http_port: int, temp_dir: Path | None = None) -> dict[str, str]:
+    """Put the settings into this process's environment, before it starts a local Ray (with
+    `temp_dir`, Ray's: HAProxy's own listeners on loopback, see `haproxy_wrapper`)."""
     env = ray_env(settings)
     if settings.proxy == "haproxy":
-        check_haproxy()
+        binary = check_haproxy()
+        if temp_dir is not None and "RAY_SERVE_HAPROXY_BINARY_PATH" not in settings.env:
+            wrapper = haproxy_wrapper(settings, binary, Path(temp_dir))
+            env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(wrapper)
     check_ports(settings, http_port)
     for name in _applied - set(env):
         os.environ.pop(name, None)
@@ -231,3 +332,65 @@ def verify(settings: RaySettings, port: int) -> dict:
             f"{haproxy_threads(settings)}: Ray was started with other settings"
         )
     return facts
+
+
+# ------------------------------------------------------------------------------ exposure
+
+
+class Listener(NamedTuple):
+    process: str
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.process} on {self.address}:{self.port}"
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address == "localhost"
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback  # ::ffff:127.0.0.1 too
+
+
+def listeners() -> list[Listener]:
+    """Every TCP listener of this process and its descendants: with a local Ray, the driver,
+    GCS, raylet, agents, workers, replicas and HAProxy (another Ray on the machine is not
+    ours)."""
+    me = psutil.Process()
+    tree = {p.pid: p for p in [me, *me.children(recursive=True)]}
+    found = []
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in tree:
+            try:
+                name = "driver" if conn.pid == me.pid else tree[conn.pid].name()
+            except psutil.NoSuchProcess:
+                continue
+            found.append(Listener(name, conn.laddr.ip, conn.laddr.port))
+    return sorted(set(found))
+
+
+def check_exposure(host: str, port: int) -> dict:
+    """The local Ray's listeners beyond loopback, other than the API on `host`:`port`.
+
+    Each replica's inter-deployment gRPC server binds [::] whatever the node IP (Ray Serve
+    2.60, replica.py `add_port_to_grpc_server(self._server, "[::]:0")`); Ray's token auth
+    guards it, so it is listed apart. Anything else on a non-loopback address is an error
+    when `host` is loopback; with an exposed `host` Serve also binds its fallback proxy (port
+    8500) and each replica's direct-ingress port there, which the caller reports.
+    """
+    found = listeners()
+    api = {host} | ({"0.0.0.0", "::"} if host in ("0.0.0.0", "::") else set())  # HAProxy: *
+    outside = [x for x in found if not _is_loopback(x.address)]
+    outside = [x for x in outside if not (x.port == port and x.address in api)]
+    token_only = [
+        x for x in outside if x.process.startswith("ray::ServeReplica") and x.address == "::"
+    ]
+    exposed = [x for x in outside if x not in token_only]
+    if exposed and _is_loopback(host):
+        raise RecstackError(
+            f"Ray's processes listen beyond loopback although http_options.host is {host}: "
+            f"{', '.join(map(str, exposed))} (docs/security.md)"
+        )
+    return {"listeners": found, "exposed": exposed, "token_only": token_only}

@@ -173,10 +173,24 @@ class OnboardingResponse(BaseModel):
     unknown_items: int
 
 
+class DataLocation(BaseModel):
+    place: Literal["online_store", "event_log", "seed_dataset", "artifact"]
+    path: str | None = Field(None, description="the event log, dataset or artifact directory")
+    holds_user: bool | None = Field(
+        description="whether it holds the user's data now; null: not checked by this replica"
+    )
+    note: str | None = Field(None, description="what it holds, or how to remove the user")
+
+
 class ErasureResponse(BaseModel):
     user_id: str
     erased_online_state: bool
     event_log_tombstoned: bool
+    locations: list[DataLocation] = Field(
+        description="every place checked, after the erasure; `note` names the command that "
+        "removes the user from a place that still holds them"
+    )
+    complete: bool = Field(description="true when no place holds the user any more")
 
 
 class UserData(BaseModel):
@@ -185,6 +199,7 @@ class UserData(BaseModel):
     consent: dict[str, bool] | None
     onboarding: list[str]
     events: list[dict]
+    locations: list[DataLocation] = Field(description="every place that holds the user's data")
 
 
 class ErrorBody(BaseModel):
@@ -204,3 +219,25 @@ class ModelUpdateResponse(BaseModel):
     retriever: dict[str, str]
     ranker: dict[str, str]
     note: str
+
+
+class ReplicaModels(BaseModel):
+    replica: str = Field(description="host:pid of the uvicorn worker or Ray replica")
+    models_from: Literal["last_published", "config"]
+    started: str = Field(description="how its models were chosen at its start")
+    generation: int | None = Field(description="the published spec generation it follows")
+    models: dict[str, dict[str, str]] = Field(description="side -> {model name: version}")
+    errors: dict[str, dict[str, str]] = Field(description="side -> {model name: load error}")
+    seen_s_ago: float = Field(description="since its last report (every 5 s)")
+
+
+class ServedModels(BaseModel):
+    published: dict | None = Field(description="the spec in the store: generation, per side")
+    replicas: list[ReplicaModels] = Field(description="every replica seen in the last 30 s")
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    replicas: list[ReplicaModels] | None = Field(
+        None, description="with a models key: what every replica serves"
+    )

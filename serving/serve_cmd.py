@@ -10,14 +10,16 @@ experiment arms, every artifact's manifest and hashes, the `ray:` section, the H
 binary), so a typo costs a second, not a half-started cluster. Ray starts with the `ray:`
 section's process settings (serving/ray_runtime.py: HAProxy and direct ingress, throughput
 mode, a lean node) and quiet defaults: no usage stats, no dashboard, no log forwarding, its
-temp dir under runs/ray, no token in the home directory. Once the app answers, the settings
-are checked on the running processes.
+temp dir under runs/ray. A local Ray is bound to loopback with Ray's token auth on (its token
+in the temp dir, not the home directory; docs/security.md). Once the app answers, the
+settings and the listening sockets are checked on the running processes.
 """
 
 import inspect
 import logging
 import os
 import signal
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -31,7 +33,7 @@ from recstack.serving.artifact import ARTIFACT_KIND
 from recstack.serving.auth import ApiKeys
 from recstack.serving.config import INGRESS, RANKER, RETRIEVER, read_serve_config
 
-QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}
+QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
 
 
 def start_ray(temp_dir: Path = Path("runs/ray"), address: str | None = None) -> None:
@@ -40,13 +42,19 @@ def start_ray(temp_dir: Path = Path("runs/ray"), address: str | None = None) -> 
 
     os.environ.update(QUIET_ENV)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no "Started Serve ..." lines
+    # no "Token authentication is enabled" line: a local Ray always has it
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     if ray.is_initialized():
         return
-    if address:
+    if address:  # a cluster's auth is its own (RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH: scaling.md)
+        if address == "auto":  # the local Ray `recstack serve` started (--update)
+            ray_runtime.local_token(temp_dir, new=False)
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         return
     temp_dir = Path(temp_dir).resolve()
     temp_dir.mkdir(parents=True, exist_ok=True)
+    ray_runtime.local_token(temp_dir, new=True)
+    ray_runtime.loopback_node()  # GCS, raylet, agents, workers: on 127.0.0.1 only
     ray.init(
         include_dashboard=False,
         log_to_driver=False,
@@ -87,9 +95,10 @@ def application(checked: dict, config: Path):
     args = checked["app"].get("args") or {}
     if checked["args"].pipeline == "colocated":
         return options(Ingress, INGRESS).bind(None, None, args)
-    store, ort = checked["args"].store, checked["args"].onnxruntime.model_dump()
-    retriever = options(RetrieverDeployment, RETRIEVER).bind(store, ort)
-    ranker = options(RankerDeployment, RANKER).bind(store, ort)
+    app_args = checked["args"]
+    side = (app_args.store, app_args.onnxruntime.model_dump(), app_args.models_from)
+    retriever = options(RetrieverDeployment, RETRIEVER).bind(*side)
+    ranker = options(RankerDeployment, RANKER).bind(*side)
     return options(Ingress, INGRESS).bind(retriever, ranker, args)
 
 
@@ -128,7 +137,8 @@ def start(
     host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
     if address is None and not ray.is_initialized():  # a new local Ray
         ApiKeys.from_environment()  # new replicas read the keys too: say what is missing once
-        ray_runtime.apply(checked["ray"], port)  # before Ray's processes start (read once)
+        # before Ray's processes start (read once)
+        ray_runtime.apply(checked["ray"], port, Path(temp_dir).resolve())
     app = application(checked, config)
     from ray import serve
 
@@ -162,6 +172,13 @@ def start(
     wait_ready(url)
     if address is None:
         ray_runtime.verify(checked["ray"], port)
+        exposed = ray_runtime.check_exposure(host, port)["exposed"]
+        if exposed:  # http_options.host is not loopback: Serve binds these there too
+            print(
+                f"warning: besides the API port, {', '.join(map(str, exposed))} listen on "
+                f"{host}: firewall them (docs/security.md)",
+                file=sys.stderr,
+            )
     return url
 
 

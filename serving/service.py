@@ -12,11 +12,13 @@ online histories, so the next recommendation sees them on any replica sharing th
 import asyncio
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.compute as pc
 
+from recstack.datasets.dataset_dir import DATASET_KIND
+from recstack.datasets.forget import ARTIFACT_KIND, forget_hint, holds_user
 from recstack.errors import RecstackError
 from recstack.schema import (
     ARM,
@@ -30,6 +32,7 @@ from recstack.schema import (
 )
 from recstack.serving import metrics, schemas
 from recstack.serving.artifact import check_same_vocab
+from recstack.serving.backend import LocalBackend
 from recstack.serving.config import AppArgs
 from recstack.serving.event_log import INTERACTION_TYPES, EventLog, read_events, tombstone
 from recstack.serving.experiments import Arm, Experiment, assign, experiment_report
@@ -38,7 +41,8 @@ from recstack.serving.ranking import Ranked, Ranker, RankRequest
 from recstack.serving.retrieval import RetrievalRequest, Retriever
 from recstack.serving.store import open_store
 from recstack.serving.store.base import OnlineStore, StoreUnavailable
-from recstack.serving.store.seed import seed_from_dataset
+from recstack.serving.store.guard import GuardSettings, StoreGuard
+from recstack.serving.store.seed import SeedWatch
 from recstack.serving.timing import stage
 
 
@@ -51,6 +55,7 @@ class ServiceSettings:
     default_model: str = "main"  # model set for users outside any experiment
     retrieve_n: int = 100  # candidates the retriever hands the ranker
     history_limit: int = 200  # most recent items read from the online store
+    store_guard: GuardSettings = field(default_factory=GuardSettings)  # store call bounds
 
 
 def _items(ranked: Ranked) -> list[schemas.Item]:
@@ -69,8 +74,11 @@ class RecommendService:
         event_log: EventLog,
         experiment: Experiment | None,
         settings: ServiceSettings,
+        seed_watch: SeedWatch | None = None,
     ) -> None:
         self.backend, self.store, self.log = backend, store, event_log
+        self.guard = StoreGuard(store, settings.store_guard)
+        self.seed_watch = seed_watch  # with seed_histories_from: keeps the store seeded
         self.experiment, self.settings = experiment, settings
         self.default_arm = Arm(
             name=settings.default_model, kind="model", model=settings.default_model, weight=1.0
@@ -84,25 +92,22 @@ class RecommendService:
             return self.default_arm  # anonymous sessions are outside the experiment
         return assign(self.experiment, user_id)
 
-    async def _store(self, method: str, *args):
-        """One store call; a network store's round trip runs off the event loop, so a slow or
-        hung Redis delays only the requests that wait for it, not the whole replica."""
-        call = getattr(self.store, method)
-        try:
-            if self.store.network:
-                return await asyncio.to_thread(call, *args)
-            return call(*args)
-        except StoreUnavailable:
-            metrics.STORE_ERRORS.inc()
-            raise
+    async def _store(self, method: str, *args, deadline: float | None = None):
+        """One store call, bounded by the guard (its timeout, the request's `deadline`, the
+        circuit): a slow or hung store costs a request milliseconds, then its fallback."""
+        return await self.guard.call(method, *args, deadline=deadline)
 
     def models_needed(self) -> set[str]:
         arms = self.experiment.arms if self.experiment else [self.default_arm]
         return {self.settings.default_model} | {a.model for a in arms if a.model}
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """A graceful stop: seal this writer's open event-log segment, close the store."""
-        self.log.close()
+        if self.seed_watch is not None:
+            self.seed_watch.stop()
+        self.backend.close()  # stops following published models
+        await self.guard.aclose()
+        await asyncio.to_thread(self.log.close)
         self.store.close()
 
     async def readiness(self) -> list[str]:
@@ -126,6 +131,8 @@ class RecommendService:
                 )
         for side in ("retriever", "ranker"):
             problems += [f"{side} {name}: {err}" for name, err in info[side]["errors"].items()]
+        if self.seed_watch is not None:
+            problems += self.seed_watch.problems()  # the store lost its seed (emptied Redis)
         return problems
 
     # ---- recommend ------------------------------------------------------------------------
@@ -135,18 +142,22 @@ class RecommendService:
         arm = self.arm_of(req.user_id)
         model = arm.model or self.settings.default_model
         fallback, source, history = None, None, []
+        deadline = self.guard.deadline()
         try:
             with stage("store_read"):
-                consent = await self._store("consent", req.user_id) if req.user_id else None
+                consent = None
+                if req.user_id:
+                    consent = await self._store("consent", req.user_id, deadline=deadline)
                 if consent is not None and not consent.get("personalization", True):
                     fallback = "opted_out"
                 elif req.recent_items is not None:
                     history, source = list(req.recent_items), "request"
                 elif req.user_id:
                     limit = self.settings.history_limit
-                    history, source = await self._store("history", req.user_id, limit), "history"
+                    history = await self._store("history", req.user_id, limit, deadline=deadline)
+                    source = "history"
                     if not history:
-                        history = await self._store("onboarding", req.user_id)
+                        history = await self._store("onboarding", req.user_id, deadline=deadline)
                         source = "onboarding"
         except StoreUnavailable:
             fallback, history = "store_unavailable", list(req.recent_items or [])
@@ -198,14 +209,16 @@ class RecommendService:
 
     # ---- events and user state --------------------------------------------------------------
 
-    async def _tracking_allowed(self, user_id: str, cache: dict[str | None, bool]) -> bool:
+    async def _tracking_allowed(
+        self, user_id: str, cache: dict[str | None, bool], deadline: float
+    ) -> bool:
         """After one failed read the store counts as down for the rest of the request
         (cache[None]): a batch of many users costs one store timeout, not one per user."""
         if user_id not in cache:
             consent = None  # unknown consent (store down): the default (tracking on) applies
             if not cache.get(None):
                 try:
-                    consent = await self._store("consent", user_id)
+                    consent = await self._store("consent", user_id, deadline=deadline)
                 except StoreUnavailable:
                     cache[None] = True
             cache[user_id] = consent is None or consent.get("tracking", True)
@@ -213,9 +226,9 @@ class RecommendService:
 
     async def events(self, req: schemas.EventsRequest) -> schemas.EventsResponse:
         allowed: dict[str | None, bool] = {}
-        rows = []
+        rows, deadline = [], self.guard.deadline()
         for event in req.events:
-            if not await self._tracking_allowed(event.user_id, allowed):
+            if not await self._tracking_allowed(event.user_id, allowed, deadline):
                 continue
             rows.append(  # the log stamps received_at and writes the context as JSON text
                 {
@@ -263,20 +276,47 @@ class RecommendService:
         state = await self._store("user_data", user_id)
         events = await asyncio.to_thread(read_events, self.log.directory)
         mine = events.filter(pc.equal(events["user_id"], user_id))
+        history, consent = state.get("history", []), state.get("consent")
+        onboarding = state.get("onboarding", [])
+        in_store = bool(history or onboarding or consent is not None)
+        log_dir = str(self.log.directory)
         return schemas.UserData(
             user_id=user_id,
-            history=state.get("history", []),
-            consent=state.get("consent"),
-            onboarding=state.get("onboarding", []),
+            history=history,
+            consent=consent,
+            onboarding=onboarding,
             events=mine.to_pylist(),
+            locations=[
+                schemas.DataLocation(place="online_store", holds_user=in_store),
+                schemas.DataLocation(place="event_log", path=log_dir, holds_user=mine.num_rows > 0),
+                *await asyncio.to_thread(_file_locations, self, user_id),
+            ],
         )
 
     async def erase(self, user_id: str) -> schemas.ErasureResponse:
-        erased = await self._store("erase", user_id)
+        # the tombstone first: a seed running meanwhile then skips the user or erases them again
         await asyncio.to_thread(tombstone, self.log.directory, user_id)
+        erased = await self._store("erase", user_id)
         await asyncio.to_thread(self.log.seal)  # this replica's rows of the user leave disk now
+        log_dir = str(self.log.directory)
+        locations = [
+            schemas.DataLocation(place="online_store", holds_user=False),
+            schemas.DataLocation(
+                place="event_log",
+                path=log_dir,
+                holds_user=False,
+                note="tombstoned: no read, replay, seed or `data prepare` returns the user's "
+                f"events; `recstack events compact --log {log_dir}` also removes the rows "
+                "of sealed segments from disk",
+            ),
+            *await asyncio.to_thread(_file_locations, self, user_id),
+        ]
         return schemas.ErasureResponse(
-            user_id=user_id, erased_online_state=erased, event_log_tombstoned=True
+            user_id=user_id,
+            erased_online_state=erased,
+            event_log_tombstoned=True,
+            locations=locations,
+            complete=all(place.holds_user is False for place in locations),
         )
 
     async def update_models(self, body: schemas.ModelUpdate) -> schemas.ModelUpdateResponse:
@@ -300,7 +340,7 @@ class RecommendService:
         try:
             generation = publish(self.store, dict(body.retriever), dict(body.ranker))
         except StoreUnavailable:
-            metrics.STORE_ERRORS.inc()
+            metrics.STORE_ERRORS.labels("error").inc()
             raise  # -> 503: nothing was published
         return schemas.ModelUpdateResponse(
             generation=generation,
@@ -315,19 +355,26 @@ class RecommendService:
 
 
 def build_service(args: AppArgs, make_backend: Callable, writer: str) -> RecommendService:
-    """The service a config's args describe: the store (seeded once from the dataset when
-    `seed_histories_from` is set), an event-log writer named `writer`, and the backend
-    `make_backend(store)` returns (Ray handles, or models in this process)."""
+    """The service a config's args describe: the store (seeded from the dataset when
+    `seed_histories_from` is set, without erased users, and re-seeded in the background if it
+    loses the seed), an event-log writer named `writer`, and the backend `make_backend(store)`
+    returns (Ray handles, or models in this process)."""
     store = open_store(args.store)
+    watch = None
     if args.seed_histories_from is not None:
-        seed_from_dataset(store, args.seed_histories_from, args.history_limit)
-    return RecommendService(
+        watch = SeedWatch(store, args.seed_histories_from, args.history_limit, args.event_log)
+        watch.check()  # seeds a store that lacks the seed, before this replica serves
+    service = RecommendService(
         make_backend(store),
         store,
         EventLog(args.event_log, writer=writer),
         args.experiment,
-        ServiceSettings(args.default_model, args.retrieve_n, args.history_limit),
+        ServiceSettings(args.default_model, args.retrieve_n, args.history_limit, args.store_guard),
+        watch,
     )
+    if watch is not None:
+        watch.start()  # re-seeds a store that loses the seed, until service.close()
+    return service
 
 
 def _histories(rows: list[dict]) -> dict[str, list[str]]:
@@ -337,3 +384,51 @@ def _histories(rows: list[dict]) -> dict[str, list[str]]:
         if row[EVENT_TYPE] in INTERACTION_TYPES:
             out.setdefault(row[USER_ID], []).append((row[TS], row[ITEM_ID]))
     return {u: [i for _, i in sorted(pairs, key=lambda p: p[0])] for u, pairs in out.items()}
+
+
+def _file_locations(service: RecommendService, user_id: str) -> list[schemas.DataLocation]:
+    """The seed dataset and the served artifacts with user rows, each checked for the user."""
+    dirs = {}  # path -> (place, kind)
+    if service.seed_watch is not None:
+        dirs[service.seed_watch.dataset] = ("seed_dataset", DATASET_KIND)
+    local = isinstance(service.backend, LocalBackend)
+    if local:  # a split pipeline's models live in other processes
+        for side in (service.backend.retriever, service.backend.ranker):
+            for model in side.slots.models.values():
+                if "user_features" in model.artifact.manifest:
+                    dirs[model.artifact.path] = ("artifact", ARTIFACT_KIND)
+    out = []
+    for path, (place, kind) in dirs.items():
+        try:
+            held = holds_user(path, kind, user_id)
+        except RecstackError as exc:
+            out.append(
+                schemas.DataLocation(
+                    place=place, path=str(path), holds_user=None, note=f"cannot check: {exc}"
+                )
+            )
+            continue
+        note = None
+        if held and place == "seed_dataset":
+            note = "seeding skips erased users; to remove them from the files: "
+        elif held:
+            note = "user_features.parquet; the model keeps it until restarted; remove it with: "
+        out.append(
+            schemas.DataLocation(
+                place=place,
+                path=str(path),
+                holds_user=held,
+                note=note and note + forget_hint(kind, path, user_id),
+            )
+        )
+    if not local:
+        out.append(
+            schemas.DataLocation(
+                place="artifact",
+                holds_user=None,
+                note="the Retriever / Ranker deployments' artifacts are not visible here: "
+                "check each two-tower artifact with `recstack data forget --artifact DIR "
+                f"--user {user_id}`",
+            )
+        )
+    return out

@@ -27,7 +27,7 @@ class StoreUnavailable(RecstackError):
 class OnlineStore(ABC):
     """Per-user online state behind one small interface (DESIGN §7)."""
 
-    network = False  # True: calls are network round trips (callers run them off the loop)
+    name = "online store"  # how messages name it (backends say which store, without secrets)
 
     def __init__(self, max_history: int = DEFAULT_MAX_HISTORY):
         if not isinstance(max_history, int) or max_history < 1:
@@ -107,6 +107,16 @@ class OnlineStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections; the store must not be used afterwards."""
+
+    async def call_async(self, method: str, *args) -> Any:
+        """`getattr(self, method)(*args)` for an event loop. A local store answers inline (a
+        SQLite call is tens of µs); a network store overrides this with its asyncio client,
+        so a hung backend holds no thread and a timeout can cancel the call."""
+        return getattr(self, method)(*args)
+
+    async def aclose(self) -> None:
+        """Release what `call_async` opened in the running loop (before `close`)."""
+        return None  # a local store opened nothing
 
     def __enter__(self) -> OnlineStore:
         return self

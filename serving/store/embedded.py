@@ -96,6 +96,7 @@ class EmbeddedStore(OnlineStore):
     ):
         super().__init__(max_history)
         self.path = Path(path)
+        self.name = f"embedded store {self.path}"
         self.busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None

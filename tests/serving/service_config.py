@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 from recstack.serving.experiments import Experiment, assign
@@ -50,6 +52,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def started_redis(workdir: Path, **options):
+    """A running redis-server of a test's own (benchmarks/redis_server.py; the test is
+    skipped without the binary)."""
+    from redis_server import RedisServer
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = RedisServer(workdir, free_port(), **options)
+    server.start()
+    return server
 
 
 def set_test_keys() -> None:

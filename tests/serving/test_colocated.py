@@ -1,11 +1,13 @@
 """The colocated pipeline on Ray Serve: retriever and ranker inside each Ingress replica."""
 
 import shutil
+import socket
 import sys
 import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 import requests
 from service_config import (
@@ -129,3 +131,43 @@ def test_a_killed_replica_is_replaced_while_haproxy_routes_to_the_other(service)
         assert time.monotonic() < deadline, "the killed replica was never replaced"
         time.sleep(1)
     assert all(recommend(service, user)["fallback"] is None for _ in range(6))
+
+
+def test_rays_listeners_are_on_loopback_and_the_rest_need_rays_token(service):
+    """Every TCP listener of the local Ray (driver, GCS, raylet, agents, workers, replicas) and
+    of HAProxy is on 127.0.0.1, but for each replica's inter-deployment gRPC server, which Ray
+    binds to [::] whatever the node IP: that one refuses a call without Ray's token."""
+    port = int(service["url"].rsplit(":", 1)[1])
+    found = ray_runtime.listeners()
+    print("\n".join(map(str, found)))
+    names = {x.process.split(".")[0] for x in found}  # "ray::Actor.method" while it runs one
+    assert {"gcs_server", "raylet", "haproxy", "ray::ServeController"} <= names
+    haproxy = {x.port: x.address for x in found if x.process == "haproxy"}
+    assert haproxy == {port: "127.0.0.1", 8404: "127.0.0.1", 9101: "127.0.0.1"}  # stats, metrics
+    outside = [x for x in found if x.address not in ("127.0.0.1", "::ffff:127.0.0.1")]
+    assert outside and all(
+        x.process.startswith("ray::ServeReplica") and x.address == "::" for x in outside
+    ), outside
+    for x in outside:
+        with grpc.insecure_channel(f"127.0.0.1:{x.port}") as channel:
+            call = channel.unary_unary("/ray.serve.ASGIService/HandleRequest")
+            with pytest.raises(grpc.RpcError) as refused:
+                call(b"", timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert ray_runtime.check_exposure("127.0.0.1", port)["exposed"] == []
+
+
+def test_haproxy_closes_a_request_whose_headers_never_complete(service):
+    """Slowloris on the Ray engine: HAProxy's client timeout (10 s, as on uvicorn) ends a
+    request whose headers stop half-way, with a 408."""
+    port = int(service["url"].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        client.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+        began, answer = time.monotonic(), b""
+        while chunk := client.recv(4096):  # socket.timeout after 30 s: never closed
+            answer += chunk
+        waited = time.monotonic() - began
+    print(f"closed after {waited:.1f} s: {answer[:40]!r}")
+    assert 9 <= waited < 20, waited
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert "timeout client 10s" in ray_runtime._haproxy_config(ray_runtime.listener(port))

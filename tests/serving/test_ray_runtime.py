@@ -4,6 +4,7 @@ a new operator meets before Ray starts; one service on Ray's Python proxy, when 
 
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ def test_the_default_is_haproxy_throughput_mode_and_a_lean_node():
     assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
     assert env["RAY_enable_metrics_collection"] == "0"
     assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "2"
+    assert env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] == "10"  # headers: 10 s, as on uvicorn
 
 
 def test_haproxy_threads_follow_the_cores_unless_given():
@@ -122,6 +124,77 @@ def test_apply_replaces_what_an_earlier_config_set(monkeypatch):
     finally:
         os.environ.clear()
         os.environ.update(before)
+
+
+def test_the_haproxy_wrapper_moves_stats_and_metrics_to_loopback_only(tmp_path, monkeypatch):
+    """Ray renders HAProxy's stats and Prometheus listeners on all interfaces; the wrapper
+    that a local Ray runs as its HAProxy binary rewrites those two lines, not the API's."""
+    monkeypatch.setattr(ray_runtime, "check_ports", lambda *a: None)
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "frontend prometheus\n    bind :9101\nfrontend http_frontend\n    bind *:8000\n"
+        "listen stats\n  bind *:8404\n"
+    )
+    wrapper = ray_runtime.haproxy_wrapper(RaySettings(), "/bin/true", tmp_path / "ray")
+    subprocess.run([str(wrapper), "-db", "-f", str(config), "-dR"], check=True)
+    binds = [line.strip() for line in config.read_text().splitlines() if "bind" in line]
+    assert binds == ["bind 127.0.0.1:9101", "bind *:8000", "bind 127.0.0.1:8404"]
+    before = dict(os.environ)
+    try:
+        ray_runtime.apply(RaySettings(), 8000, tmp_path / "ray")
+        assert os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(wrapper)
+        ray_runtime.apply(RaySettings(), 8000)  # a cluster's `ray start` gets no wrapper
+        assert "RAY_SERVE_HAPROXY_BINARY_PATH" not in os.environ
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+
+
+def test_a_local_ray_gets_a_fresh_token_in_its_temp_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    for name in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    ray_runtime.local_token(tmp_path, new=True)
+    token = tmp_path / ray_runtime.TOKEN_FILE
+    assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(token)
+    assert "RAY_AUTH_MODE" not in os.environ  # ray.init turns token auth on
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+    first = token.read_text()
+    ray_runtime.local_token(tmp_path, new=True)
+    assert token.read_text() != first
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")  # `recstack serve --update`: another process
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    ray_runtime.local_token(tmp_path, new=False)
+    assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(token)
+
+
+@pytest.mark.parametrize(
+    "host, found, exposed",
+    [
+        ("127.0.0.1", [("raylet", "::ffff:127.0.0.1"), ("haproxy", "127.0.0.1")], None),
+        ("127.0.0.1", [("gcs_server", "0.0.0.0")], "gcs_server on 0.0.0.0:1"),
+        ("127.0.0.1", [("ray::DashboardAgent", "10.0.0.5")], "ray::DashboardAgent on 10.0"),
+        ("0.0.0.0", [("haproxy", "0.0.0.0"), ("ray::ServeReplica:a:Ingress", "::")], None),
+        ("0.0.0.0", [("ray::ProxyActor", "0.0.0.0")], "ray::ProxyActor on 0.0.0.0:1"),
+    ],
+)
+def test_listeners_beyond_loopback_are_found(monkeypatch, host, found, exposed):
+    """The API port may listen on http_options.host and a replica's gRPC server on [::]
+    (token auth); anything else beyond loopback is an error on a loopback host and a list
+    (for a warning) on an exposed one."""
+    api = 8000
+    listeners = [
+        ray_runtime.Listener(n, a, api if n == "haproxy" else 1 + i)
+        for i, (n, a) in enumerate(found)
+    ]
+    monkeypatch.setattr(ray_runtime, "listeners", lambda: listeners)
+    if exposed and host == "127.0.0.1":
+        with pytest.raises(RecstackError, match=exposed.replace(".", r"\.")):
+            ray_runtime.check_exposure(host, api)
+        return
+    facts = ray_runtime.check_exposure(host, api)
+    assert [str(x) for x in facts["exposed"]] == ([exposed] if exposed else [])
+    assert all(x.address == "::" for x in facts["token_only"])
 
 
 def test_ray_env_prints_the_lines_for_ray_start(capsys):
