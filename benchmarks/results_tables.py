@@ -11,6 +11,7 @@ with the JSON it summarises. Each table says which file it reads; a missing file
 import argparse
 import json
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -390,6 +391,125 @@ def stall_fixes_table() -> str:
     )
 
 
+FAULT_SCENARIOS = [
+    "worker_kill",
+    "replica_kill",
+    "redis_refused",
+    "redis_frozen",
+    "redis_emptied",
+    "corrupt_artifact",
+    "server_kill",
+]
+
+
+def _fault_note(r: dict) -> str:
+    """What the fault itself did, in a few words."""
+    f, name = r["fault"], r["scenario"]
+    if f.get("error"):
+        return f"fault failed: {f['error']}"
+    if name == "worker_kill":
+        return f"a new worker in {f['respawned_after_s']:.1f} s"
+    if name == "replica_kill":
+        back = f.get("restarted_after_s")
+        return f"a new replica in {'–' if back is None else f'{back:.1f}'} s"
+    if name == "redis_refused":
+        return f"{f['keys_before']} keys before, {f['keys_after_restart']} after the restart"
+    if name == "redis_emptied":
+        return f"{f['keys_before']} keys flushed; recovery = personalised again"
+    if name == "corrupt_artifact":
+        uploads = f["uploads"].values()
+        refused = sum(u["status"] == 400 for u in uploads)
+        return f"{refused}/{len(uploads)} forged uploads answered 400; scores finite {f['probe_scores_finite']}"
+    if name == "server_kill":
+        e, survivors = r["events"], f.get("survivors") or []
+        text = f"events acked {e['acked']:,}, **lost {e['lost']}**; "
+        if survivors:
+            names = Counter(p["name"] for p in survivors)
+            text += (
+                f"**{len(survivors)} process{'es' if len(survivors) > 1 else ''} still alive 5 s "
+                "after the kill** "
+                f"({', '.join(f'{n} ×{c}' for n, c in names.items())}; port held by "
+                f"{f.get('port_held_by') or 'none'}), then killed; "
+            )
+        elif f.get("outside_the_group"):
+            text += (
+                f"{f['outside_the_group']} processes outside the killed group, all gone "
+                f"{f['all_gone_s']:.1f} s later; "
+            )
+        return text + f"ready {f['restart_ready_s']:.1f} s after the restart began"
+    return ""
+
+
+def faults_table(name: str) -> str:
+    d = load(name)
+    if d is None:
+        return f"_no `{name}` yet_"
+    machine, config = d["machine"], d["config"]
+    commands = list(dict.fromkeys(r["command"] for r in d.get("runs") or [])) or [d["command"]]
+    commands = "; ".join(f"`.venv/bin/python {c.split('python ', 1)[-1]}`" for c in commands)
+    rows = []
+    order = {name: i for i, name in enumerate(FAULT_SCENARIOS)}
+    for r in sorted(d["scenarios"], key=lambda r: (order[r["scenario"]], r["engine"] != "uvicorn")):
+        lat = r["latency_ms"]
+        during, outside = lat.get("during", {}), lat.get("outside", {})
+        fallbacks = ", ".join(f"{k} {v}" for k, v in sorted(r["fallbacks"].items()))
+        recovery = r["recovery_s"]
+        rows.append(
+            [
+                r["scenario"],
+                r["engine"],
+                f"{r['requests']:,}",
+                r["errors"],
+                r["client_4xx"],
+                f"{r['fault_fallbacks']} ({fallbacks or 'none'})",
+                f"{ms(during.get('p50'))} / {ms(during.get('p99'))} / {ms(during.get('max'))}",
+                f"{ms(outside.get('p50'))} / {ms(outside.get('p99'))}",
+                "not recovered" if recovery is None else f"{recovery:.2f}",
+                _fault_note(r),
+            ]
+        )
+    headers = ["scenario", "engine", "requests", "errors", "4xx", "fault's fallbacks (all)"]
+    headers += ["during p50 / p99 / max", "outside p50 / p99", "recovery s", "the fault"]
+    parts = [
+        f"`{name}` ({machine['cores']} cores, {machine['cpu']}; client on the same cores; "
+        f"{commands}; {d['minutes']:.0f} min). Realistic mix at {config['rate']:g} req/s, the "
+        f"fault {config['fault_at']:g} s into a {config['duration']:g}-s window (Redis down or "
+        f"frozen {config['fault_s']:g} s); latency in ms from the scheduled send time; "
+        "per-second p99, errors and fallbacks in the JSON's `timeline`.",
+        md_table(headers, rows),
+    ]
+    soaks = d.get("soak") or []
+    if soaks:
+        soak_rows = [
+            [
+                s["engine"],
+                f"{s['rate']:g}/s × {s['seconds'] / 60:.0f} min",
+                f"{s['requests']:,}",
+                s["errors"],
+                s["client_4xx"],
+                *(ms(s["latency_ms"][p]) for p in ("p50", "p99", "p99.9", "max")),
+                ms(s["worst_second_p99_ms"]),
+            ]
+            for s in soaks
+        ]
+        soak_headers = ["soak (no fault)", "rate", "requests", "errors", "4xx", "p50", "p99"]
+        soak_headers += ["p99.9", "max", "worst 1-s p99"]
+        parts.append(md_table(soak_headers, soak_rows))
+    elif d.get("soak_reference"):
+        ref = d["soak_reference"]
+        parts.append(f"Soak not run here: the 5-minute soaks are `{Path(ref['file']).name}`'s.")
+    failures = d.get("failures") or {}
+    if failures:
+        parts.append("Did not run: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
+    return "\n\n".join(parts)
+
+
+def faults_tables() -> str:
+    """Every faults*.json run, the first run first (a second run reproduces it)."""
+    names = sorted(p.name for p in RESULTS.glob("faults*.json"))
+    return "\n\n".join(faults_table(n) for n in names) or "_no `faults*.json` yet_"
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "Data preparation (CPU)": prepare_table,
     "Training (CPU, this machine)": lambda: train_table("train_bench.json"),
@@ -402,6 +522,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "Serving engines side by side (engine_compare)": engine_tables,
     "Tail-latency fixes, before and after (stall_fixes)": stall_fixes_table,
     "Load tests (load_test)": load_test_table,
+    "Faults under load (faults)": faults_tables,
     "Inference and retrieval (inference_bench)": inference_tables,
 }
 

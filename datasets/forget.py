@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from recstack.datasets.dataset_dir import DATASET_KIND
 from recstack.datasets.prepare import vocab_hash
+from recstack.durable import fsync_dir
 from recstack.errors import DataError, first_line
 from recstack.event_log_format import user_hash
 from recstack.manifest import CONTENT_HASH, file_sha256, read_manifest
@@ -99,7 +100,7 @@ def forget_users(directory: Path | str, kind: str, user_ids: list[str]) -> dict:
         _write_durably(staged[MANIFEST_FILE], json.dumps(manifest, indent=2, default=str) + "\n")
         for name, tmp in staged.items():  # data files first, the manifest last
             os.replace(tmp, directory / name)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     finally:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
@@ -206,14 +207,6 @@ def _write_durably(path: Path, text: str) -> None:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def forget_cli(argv: list[str]) -> None:

@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from filelock import FileLock
 
+from recstack.durable import fsync_dir
 from recstack.errors import DataError, RecstackError
 from recstack.event_log_format import (
     ERASED_AT,
@@ -103,14 +104,6 @@ def now_ms() -> int:
 # --------------------------------------------------------------------------- files
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_parquet_atomic(table: pa.Table, path: Path, tmp_suffix: str) -> None:
     """Write `table` to `path` durably: temp file, fsync, rename, fsync the folder."""
     tmp = path.with_name(f".{path.name}{tmp_suffix}")
@@ -119,12 +112,12 @@ def _write_parquet_atomic(table: pa.Table, path: Path, tmp_suffix: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 # --------------------------------------------------------------------------- rows
@@ -186,7 +179,7 @@ class _OpenSegment:
         self.rows = 0
         self._file = open(self.path, "xb")  # closed in close()
         self._stream = pa.ipc.new_stream(self._file, EVENT_SCHEMA)
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
     def write(self, batch: pa.RecordBatch) -> None:
         self._stream.write_batch(batch)

@@ -37,7 +37,10 @@ from recstack.serving.store.base import OnlineStore, StoreUnavailable
 SEEDED_META = "seeded:{}"
 SEEDING_META = "seeding:{}"  # {"by": host:pid, "at": unix s}: a process is re-seeding
 BATCH_USERS = 2_000  # users per store write
-CHECK_EVERY_S = 5.0  # how often a SeedWatch looks for the marker
+# how often a SeedWatch looks for the marker (one meta read): an emptied store is seen within
+# about a second; while another process seeds, its end is seen within RECHECK_S
+CHECK_EVERY_S = 1.0
+RECHECK_S = 0.25
 CLAIM_TTL_S = 120.0  # another process's re-seed claim younger than this: let it finish
 log = logging.getLogger("recstack.serving")
 
@@ -152,7 +155,9 @@ class SeedWatch:
         self._stop.set()
 
     def _loop(self) -> None:
-        while not self._stop.wait(CHECK_EVERY_S * random.uniform(0.8, 1.2)):  # processes drift
+        while not self._stop.wait(
+            (CHECK_EVERY_S if self.seeded else RECHECK_S) * random.uniform(0.8, 1.2)
+        ):  # the jitter keeps processes from checking in step
             try:
                 self.check()
             except StoreUnavailable:

@@ -5,11 +5,10 @@ import json
 
 import polars as pl
 import pytest
+from tiny_data import prepared_log
 
 from recstack.cli import main
 from recstack.datasets.dataset_dir import load_dataset
-from recstack.datasets.prepare import prepare
-from recstack.datasets.sources.tabular import ColumnMapping
 from recstack.event_log_format import user_hash
 from recstack.manifest import CONTENT_HASH, read_manifest, write_manifest
 from recstack.schema import ITEM_ID, ITEM_IDX, MANIFEST_FILE, TS, USER_ID, USER_IDX
@@ -18,16 +17,12 @@ from recstack.schema import ITEM_ID, ITEM_IDX, MANIFEST_FILE, TS, USER_ID, USER_
 @pytest.fixture
 def dataset(tmp_path):
     """3 users: u1 (idx 0), u2 (idx 1, to forget: u3 must move to idx 1), u3."""
-    pl.DataFrame(
-        {
-            "u": ["u1", "u2", "u1", "u3", "u2", "u3", "u2", "u1"],
-            "i": ["a", "b", "c", "d", "e", "a", "c", "f"],
-            "t": [1, 2, 3, 4, 5, 6, 7, 8],
-        }
-    ).write_csv(tmp_path / "log.csv")
-    out = tmp_path / "dataset"
-    prepare(f"csv:{tmp_path / 'log.csv'}", out, columns=ColumnMapping("u", "i", "t"), quiet=True)
-    return out
+    return prepared_log(
+        tmp_path,
+        ["u1", "u2", "u1", "u3", "u2", "u3", "u2", "u1"],
+        ["a", "b", "c", "d", "e", "a", "c", "f"],
+        [1, 2, 3, 4, 5, 6, 7, 8],
+    )
 
 
 def histories(path) -> dict[str, list[str]]:

@@ -8,12 +8,10 @@ import sqlite3
 import threading
 import time
 
-import polars as pl
 import pytest
+from tiny_data import prepared_log
 
 from recstack.cli import main
-from recstack.datasets.prepare import prepare
-from recstack.datasets.sources.tabular import ColumnMapping
 from recstack.serving import metrics, schemas
 from recstack.serving.backend import LocalBackend
 from recstack.serving.config import AppArgs
@@ -26,12 +24,7 @@ from recstack.serving.store.embedded import USER_TABLES, EmbeddedStore
 
 @pytest.fixture
 def dataset(tmp_path):
-    pl.DataFrame(
-        {"u": ["u1", "u2", "u1", "u3", "u2"], "i": ["a", "b", "c", "d", "e"], "t": [1, 2, 3, 4, 5]}
-    ).write_csv(tmp_path / "log.csv")
-    out = tmp_path / "dataset"
-    prepare(f"csv:{tmp_path / 'log.csv'}", out, columns=ColumnMapping("u", "i", "t"), quiet=True)
-    return out
+    return prepared_log(tmp_path, ["u1", "u2", "u1", "u3", "u2"], list("abcde"), [1, 2, 3, 4, 5])
 
 
 @pytest.fixture

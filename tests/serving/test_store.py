@@ -10,10 +10,10 @@ import time
 import uuid
 from pathlib import Path
 
-import polars as pl
 import pytest
 import redis
 from service_config import free_port
+from tiny_data import prepared_log
 
 from recstack.errors import RecstackError
 from recstack.serving.store import open_store
@@ -317,20 +317,12 @@ def test_threads_share_one_embedded_store(tmp_path):
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory) -> Path:
     """A prepared dataset: 3 users; u1 has two events at the same ts (raw order must hold)."""
-    from recstack.datasets.prepare import prepare
-    from recstack.datasets.sources.tabular import ColumnMapping
-
-    root = tmp_path_factory.mktemp("seed")
-    pl.DataFrame(
-        {
-            "u": ["u1", "u2", "u1", "u1", "u3", "u2", "u1", "u1"],
-            "i": ["a", "b", "z", "c", "d", "e", "y", "f"],
-            "t": [5, 1, 1, 5, 2, 3, 9, 7],
-        }
-    ).write_csv(root / "log.csv")
-    out = root / "dataset"
-    prepare(f"csv:{root / 'log.csv'}", out, columns=ColumnMapping("u", "i", "t"), quiet=True)
-    return out
+    return prepared_log(
+        tmp_path_factory.mktemp("seed"),
+        ["u1", "u2", "u1", "u1", "u3", "u2", "u1", "u1"],
+        ["a", "b", "z", "c", "d", "e", "y", "f"],
+        [5, 1, 1, 5, 2, 3, 9, 7],
+    )
 
 
 def test_seed_from_dataset(make_store, small_dataset):
