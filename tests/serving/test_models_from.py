@@ -23,13 +23,13 @@ from recstack.serving.store.embedded import EmbeddedStore
 
 @pytest.fixture(scope="module")
 def versions(ml100k_artifacts, tmp_path_factory):
-    """The ranker artifact as versions v1 (the fixture's), v2, v3 of one model."""
+    """The ranker artifact as versions v1 (the fixture's), v2, v3 of one model (copies in this
+    module's own folder: the session's artifact folder is shared with other modules)."""
     ranker = ml100k_artifacts["ranker"]
+    model_dir = tmp_path_factory.mktemp("versions") / ranker.parent.name
     out = {"v1": ranker}
     for name in ("v2", "v3"):
-        out[name] = ranker.parent / name
-        if not out[name].exists():
-            shutil.copytree(ranker, out[name])
+        out[name] = shutil.copytree(ranker, model_dir / name)
     return out
 
 
