@@ -370,30 +370,25 @@ def at(when_unix: float) -> None:
 
 
 def kill_worker(service: FaultService, args, fault: Fault) -> None:
-    workers = service.workers()
-    fault.details["workers_before"] = [p.pid for p in workers]
-    if len(workers) < 2:
-        raise FaultsError(f"found {len(workers)} uvicorn worker(s), expected 2")
-    victim = workers[0]
-    fault.start = time.time()
-    victim.kill()
-    fault.details["killed_pid"] = victim.pid
-    fault.details["respawned_after_s"] = _replaced(
-        lambda: {p.pid for p in service.workers()}, victim.pid, len(workers), fault.start
-    )
+    _kill_one(fault, service.workers, "uvicorn worker", "respawned_after_s")
 
 
 def kill_replica(service: FaultService, args, fault: Fault) -> None:
-    replicas = service.replicas()
-    fault.details["replicas_before"] = [p.pid for p in replicas]
-    if len(replicas) < 2:
-        raise FaultsError(f"found {len(replicas)} Ingress replica(s), expected 2")
-    victim = replicas[0]
+    _kill_one(fault, service.replicas, "Ingress replica", "restarted_after_s")
+
+
+def _kill_one(fault: Fault, processes: Callable[[], list], what: str, replaced_key: str) -> None:
+    """kill -9 the first of 2+ processes; record how long until a new one replaced it."""
+    before = processes()
+    fault.details[f"{what.split()[-1]}s_before"] = [p.pid for p in before]
+    if len(before) < 2:
+        raise FaultsError(f"found {len(before)} {what}(s), expected 2")
+    victim = before[0]
     fault.start = time.time()
     victim.kill()
     fault.details["killed_pid"] = victim.pid
-    fault.details["restarted_after_s"] = _replaced(
-        lambda: {p.pid for p in service.replicas()}, victim.pid, len(replicas), fault.start
+    fault.details[replaced_key] = _replaced(
+        lambda: {p.pid for p in processes()}, victim.pid, len(before), fault.start
     )
 
 
