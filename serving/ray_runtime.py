@@ -28,6 +28,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import NamedTuple
@@ -257,11 +258,25 @@ def reap_haproxy() -> None:
             continue
 
 
-def listener(port: int) -> psutil.Process | None:
-    for conn in psutil.net_connections(kind="inet"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-            if conn.pid:
-                return psutil.Process(conn.pid)
+def listener(port: int, tries: int = 5) -> psutil.Process | None:
+    """The process listening on `port`. A holder can exit between the socket scan and the
+    lookup (HAProxy hands its sockets to a new process when its config reloads): scan again."""
+    for _ in range(tries):
+        holders = [
+            conn.pid
+            for conn in psutil.net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+        ]
+        for pid in filter(None, holders):
+            try:
+                process = psutil.Process(pid)
+                process.name()  # still there
+                return process
+            except psutil.NoSuchProcess:
+                continue
+        if not holders:
+            return None
+        time.sleep(0.1)
     return None
 
 

@@ -171,8 +171,12 @@ def start(
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     wait_ready(url)
     if address is None:
-        ray_runtime.verify(checked["ray"], port)
-        exposed = ray_runtime.check_exposure(host, port)["exposed"]
+        try:
+            ray_runtime.verify(checked["ray"], port)
+            exposed = ray_runtime.check_exposure(host, port)["exposed"]
+        except BaseException:
+            stop()  # a failed check leaves no Ray of ours running
+            raise
         if exposed:  # http_options.host is not loopback: Serve binds these there too
             print(
                 f"warning: besides the API port, {', '.join(map(str, exposed))} listen on "
