@@ -306,9 +306,20 @@ def _answers(port: int) -> bool:
         return False
 
 
-def verify(settings: RaySettings, port: int) -> dict:
+def verify(settings: RaySettings, port: int, tries: int = 5) -> dict:
     """What runs on this node behind `port`, checked against the settings (RecstackError when
-    a setting did not reach Ray's processes). Returns the facts found."""
+    a setting did not reach Ray's processes). Returns the facts found. A process that exits
+    while it is read (HAProxy hands its sockets to a new process when its config reloads)
+    means: look again."""
+    for _ in range(tries - 1):
+        try:
+            return _verify(settings, port)
+        except psutil.NoSuchProcess:
+            time.sleep(0.5)
+    return _verify(settings, port)
+
+
+def _verify(settings: RaySettings, port: int) -> dict:
     holder = listener(port)
     if holder is None:
         return {"checked": False, "why": f"no process on this node listens on port {port}"}
