@@ -157,6 +157,7 @@ def test_rays_listeners_are_on_loopback_and_the_rest_need_rays_token(service):
     assert ray_runtime.check_exposure("127.0.0.1", port)["exposed"] == []
 
 
+@pytest.mark.slow  # waits out HAProxy's 10-s timeout; test_ray_runtime checks the setting
 def test_haproxy_closes_a_request_whose_headers_never_complete(service):
     """Slowloris on the Ray engine: HAProxy's client timeout (10 s, as on uvicorn) ends a
     request whose headers stop half-way, with a 408."""

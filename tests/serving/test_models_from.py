@@ -142,6 +142,7 @@ def test_a_store_down_at_start_serves_the_config_then_the_published_spec(
             worker.close()
 
 
+@pytest.mark.slow  # two service starts (~40 s); the in-process tests above check the logic
 @pytest.mark.integration
 def test_uvicorn_workers_restart_on_the_published_spec_and_list_it(
     tmp_path, ml100k_artifacts, versions
