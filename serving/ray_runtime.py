@@ -125,13 +125,30 @@ def check_ports(settings: RaySettings, http_port: int) -> None:
         wanted |= {name: int(env.get(name, default)) for name, default in HAPROXY_PORTS.items()}
     for name, port in wanted.items():
         if _port_in_use(port):
+            where = "set another port in the config"
+            if name != "http_options.port":
+                where = f"choose another port (`ray.env: {{{name}: ...}}`)"
             raise RecstackError(
-                f"port {port} ({name}) is already in use on this machine: stop the service "
-                f"holding it, or choose another port (`ray.env: {{{name}: ...}}` for HAProxy's)"
-                if name != "http_options.port"
-                else f"port {port} (http_options.port) is already in use on this machine: stop "
-                "the service holding it or set another port in the config"
+                f"port {port} ({name}) is already in use on this machine{_held_by(port)}: "
+                f"stop the service holding it, or {where}"
             )
+
+
+def _held_by(port: int) -> str:
+    """` by <name> (pid N)`, with a hint for an HAProxy left by a Ray that was killed hard."""
+    try:
+        holder = listener(port)
+        if holder is None:
+            return ""
+        name = holder.name()
+    except psutil.Error:  # another user's process, or gone
+        return ""
+    if name == "haproxy":
+        return (
+            f" by haproxy (pid {holder.pid}), left by a Ray Serve that was killed or is still "
+            f"running (`ray stop --force` or `kill {holder.pid}` ends it)"
+        )
+    return f" by {name} (pid {holder.pid})"
 
 
 _WRAPPER = r"""#!/bin/sh
@@ -144,17 +161,24 @@ for arg in "$@"; do
   fi
   prev=$arg
 done
+# HAProxy dies with the manager actor that started it (a Ray killed hard would leave it
+# holding the port, answering 500); setpriv is util-linux's, on every Debian-like system
+if command -v setpriv >/dev/null 2>&1; then
+  exec setpriv --pdeathsig KILL BINARY "$@"
+fi
 exec BINARY "$@"
 """
 
 
 def haproxy_wrapper(settings: RaySettings, binary: str, folder: Path) -> Path:
-    """A script that runs `binary` with HAProxy's stats and Prometheus listeners on loopback.
+    """A script that runs `binary` with HAProxy's stats and Prometheus listeners on loopback,
+    killed when its parent (Ray's HAProxy manager actor) dies.
 
     Ray Serve 2.60 renders them as `bind *:<stats port>` and `bind :<metrics port>` (all
     interfaces, haproxy_templates.py) with no setting for the address. Ray runs HAProxy as
     `$RAY_SERVE_HAPROXY_BINARY_PATH -db -f <config> ...` on each start and reload, so this
-    script rewrites those two lines of <config> to 127.0.0.1, then execs HAProxy.
+    script rewrites those two lines of <config> to 127.0.0.1, then execs HAProxy with a
+    parent-death signal (the pid stays HAProxy's, which Ray's reloads signal with -sf).
     """
     env = ray_env(settings)
     ports = {name: str(env.get(name, default)) for name, default in HAPROXY_PORTS.items()}

@@ -19,12 +19,17 @@ per node the same way (RAY_SERVE_HAPROXY_STATS_PORT / _METRICS_PORT). API keys r
 replicas the way docs/scaling.md says: from the env of each node's `ray start`, as key
 variables on the head and as a key file path (RECSTACK_API_KEYS_FILE) on the worker.
 
+Ray's token auth is on, as docs/security.md tells a cluster to run: one token file, named by
+RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH in the env of each `ray start` and of `serve
+deploy`; the GCS and the replicas' gRPC servers refuse a call without it.
+
 Each node's processes are in a session of their own, ended by process group in `finally`
 (never `ray stop`: it kills every Ray process on the machine).
 """
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -32,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
+import psutil
 import pytest
 import requests
 import yaml
@@ -43,8 +50,57 @@ from recstack.serving.config import RaySettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 BIN = Path(sys.executable).parent
-QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+QUIET = {"RAY_USAGE_STATS_ENABLED": "0"}
 STARTUP_S = 240  # both nodes, the deploy, and four replicas loading ONNX on 2 shared cores
+
+
+def cluster_token(folder: Path) -> dict[str, str]:
+    """One Ray token for the whole cluster (mode 0600) and the two variables that name it."""
+    path = folder / "ray_token"
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(secrets.token_hex(32))
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
+
+
+RAY_METHODS = {  # a call of each kind of gRPC server a Serve process listens with
+    "core worker": "/ray.rpc.CoreWorkerService/GetCoreWorkerStats",
+    "replica (inter-deployment)": "/ray.serve.ASGIService/HandleRequest",
+    "GCS": "/ray.rpc.NodeInfoGcsService/GetAllNodeInfo",
+}
+
+
+def refused_without_token(port: int) -> str:
+    """The kind of Ray gRPC server on `port`, which refused a call without the token (a
+    server answers UNIMPLEMENTED for another kind's method, before its auth check)."""
+    codes = {}
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        for kind, method in RAY_METHODS.items():
+            try:
+                channel.unary_unary(method)(b"", timeout=10)
+                codes[kind] = grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                codes[kind] = exc.code()
+    refused = [kind for kind, code in codes.items() if code == grpc.StatusCode.UNAUTHENTICATED]
+    assert len(refused) == 1 and set(codes.values()) <= {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }, f"port {port}: {codes}"
+    return refused[0]
+
+
+def serve_grpc_ports() -> list[int]:
+    """The ports Serve's processes (controller, replicas) listen on on all interfaces: their
+    core workers' gRPC servers and the replicas' inter-deployment ones (the direct-ingress
+    HTTP servers listen on the node IP)."""
+    ports = []
+    for process in psutil.process_iter(["name"]):
+        if (process.info["name"] or "").startswith("ray::Serve"):
+            try:
+                listening = [c for c in process.net_connections() if c.status == "LISTEN"]
+            except psutil.Error:
+                continue
+            ports += [c.laddr.port for c in listening if c.laddr.ip in ("::", "0.0.0.0")]
+    return ports
 
 
 class Node:
@@ -102,24 +158,36 @@ def cluster_config(path: Path, artifacts: dict, state: Path, ports: dict, redis:
     return path
 
 
-def serve_details(dashboard: str) -> dict:
-    """What `serve status` summarises: the REST API of `serve deploy` (proxies, replicas)."""
-    response = requests.get(f"{dashboard}/api/serve/applications/", timeout=10)
+def serve_details(dashboard: str, auth: dict[str, str]) -> dict:
+    """What `serve status` summarises: the REST API of `serve deploy` (proxies, replicas),
+    which wants the cluster's token as a bearer token."""
+    token = Path(auth["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    response = requests.get(
+        f"{dashboard}/api/serve/applications/",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
     response.raise_for_status()
     return response.json()
 
 
-def wait_until_ready(dashboard: str, urls: list[str], logs: Path) -> dict:
+def wait_until_ready(dashboard: str, auth: dict, urls: list[str], logs: Path) -> dict:
     deadline, last = time.monotonic() + STARTUP_S, "nothing yet"
     while time.monotonic() < deadline:
         try:
-            details = serve_details(dashboard)
+            details = serve_details(dashboard, auth)
             app = details.get("applications", {}).get("recstack", {})
             if app.get("status") == "DEPLOY_FAILED":
                 pytest.fail(f"deploy failed: {app.get('message')}\nlogs: {logs}")
             ready = [requests.get(f"{url}/readyz", timeout=5).status_code for url in urls]
             last = f"app {app.get('status')}, /readyz {ready}"
-            if app.get("status") == "RUNNING" and ready == [200] * len(urls):
+            proxies = {p["status"] for p in details.get("proxies", {}).values()}
+            last += f", proxies {sorted(proxies)}"
+            if (
+                app.get("status") == "RUNNING"
+                and ready == [200] * len(urls)
+                and proxies == {"HEALTHY"}
+            ):
                 return details
         except requests.RequestException as exc:
             last = str(exc)
@@ -141,6 +209,7 @@ def test_serve_deploy_runs_the_app_across_two_nodes(tmp_path, ml100k_artifacts, 
     keys_file.write_text(json.dumps({"app": [APP_KEY], "admin": [ADMIN_KEY]}))
     keys_file.chmod(0o600)
     temp = ray_temp_dir()
+    auth = cluster_token(tmp_path)  # on a real cluster: the same file on every node
     config = cluster_config(
         tmp_path / "serve.yaml", ml100k_artifacts, tmp_path / "state", ports, redis_url
     )
@@ -156,7 +225,8 @@ def test_serve_deploy_runs_the_app_across_two_nodes(tmp_path, ml100k_artifacts, 
                 "--dashboard-agent-listen-port", str(ports["agent_a"]),
                 "--resources", '{"node_a": 1}', *common]  # fmt: skip
         keys = {"RECSTACK_APP_KEYS": APP_KEY, "RECSTACK_ADMIN_KEYS": ADMIN_KEY}
-        nodes.append(Node(head, keys | serve_env | haproxy_ports(), tmp_path / "head.log"))
+        head_env = keys | serve_env | haproxy_ports() | auth
+        nodes.append(Node(head, head_env, tmp_path / "head.log"))
         worker = ["--address", f"127.0.0.1:{ports['gcs']}",
                   "--dashboard-agent-listen-port", str(ports["agent_b"]),
                   "--resources", '{"node_b": 1}', *common]  # fmt: skip
@@ -165,18 +235,19 @@ def test_serve_deploy_runs_the_app_across_two_nodes(tmp_path, ml100k_artifacts, 
             "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(ports["http_b"]),  # one host, two proxies
             **serve_env,
             **haproxy_ports(),
+            **auth,
         }
         nodes.append(Node(worker, worker_env, tmp_path / "worker.log"))
 
         deploy = subprocess.run(
             [str(BIN / "serve"), "deploy", str(config), "--address", dashboard],
-            env={**os.environ, **QUIET},
+            env={**os.environ, **QUIET, **auth},
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-        details = wait_until_ready(dashboard, urls, temp / "session_latest" / "logs")
+        details = wait_until_ready(dashboard, auth, urls, temp / "session_latest" / "logs")
 
         # where Serve put things: two nodes, a healthy proxy on each, replicas on both
         deployments = details["applications"]["recstack"]["deployments"]
@@ -193,6 +264,13 @@ def test_serve_deploy_runs_the_app_across_two_nodes(tmp_path, ml100k_artifacts, 
         assert {p["status"] for p in proxies.values()} == {"HEALTHY"}
         for port in (ports["http"], ports["http_b"]):  # the ray: settings reached both nodes
             assert ray_runtime.listener(port).name() == "haproxy"
+
+        # Ray's own servers answer only calls that carry the cluster's token
+        no_token = requests.get(f"{dashboard}/api/serve/applications/", timeout=10)
+        assert no_token.status_code == 401, no_token.text
+        assert refused_without_token(ports["gcs"]) == "GCS"
+        kinds = [refused_without_token(port) for port in serve_grpc_ports()]
+        assert kinds.count("replica (inter-deployment)") == 4, kinds  # 2 Ingress, 1 + 1 model
 
         # each node's proxy serves the whole API; state is shared through Redis and the log
         user = "1"  # an ML-100K user with history

@@ -3,10 +3,14 @@ a new operator meets before Ray starts; one service on Ray's Python proxy, when 
 (HAProxy's own proof runs on the colocated service: test_colocated.py.)"""
 
 import os
+import shutil
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import yaml
@@ -105,8 +109,9 @@ def test_a_busy_port_is_one_line_before_ray_starts(monkeypatch):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(RecstackError, match=f"port {port} \\(http_options.port\\)"):
+        with pytest.raises(RecstackError, match=f"port {port} \\(http_options.port\\)") as err:
             ray_runtime.check_ports(RaySettings(), port)
+        assert "by python" in str(err.value) and f"(pid {os.getpid()})" in str(err.value)
         settings = RaySettings(env={"RAY_SERVE_HAPROXY_STATS_PORT": str(port)})
         with pytest.raises(RecstackError, match="RAY_SERVE_HAPROXY_STATS_PORT"):
             ray_runtime.check_ports(settings, free_port())
@@ -148,6 +153,32 @@ def test_the_haproxy_wrapper_moves_stats_and_metrics_to_loopback_only(tmp_path, 
     finally:
         os.environ.clear()
         os.environ.update(before)
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux's setpriv")
+def test_haproxy_dies_with_the_actor_that_started_it(tmp_path):
+    """Ray's HAProxy manager actor starts HAProxy through the wrapper; when the actor dies
+    hard (kill -9 of the whole server), HAProxy must not live on holding the port."""
+    wrapper = ray_runtime.haproxy_wrapper(RaySettings(), "/bin/sleep", tmp_path / "ray")
+    manager = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "p = subprocess.Popen(sys.argv[1:]); print(p.pid, flush=True); time.sleep(60)",
+            str(wrapper),
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    started = psutil.Process(int(manager.stdout.readline()))
+    deadline = time.monotonic() + 10
+    while started.name() != "sleep" and time.monotonic() < deadline:  # after setpriv's exec
+        time.sleep(0.05)
+    manager.kill()
+    manager.wait()
+    started.wait(5)  # raises TimeoutExpired while it lives on
 
 
 def test_a_local_ray_gets_a_fresh_token_in_its_temp_dir(tmp_path, monkeypatch):
