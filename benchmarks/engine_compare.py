@@ -256,7 +256,7 @@ def run_engine(engine: str, args, key: str) -> dict:
 
 
 def targets(engines: dict[str, dict]) -> dict:
-    """The issue's targets, met or missed, from what was measured."""
+    """The serving targets (TARGETS), met or missed, from what was measured."""
     out = {}
     rate = f"{TARGETS['soak_rate']:g}"
     for name in ("uvicorn", "ray-colocated"):

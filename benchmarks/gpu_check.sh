@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One short GPU check on a CUDA machine (e.g. the H100/H200 lent to a session), in priority
+# One short GPU check on a CUDA machine (e.g. one H100 or H200), in priority
 # order, each step time-boxed so the whole run ends in about 8 minutes:
 #   1. the gpu-marked tests (bf16 training, CUDA full ranking == CPU, chunked CE under autocast)
 #   2. one SASRec training step in plain PyTorch (step_profile.py) at batch 64/256/1024

@@ -88,7 +88,7 @@ def train_config(kind: str, batches: int, data: Path, runs: Path) -> dict:
         model |= {"dropout": 0.1, "similarity": "cosine", "temperature": 0.05}
     else:
         task, batch_size = "next_item.NextItemTask", 128
-        model = {"max_len": 50, "dim": 64, "n_layers": 2, "n_heads": 2, "dropout": 0.2}
+        model = {"history_len": 50, "dim": 64, "n_layers": 2, "n_heads": 2, "dropout": 0.2}
     return {
         "seed_everything": 0,
         "run_dir": str(runs / kind),
@@ -185,9 +185,9 @@ def measure_serving(workdir: Path, n_requests: int) -> dict:
     import faiss
     import psutil
 
-    from recstack.serving.artifact import load_artifact
-    from recstack.serving.item_index import ItemIndex, recall
-    from recstack.serving.query import encode
+    from recstack.artifact import load_artifact
+    from recstack.item_index import ItemIndex, recall
+    from recstack.query import encode
     from recstack.serving.ranking import Ranker, RankRequest
     from recstack.serving.retrieval import Retriever
 

@@ -7,7 +7,7 @@ It also exports the same log as one CSV file (the shape of MovieLens-20M's ratin
 prepares that, which exercises the staging path for non-Parquet sources.
 
 Each stage runs as its own process (`recstack ...`), so its wall time and peak RSS
-(getrusage of that child) are measured whole, imports included. Targets (issue 3, 2 cores):
+(getrusage of that child) are measured whole, imports included. Targets (2 cores):
 prepare <= 60 s and prepare peak RSS <= 3 x the raw Parquet size.
 Writes benchmarks/results/prepare_bench.json (or --out).
 """

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The serving step run on a bigger machine, e.g. the 16-core machine of a lent GPU (the GPU is
-# not used): Ray colocated with an Ingress replica per two cores (step run from 200 req/s, then
+# The serving step run on a bigger machine, e.g. a 16-core GPU machine (the GPU is not
+# used): Ray colocated with an Ingress replica per two cores (step run from 200 req/s, then
 # a 5-minute soak at 2,000 req/s, the target rate), then uvicorn with a worker per core (step
 # run only). About 14 minutes. Needs data/ml-100k and the ML-100K artifacts of
 # configs/serve_ml100k.yaml (README: train + export), and the project's venv.

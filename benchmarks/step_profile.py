@@ -20,14 +20,18 @@ from recstack.training.losses import LossConfig, RecLoss
 from recstack.training.models.sasrec import SASRec, SASRecConfig
 
 
-def time_steps(batch: int, n_items: int, max_len: int, device: torch.device, steps: int) -> dict:
+def time_steps(
+    batch: int, n_items: int, history_len: int, device: torch.device, steps: int
+) -> dict:
     torch.manual_seed(0)
-    net = SASRec(SASRecConfig(n_items=n_items, max_len=max_len, dim=64, n_layers=2, n_heads=2))
+    net = SASRec(
+        SASRecConfig(n_items=n_items, history_len=history_len, dim=64, n_layers=2, n_heads=2)
+    )
     net = net.to(device)
     loss_fn = RecLoss(LossConfig(kind="ce"), n_items).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    items = torch.randint(1, n_items + 1, (batch, max_len), device=device)
-    targets = torch.randint(1, n_items + 1, (batch, max_len), device=device)
+    items = torch.randint(1, n_items + 1, (batch, history_len), device=device)
+    targets = torch.randint(1, n_items + 1, (batch, history_len), device=device)
     cuda = device.type == "cuda"
 
     def step() -> None:
@@ -53,28 +57,34 @@ def time_steps(batch: int, n_items: int, max_len: int, device: torch.device, ste
     return {
         "batch": batch,
         "ms_per_step": round(ms, 2),
-        "tokens_per_s": round(batch * max_len / ms * 1000),
+        "tokens_per_s": round(batch * history_len / ms * 1000),
     }
 
 
 def step_profile(
     batches: str = "64,256,1024",
     n_items: int = 3700,
-    max_len: int = 200,
+    history_len: int = 200,
     steps: int = 30,
     device: Literal["auto", "cpu", "cuda"] = "auto",
     out: Path = Path("benchmarks/results/step_profile.json"),
 ) -> dict:
-    """Args: batches: comma-separated batch sizes; n_items, max_len: the synth-1m shapes."""
+    """Args: batches: comma-separated batch sizes; n_items, history_len: the synth-1m shapes."""
     dev = torch.device(
         "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
     )
-    runs = [time_steps(int(b), n_items, max_len, dev, steps) for b in batches.split(",")]
+    runs = [time_steps(int(b), n_items, history_len, dev, steps) for b in batches.split(",")]
     result = {
         "benchmark": "step_profile",
         "device": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor(),
         "torch": torch.__version__,
-        "config": {"n_items": n_items, "max_len": max_len, "dim": 64, "n_layers": 2, "loss": "ce"},
+        "config": {
+            "n_items": n_items,
+            "history_len": history_len,
+            "dim": 64,
+            "n_layers": 2,
+            "loss": "ce",
+        },
         "runs": runs,
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)

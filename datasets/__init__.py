@@ -1,1 +1,1 @@
-"""recstack.datasets: raw logs -> prepared Arrow/Parquet dataset dirs (DESIGN §3)."""
+"""recstack.datasets: raw logs -> prepared Arrow/Parquet dataset dirs (docs/architecture.md §3)."""

@@ -21,18 +21,17 @@ import argparse
 import hashlib
 import json
 import os
-import shlex
 import time
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recstack.datasets.dataset_dir import DATASET_KIND
+from recstack.artifact_manifest import ARTIFACT_KIND
+from recstack.dataset_dir import DATASET_KIND
 from recstack.datasets.prepare import vocab_hash
 from recstack.durable import fsync_dir
-from recstack.errors import DataError, first_line
+from recstack.errors import DataError
 from recstack.event_log_format import user_hash
 from recstack.manifest import CONTENT_HASH, file_sha256, read_manifest
 from recstack.schema import (
@@ -44,10 +43,9 @@ from recstack.schema import (
     USER_IDX,
     USERS_FILE,
 )
+from recstack.user_files import ORIGINAL_HASH, user_files, users_present
 
-ARTIFACT_KIND = "artifact"  # the kind `recstack export` writes (datasets/ imports no serving)
 ERASURES = "erasures"  # manifest key: the erasure ledger, [{"user_hash", "erased_at"}]
-ORIGINAL_HASH = "original_content_hash"  # manifest key: the content hash before any erasure
 TMP = ".forget-tmp"
 
 
@@ -74,8 +72,8 @@ def forget_users(directory: Path | str, kind: str, user_ids: list[str]) -> dict:
     """
     directory = Path(directory)
     manifest = read_manifest(directory, kind)  # every hash checked before anything changes
-    files = _user_files(directory, manifest)
-    present, erased_idx = _present(directory, files, [str(u) for u in user_ids])
+    files = user_files(directory, manifest)
+    present, erased_idx = users_present(directory, files, [str(u) for u in user_ids])
     if not present:
         return {"users": [], "rows": {}}
     rows, staged = {}, {}
@@ -107,58 +105,7 @@ def forget_users(directory: Path | str, kind: str, user_ids: list[str]) -> dict:
     return {"users": sorted(present), "rows": rows}
 
 
-def holds_user(directory: Path | str, kind: str, user_id: str) -> bool:
-    """True if a dataset or artifact dir has rows of `user_id` (hashes not re-checked)."""
-    directory = Path(directory)
-    manifest = read_manifest(directory, kind, verify=False)
-    return bool(_present(directory, _user_files(directory, manifest), [str(user_id)])[0])
-
-
-def forget_hint(kind: str, directory: Path | str, user_id: str) -> str:
-    """The command that removes `user_id` from a dir."""
-    flag = "--dataset" if kind == DATASET_KIND else "--artifact"
-    return (
-        f"recstack data forget {flag} {shlex.quote(str(directory))} --user {shlex.quote(user_id)}"
-    )
-
-
 # --------------------------------------------------------------------------- internals
-
-
-def _user_files(directory: Path, manifest: dict) -> dict[str, list[str]]:
-    """{file: its user columns} for each Parquet file of the manifest with user_id / user_idx."""
-    out = {}
-    for name in manifest.get("files", {}):
-        if not name.endswith(".parquet"):
-            continue
-        try:
-            names = pq.read_schema(directory / name).names
-        except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"cannot read {directory / name}: {first_line(exc)}") from None
-        columns = [c for c in (USER_ID, USER_IDX) if c in names]
-        if columns:
-            out[name] = columns
-    return out
-
-
-def _present(
-    directory: Path, files: dict[str, list[str]], user_ids: list[str]
-) -> tuple[set[str], list[int]]:
-    """Which of `user_ids` the files hold, and their user_idx (sorted) where a file maps them."""
-    present, idx = set(), set()
-    for name, columns in files.items():
-        if USER_ID not in columns:
-            continue
-        found = (
-            pl.scan_parquet(directory / name)
-            .select(pl.col(USER_ID).cast(pl.String), *[c for c in columns if c == USER_IDX])
-            .filter(pl.col(USER_ID).is_in(user_ids))
-            .collect()
-        )
-        present |= set(found[USER_ID])
-        if USER_IDX in columns:
-            idx |= set(found[USER_IDX])
-    return present, sorted(idx)
 
 
 def _updated_manifest(manifest: dict, staged: dict[str, Path], users: set[str], kind: str) -> dict:

@@ -1,4 +1,4 @@
-"""`recstack data prepare`: raw log -> prepared dataset dir (DESIGN §3).
+"""`recstack data prepare`: raw log -> prepared dataset dir (docs/architecture.md §3).
 
 Output (written to a temp dir next to `out`, renamed into place only when complete):
   interactions.parquet  user_idx, item_idx, ts, [rating], [context...], split_loo, split_temporal
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.text import Text
 
-from recstack.datasets.dataset_dir import DATASET_KIND
+from recstack.dataset_dir import DATASET_KIND
 from recstack.datasets.quality import QualityConfig, QualityLog, clean, k_core_pass
 from recstack.datasets.sources import RawLog
 from recstack.datasets.sources.resolve import open_source

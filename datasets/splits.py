@@ -1,4 +1,4 @@
-"""Train/validation/test splits (DESIGN §4).
+"""Train/validation/test splits (docs/architecture.md §5).
 
 Both splits are stored as int8 code columns (`TRAIN`, `VALID`, `TEST`) in interactions.parquet,
 whose rows are sorted by (user_idx, ts, original row order): equal timestamps keep the raw

@@ -73,6 +73,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+from recstack.datasets.sources.synth_log import EVENTS_DIR
 from recstack.errors import DataError
 from recstack.progress import console
 from recstack.schema import DEVICE, GENRES, ITEM_ID, TITLE, TS, USER_ID, YEAR
@@ -81,7 +82,6 @@ from recstack.schema import DEVICE, GENRES, ITEM_ID, TITLE, TS, USER_ID, YEAR
 SEGMENT = "segment"
 PREFERRED_DEVICE = "preferred_device"
 
-EVENTS_DIR = "events"
 SUMMARY_FILE = "synth.json"
 SYNTH_FORMAT_VERSION = 1
 

@@ -1,4 +1,4 @@
-"""Stage manifests: every stage directory carries `manifest.json` (DESIGN §3).
+"""Stage manifests: every stage directory carries `manifest.json` (docs/architecture.md §2).
 
 A manifest records the schema version, the kind of directory, a sha256 per file, counts, the
 config and the code version. Readers call `read_manifest`, which refuses a missing or corrupt

@@ -1,4 +1,4 @@
-"""Column names, file names and constants shared by every stage (DESIGN §3).
+"""Column names, file names and constants shared by every stage (docs/architecture.md §3, §4).
 
 Import names from here; never spell a column as a string literal elsewhere.
 """

@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from recstack.serving.api import attach, make_api
 from recstack.serving.auth import ApiKeys
 from recstack.serving.backend import (
+    Backend,
     LocalBackend,
     RankerReplica,
     RetrieverReplica,
@@ -143,7 +144,7 @@ class RankerDeployment(_Side):
         return self.replica.unknown_items(model, item_ids)
 
 
-class RayBackend:
+class RayBackend(Backend):
     """The service's backend calls, sent to the Retriever / Ranker replicas."""
 
     def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle) -> None:
@@ -169,6 +170,9 @@ class RayBackend:
             "retriever": await self.retriever.info.remote(),
             "ranker": await self.ranker.info.remote(),
         }
+
+    def user_artifacts(self) -> None:
+        return None  # loaded by the Retriever / Ranker replicas, in other processes
 
     def close(self) -> None:
         return None  # the Retriever / Ranker replicas stop their own model watches

@@ -1,20 +1,59 @@
 """What the service logic calls to retrieve and rank: in-process models, or Ray Serve replicas.
 
-Both backends have the same async methods, so `RecommendService` runs unchanged inside the
-Ray ingress (calls go to the Retriever / Ranker deployments) and in-process (tests, the
-latency benchmark without HTTP and Ray).
+`Backend` is that surface, declared once. `LocalBackend` (models in this process: the
+colocated pipeline, tests, the latency benchmark without HTTP and Ray) and `RayBackend`
+(serving/app.py: calls to the split pipeline's Retriever / Ranker deployments) implement it,
+so `RecommendService` runs unchanged on either.
 """
 
 from pathlib import Path
+from typing import Protocol
 
-from recstack.serving.artifact import SessionSettings, use_session_settings
+from recstack.artifact import SessionSettings, use_session_settings
+from recstack.item_index import Method, use_search_threads
 from recstack.serving.config import OnnxRuntimeSettings
-from recstack.serving.item_index import Method, use_search_threads
 from recstack.serving.model_slots import ModelSlots
 from recstack.serving.model_watch import ModelsFrom, ModelWatch
 from recstack.serving.ranking import Ranked, Ranker, RankRequest
 from recstack.serving.retrieval import Candidates, RetrievalRequest, Retriever
 from recstack.serving.store.base import OnlineStore
+
+
+class Backend(Protocol):
+    """The retriever and ranker calls of one service replica; `model` names a model set."""
+
+    async def retrieve(self, model: str, request: RetrievalRequest) -> Candidates:
+        """Candidate items for one query (the retriever)."""
+        ...
+
+    async def rank(self, model: str, request: RankRequest) -> Ranked:
+        """The top `request.k` of the candidates (the ranker)."""
+        ...
+
+    async def popular(self, model: str, k: int, exclude: list[str], explain: bool) -> Ranked:
+        """The k most popular items not in `exclude` (the fallback and the control arm)."""
+        ...
+
+    async def similar(self, model: str, item_id: str, k: int) -> Ranked | None:
+        """Items like `item_id`; None for an item outside the catalogue."""
+        ...
+
+    async def unknown_items(self, model: str, item_ids: list[str]) -> int:
+        """How many of `item_ids` the model's catalogue lacks."""
+        ...
+
+    async def info(self) -> dict:
+        """{"retriever": ..., "ranker": ...}: each side's models, errors and model source."""
+        ...
+
+    def user_artifacts(self) -> list[Path] | None:
+        """The served artifact dirs that hold user rows (two-tower user features); None
+        when the models run in other processes, out of this replica's sight."""
+        ...
+
+    def close(self) -> None:
+        """Stop following published models."""
+        ...
 
 
 def use_onnxruntime(settings: OnnxRuntimeSettings, cpus: float) -> None:
@@ -97,7 +136,7 @@ def follow(
     return watch
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """Retriever and ranker in this process. With a store, the models `models_from` says are
     loaded before the first request, and publications are followed (serving/model_watch.py);
     `replica` names this process in the store's replica list (default host:pid)."""
@@ -132,7 +171,6 @@ class LocalBackend:
             self.watch.load({"retriever": dict(retrievers), "ranker": dict(rankers)})
 
     def close(self) -> None:
-        """Stop following the published spec."""
         if self.watch is not None:
             self.watch.stop()
 
@@ -153,3 +191,11 @@ class LocalBackend:
 
     async def info(self) -> dict:
         return {"retriever": self.retriever.info(), "ranker": self.ranker.info()}
+
+    def user_artifacts(self) -> list[Path]:
+        return [
+            model.artifact.path
+            for side in (self.retriever, self.ranker)
+            for model in side.slots.models.values()
+            if model.artifact.manifest.user_features is not None
+        ]

@@ -31,8 +31,8 @@ from pydantic import (
 )
 
 from recstack.errors import RecstackError
+from recstack.item_index import Method
 from recstack.serving.experiments import Experiment
-from recstack.serving.item_index import Method
 from recstack.serving.model_watch import ModelsFrom
 from recstack.serving.rate_limit import parse_limit
 from recstack.serving.store.guard import GuardSettings

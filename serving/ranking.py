@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from recstack.artifact import Artifact, load_artifact
+from recstack.artifact_manifest import ModelKind
+from recstack.item_index import AnnIndex, ItemIndex, unit_rows
+from recstack.query import check_scores, encode
 from recstack.schema import PAD_IDX
-from recstack.serving.artifact import Artifact, load_artifact
-from recstack.serving.item_index import AnnIndex, ItemIndex, unit_rows
-from recstack.serving.query import check_scores, encode
 
-KINDS = ("sasrec",)  # ranks by the order of a history; the two-tower is a retriever
+KINDS = (ModelKind.SASREC,)  # ranks by the order of a history; the two-tower is a retriever
 POPULAR_REASON = {"kind": "popular", "text": "popular now"}
 
 
@@ -44,9 +45,9 @@ class Ranker:
     def __init__(self, artifact: Artifact) -> None:
         self.artifact = artifact
         self.unit = unit_rows(artifact.item_embeddings)  # [n_items + 1, d]: cosine = dot
-        spec = artifact.manifest.get("ann")
-        cosine = spec is not None and spec.get("metric") == "cosine"
-        ann = AnnIndex.load(artifact.path, spec, self.unit) if cosine else None
+        spec = artifact.manifest.ann
+        cosine = spec is not None and spec.metric == "cosine"
+        ann = AnnIndex.load(artifact.path, spec.model_dump(), self.unit) if cosine else None
         self.similar_index = ItemIndex(self.unit, ann)
         self.popular_order = np.argsort(-artifact.catalog.popularity[1:], kind="stable") + 1
 

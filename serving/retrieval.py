@@ -13,12 +13,13 @@ retrieval.
 from dataclasses import dataclass
 from pathlib import Path
 
+from recstack.artifact import Artifact, load_artifact
+from recstack.artifact_manifest import ModelKind
 from recstack.errors import DataError, RecstackError
-from recstack.serving.artifact import Artifact, load_artifact
-from recstack.serving.item_index import METHODS, AnnIndex, ItemIndex, Method
-from recstack.serving.query import check_scores, encode
+from recstack.item_index import METHODS, AnnIndex, ItemIndex, Method
+from recstack.query import check_scores, encode
 
-KINDS = ("two_tower", "sasrec")  # any model whose query vector scores the whole catalogue
+KINDS = (ModelKind.TWO_TOWER, ModelKind.SASREC)  # query vectors that score the whole catalogue
 
 
 @dataclass
@@ -42,8 +43,8 @@ def retrieval_ann(artifact: Artifact, method: Method) -> AnnIndex | None:
     """The ANN index `method` asks for, loaded and re-checked; None for exact search."""
     if method not in METHODS:
         raise RecstackError(f"retrieval index must be one of {METHODS}, got {method!r}")
-    spec = artifact.manifest.get("ann")
-    usable = spec is not None and spec.get("metric") == "inner_product"
+    spec = artifact.manifest.ann
+    usable = spec is not None and spec.metric == "inner_product"
     if method == "ann" and not usable:
         what = "has no ANN index" if spec is None else "has a similar-items (cosine) index only"
         raise DataError(
@@ -52,7 +53,7 @@ def retrieval_ann(artifact: Artifact, method: Method) -> AnnIndex | None:
         )
     if method == "exact" or not usable:
         return None
-    return AnnIndex.load(artifact.path, spec, artifact.item_embeddings)
+    return AnnIndex.load(artifact.path, spec.model_dump(), artifact.item_embeddings)
 
 
 class Retriever:
@@ -84,7 +85,7 @@ class Retriever:
         out = []
         for row, request in enumerate(requests):
             keep = idx[row, : request.n] > 0
-            if self.artifact.kind == "sasrec" and not histories[row]:
+            if self.artifact.kind == ModelKind.SASREC and not histories[row]:
                 keep[:] = False  # SASRec reads no state from an empty history: cold start
             out.append(
                 Candidates(

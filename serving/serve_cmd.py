@@ -26,14 +26,15 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from recstack.artifact_manifest import read_artifact_manifest
 from recstack.errors import RecstackError, first_line
-from recstack.manifest import read_manifest
 from recstack.serving import ray_runtime
-from recstack.serving.artifact import ARTIFACT_KIND
 from recstack.serving.auth import ApiKeys
 from recstack.serving.config import INGRESS, RANKER, RETRIEVER, read_serve_config
 
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+
+log = logging.getLogger(__name__)
 
 
 def start_ray(temp_dir: Path = Path("runs/ray"), address: str | None = None) -> None:
@@ -69,7 +70,7 @@ def _check_artifacts(models: dict) -> None:
     for side, config in models.items():
         for model, path in config.models.items():
             try:
-                read_manifest(Path(path), ARTIFACT_KIND)
+                read_artifact_manifest(Path(path))
             except RecstackError as exc:
                 raise RecstackError(f"{side} model {model!r}: {exc}") from None
 
@@ -187,17 +188,24 @@ def start(
 
 
 def stop(app: str | None = None) -> None:
-    """Shut Serve and the local Ray down; with `app` (an app on a cluster this process joined),
-    delete only that application and leave the cluster and its other apps running."""
+    """Delete the application (its replicas drain and stop gracefully), then leave Ray. With
+    `app` (an app on a cluster this process joined) only that app goes and the cluster runs on;
+    without, every app goes and the local Ray ends, Serve's controller and proxy with it.
+
+    Not serve.shutdown(): it waits on a controller call that the controller ends by killing
+    itself, which Ray prints as a failed task ("… killed by `ray.kill`") on every stop."""
     import ray
     from ray import serve
 
     if ray.is_initialized():
-        if app is None:
-            serve.shutdown()
-        else:
-            serve.delete(app)
-        ray.shutdown()
+        try:
+            for name in [app] if app else list(serve.status().applications):  # none: no Serve
+                try:
+                    serve.delete(name)
+                except Exception as exc:  # a replica that hangs: Ray ends it with the cluster
+                    log.warning("application %s did not stop gracefully: %s", name, first_line(exc))
+        finally:
+            ray.shutdown()
     if app is None:
         ray_runtime.reap_haproxy()
 

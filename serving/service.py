@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from recstack.datasets.dataset_dir import DATASET_KIND
-from recstack.datasets.forget import ARTIFACT_KIND, forget_hint, holds_user
+from recstack.artifact import check_same_vocab
+from recstack.artifact_manifest import ARTIFACT_KIND
+from recstack.dataset_dir import DATASET_KIND
 from recstack.errors import RecstackError
 from recstack.schema import (
     ARM,
@@ -31,8 +32,7 @@ from recstack.schema import (
     USER_ID,
 )
 from recstack.serving import metrics, schemas
-from recstack.serving.artifact import check_same_vocab
-from recstack.serving.backend import LocalBackend
+from recstack.serving.backend import Backend
 from recstack.serving.config import AppArgs
 from recstack.serving.event_log import INTERACTION_TYPES, EventLog, read_events, tombstone
 from recstack.serving.experiments import Arm, Experiment, assign, experiment_report
@@ -44,6 +44,7 @@ from recstack.serving.store.base import OnlineStore, StoreUnavailable
 from recstack.serving.store.guard import GuardSettings, StoreGuard
 from recstack.serving.store.seed import SeedWatch
 from recstack.serving.timing import stage
+from recstack.user_files import forget_hint, holds_user
 
 
 class NotFound(RecstackError):
@@ -69,7 +70,7 @@ def _items(ranked: Ranked) -> list[schemas.Item]:
 class RecommendService:
     def __init__(
         self,
-        backend,
+        backend: Backend,
         store: OnlineStore,
         event_log: EventLog,
         experiment: Experiment | None,
@@ -354,7 +355,9 @@ class RecommendService:
         return experiment_report(events, self.experiment)
 
 
-def build_service(args: AppArgs, make_backend: Callable, writer: str) -> RecommendService:
+def build_service(
+    args: AppArgs, make_backend: Callable[[OnlineStore], Backend], writer: str
+) -> RecommendService:
     """The service a config's args describe: the store (seeded from the dataset when
     `seed_histories_from` is set, without erased users, and re-seeded in the background if it
     loses the seed), an event-log writer named `writer`, and the backend `make_backend(store)`
@@ -391,12 +394,9 @@ def _file_locations(service: RecommendService, user_id: str) -> list[schemas.Dat
     dirs = {}  # path -> (place, kind)
     if service.seed_watch is not None:
         dirs[service.seed_watch.dataset] = ("seed_dataset", DATASET_KIND)
-    local = isinstance(service.backend, LocalBackend)
-    if local:  # a split pipeline's models live in other processes
-        for side in (service.backend.retriever, service.backend.ranker):
-            for model in side.slots.models.values():
-                if "user_features" in model.artifact.manifest:
-                    dirs[model.artifact.path] = ("artifact", ARTIFACT_KIND)
+    artifacts = service.backend.user_artifacts()  # None: a split pipeline's, out of sight
+    for path in artifacts or []:
+        dirs[path] = ("artifact", ARTIFACT_KIND)
     out = []
     for path, (place, kind) in dirs.items():
         try:
@@ -421,7 +421,7 @@ def _file_locations(service: RecommendService, user_id: str) -> list[schemas.Dat
                 note=note and note + forget_hint(kind, path, user_id),
             )
         )
-    if not local:
+    if artifacts is None:
         out.append(
             schemas.DataLocation(
                 place="artifact",

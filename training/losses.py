@@ -1,4 +1,4 @@
-"""Training losses over the item catalogue (DESIGN §5).
+"""Training losses over the item catalogue (docs/architecture.md §6).
 
 Every loss scores an item by a dot product: logit = query @ item_vectors(item_idx).T. The caller
 applies any temperature or normalisation to `query`. Real items are 1..n_items; PAD_IDX (0) is

@@ -22,9 +22,11 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.rank_zero import rank_zero_module
 
 from recstack.errors import RecstackError
 from recstack.training.data.datamodule import RecDataModule
+from recstack.training.quiet import LEAF_SPEC, LIGHTNING_TIP, log_lines_off, warnings_off
 from recstack.training.run_report import write_run_report
 from recstack.training.tasks.base import MONITOR, RecTask
 
@@ -172,7 +174,8 @@ class RecstackCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         kwargs.setdefault("plugins", [AtomicCheckpointIO()])
-        trainer = super().instantiate_trainer(**kwargs)
+        with log_lines_off(rank_zero_module.log.name, LIGHTNING_TIP):
+            trainer = super().instantiate_trainer(**kwargs)
         # last.ckpt after every epoch (Lightning's save_last only follows an improvement), so a
         # killed run resumes from its latest epoch with --ckpt_path last.
         last = ModelCheckpoint(
@@ -261,7 +264,8 @@ def train(argv: list[str]) -> dict | None:
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=config.ckpt_path)
+    with warnings_off(LEAF_SPEC):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=config.ckpt_path)
     fit_seconds = time.perf_counter() - started
     if not cli.trainer.is_global_zero:
         return None

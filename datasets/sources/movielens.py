@@ -26,7 +26,12 @@ from pathlib import Path
 import polars as pl
 
 from recstack.datasets.download import UnreachableError, cache_dir, download
-from recstack.datasets.sources import RawLog
+from recstack.datasets.sources import RawLog, recbole_wheel
+from recstack.datasets.sources.movielens_schema import (
+    INTERACTION_SCHEMA,
+    USER_SCHEMA,
+    title_and_year,
+)
 from recstack.datasets.sources.tabular import check_text_head
 from recstack.errors import DataError, first_line
 from recstack.schema import (
@@ -36,10 +41,8 @@ from recstack.schema import (
     ITEM_ID,
     OCCUPATION,
     RATING,
-    TITLE,
     TS,
     USER_ID,
-    YEAR,
     ZIP,
 )
 
@@ -76,20 +79,8 @@ ML1M_OCCUPATIONS = {
     17: "technician/engineer", 18: "tradesman/craftsman", 19: "unemployed", 20: "writer",
 }  # fmt: skip
 
-INTERACTION_SCHEMA = pl.Schema(
-    {USER_ID: pl.Int64, ITEM_ID: pl.Int64, TS: pl.Int64, RATING: pl.Float32}
-)
-ITEM_SCHEMA = pl.Schema(
-    {ITEM_ID: pl.Int64, TITLE: pl.String, GENRES: pl.List(pl.String), YEAR: pl.Int16}
-)
 # column order of u.data / ratings.dat / ratings.csv (user, item, rating, timestamp)
 _RATINGS_FILE_SCHEMA = {USER_ID: pl.Int64, ITEM_ID: pl.Int64, RATING: pl.Float32, TS: pl.Int64}
-USER_SCHEMA = pl.Schema(
-    {USER_ID: pl.Int64, GENDER: pl.String, AGE: pl.Int16, OCCUPATION: pl.String, ZIP: pl.String}
-)
-
-# "Name (1995)", "Name (1995) (V)", "Series (2007-)": name, film year, anything after
-_TITLE_YEAR = r"^\s*(?P<name>.*\S)\s*\((?P<year>\d{4})(?:-\d{0,4})?\)\s*(?P<rest>.*?)\s*$"
 _NO_GENRES = "(no genres listed)"
 _ERRORS = (pl.exceptions.PolarsError, OSError, ValueError)
 
@@ -104,23 +95,6 @@ def check_name(name: str) -> str:
             f"unknown MovieLens release {name!r}; use one of {', '.join(MOVIELENS_NAMES)}"
         )
     return name
-
-
-def title_and_year(raw: pl.Expr, fallback_year: pl.Expr | None = None) -> tuple[pl.Expr, pl.Expr]:
-    """Raw MovieLens title -> (title without the year, year Int16); vectorised."""
-    groups = raw.str.extract_groups(_TITLE_YEAR)
-    name, year, rest = (groups.struct.field(f) for f in ("name", "year", "rest"))
-    title = (
-        pl.when(name.is_null())
-        .then(raw.str.strip_chars())
-        .when(rest == "")
-        .then(name)
-        .otherwise(pl.concat_str([name, rest], separator=" "))
-    )
-    year = year.cast(pl.Int16, strict=False)
-    if fallback_year is not None:
-        year = pl.coalesce(year, fallback_year)
-    return title.alias(TITLE), year.alias(YEAR)
 
 
 def _read_csv(data: bytes | str, where: str, **options) -> pl.DataFrame:
@@ -392,9 +366,7 @@ def load_movielens(
     except UnreachableError as exc:
         if not (offline_fallback and name == "ml-100k"):
             raise
-        from recstack.datasets.sources.recbole_wheel import load_recbole_ml100k
-
-        raw = load_recbole_ml100k(cache, unreachable_reason=exc.reason)
+        raw = recbole_wheel.load_recbole_ml100k(cache, unreachable_reason=exc.reason)
     else:
         raw = read_movielens_zip(path, name, source=f"grouplens {name}.zip ({url})")
     if min_rating is not None:

@@ -25,7 +25,7 @@ import polars as pl
 from recstack.datasets.download import ChecksumError, cache_dir, file_digest, matches_checksum
 from recstack.datasets.sources import RawLog
 from recstack.datasets.sources.atomic import DEFAULT_FIELDS, read_atomic_side, scan_atomic
-from recstack.datasets.sources.movielens import (
+from recstack.datasets.sources.movielens_schema import (
     INTERACTION_SCHEMA,
     ITEM_SCHEMA,
     USER_SCHEMA,

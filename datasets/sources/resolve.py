@@ -18,6 +18,7 @@ import polars as pl
 from recstack.datasets.sources import RawLog
 from recstack.datasets.sources.atomic import DEFAULT_FIELDS, load_atomic
 from recstack.datasets.sources.movielens import MOVIELENS_NAMES, load_movielens
+from recstack.datasets.sources.synth_log import load_synth_log
 from recstack.datasets.sources.tabular import (
     ColumnMapping,
     file_format,
@@ -25,7 +26,6 @@ from recstack.datasets.sources.tabular import (
     read_side_table,
     resolve_files,
 )
-from recstack.datasets.synth import EVENTS_DIR
 from recstack.errors import DataError
 from recstack.event_log_format import INTERACTION_TYPES, read_events, segment_files
 from recstack.schema import (
@@ -34,13 +34,11 @@ from recstack.schema import (
     EVENT_TYPE,
     ITEM_ID,
     ITEM_IDX,
-    ITEMS_FILE,
     RATING,
     RECEIVED_AT,
     TS,
     USER_ID,
     USER_IDX,
-    USERS_FILE,
 )
 
 SPEC_FORMS = " | ".join(
@@ -53,12 +51,6 @@ SPEC_FORMS = " | ".join(
         "events:<dir>",
     ]
 )
-SYNTH_CONTEXT = [DEVICE]  # context columns written by the synthetic generator
-
-
-def synth_mapping() -> ColumnMapping:
-    """How the synthetic generator's events are laid out (already in our column names)."""
-    return ColumnMapping(user=USER_ID, item=ITEM_ID, timestamp=TS, context=list(SYNTH_CONTEXT))
 
 
 def _side_table(path: Path | None, key: str) -> tuple[pl.DataFrame | None, list[Path]]:
@@ -164,23 +156,7 @@ def open_source(
             raise DataError(f"{spec}: the files are {found}, not {kind}; write {found}:{where}")
         return load_tabular(where, columns, items=items, users=users, min_rating=min_rating)
     if kind == "synth":
-        root = Path(where)
-        events = root / EVENTS_DIR
-        if not events.is_dir():
-            raise DataError(
-                f"{root} has no {EVENTS_DIR}/ folder; point synth: at the synthetic "
-                "generator's output directory"
-            )
-        items_path = root / ITEMS_FILE
-        users_path = root / USERS_FILE
-        return load_tabular(
-            events,
-            columns or synth_mapping(),
-            items=items if items is not None else (items_path if items_path.is_file() else None),
-            users=users if users is not None else (users_path if users_path.is_file() else None),
-            min_rating=min_rating,
-            source=f"synthetic log {root} ({EVENTS_DIR}/*.parquet)",
-        )
+        return load_synth_log(Path(where), columns, items, users, min_rating)
     if kind == "events":
         if columns is not None or min_rating is not None:
             raise DataError(

@@ -1,4 +1,4 @@
-"""The service's online state (DESIGN §7): `open_store(spec)` -> an `OnlineStore`.
+"""The service's online state (docs/architecture.md §8): `open_store(spec)` -> an `OnlineStore`.
 
 Specs (a dict, e.g. the `store:` section of the serve config):
     {"kind": "embedded", "path": "runs/serve/state.sqlite"}      one machine (SQLite, WAL)

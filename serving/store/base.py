@@ -25,7 +25,7 @@ class StoreUnavailable(RecstackError):
 
 
 class OnlineStore(ABC):
-    """Per-user online state behind one small interface (DESIGN §7)."""
+    """Per-user online state behind one small interface."""
 
     name = "online store"  # how messages name it (backends say which store, without secrets)
 

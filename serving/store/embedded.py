@@ -23,8 +23,8 @@ request's commit: SQLite's automatic checkpoint is off, and a background thread 
 runs a PASSIVE checkpoint (it waits for no reader or writer) every CHECKPOINT_EVERY_S on its
 own connection. Their duration is in recstack_disk_seconds{op="store_checkpoint"}.
 
-Measured (2-core VM, 1,000 users with full 200-item histories): append one item ~70 µs, read
-the last 50 ~35 µs (rows beat a JSON list per user, ~130 µs to rewrite the list on append).
+One row per history item, not a JSON list per user: an append writes one row instead of
+rewriting the list (timings: benchmarks/README.md, "Notes from measurements").
 """
 
 from __future__ import annotations

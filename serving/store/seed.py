@@ -25,14 +25,14 @@ from pathlib import Path
 
 import polars as pl
 
-from recstack.datasets.dataset_dir import DATASET_KIND, load_dataset
-from recstack.datasets.forget import ORIGINAL_HASH
+from recstack.dataset_dir import DATASET_KIND, load_dataset
 from recstack.errors import RecstackError
 from recstack.event_log_format import read_tombstones, user_hash
 from recstack.manifest import CONTENT_HASH, read_manifest
 from recstack.schema import ITEM_ID, ITEM_IDX, TS, USER_ID, USER_IDX
 from recstack.serving import metrics
 from recstack.serving.store.base import OnlineStore, StoreUnavailable
+from recstack.user_files import ORIGINAL_HASH
 
 SEEDED_META = "seeded:{}"
 SEEDING_META = "seeding:{}"  # {"by": host:pid, "at": unix s}: a process is re-seeding

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh (run on a lent GPU, not here): its syntax, the scripts it calls, and
+"""benchmarks/gpu_check.sh (it runs on a GPU machine): its syntax, the scripts it calls, and
 the JSON summary it ends with (over the committed results of an earlier GPU run)."""
 
 import json

@@ -8,7 +8,7 @@ import pytest
 from tiny_data import prepared_log
 
 from recstack.cli import main
-from recstack.datasets.dataset_dir import load_dataset
+from recstack.dataset_dir import load_dataset
 from recstack.event_log_format import user_hash
 from recstack.manifest import CONTENT_HASH, read_manifest, write_manifest
 from recstack.schema import ITEM_ID, ITEM_IDX, MANIFEST_FILE, TS, USER_ID, USER_IDX

@@ -11,6 +11,7 @@ import pytest
 
 from recstack.datasets.download import UnreachableError
 from recstack.datasets.sources import movielens as ml
+from recstack.datasets.sources import movielens_schema as mls
 from recstack.errors import DataError, DownloadError
 from recstack.schema import (
     AGE,
@@ -97,15 +98,15 @@ def ml20m_zip(
 def test_ml100k_zip(tmp_path):
     raw = ml.read_movielens_zip(ml100k_zip(tmp_path / "ml-100k.zip"), "ml-100k")
     inter = raw.interactions.collect()
-    assert inter.schema == ml.INTERACTION_SCHEMA
+    assert inter.schema == mls.INTERACTION_SCHEMA
     assert inter.rows() == [
         (196, 242, 881250949, 3.0),
         (186, 302, 891717742, 3.0),
         (22, 377, 878887116, 1.0),
     ]
-    assert raw.items.schema == ml.ITEM_SCHEMA
+    assert raw.items.schema == mls.ITEM_SCHEMA
     assert raw.items.rows() == U_ITEM_EXPECTED
-    assert raw.users.schema == ml.USER_SCHEMA
+    assert raw.users.schema == mls.USER_SCHEMA
     assert raw.users.row(0, named=True) == {
         USER_ID: 1,
         GENDER: "M",
@@ -119,13 +120,13 @@ def test_ml100k_zip(tmp_path):
 def test_ml1m_zip(tmp_path):
     raw = ml.read_movielens_zip(ml1m_zip(tmp_path / "ml-1m.zip"), "ml-1m")
     inter = raw.interactions.collect()
-    assert inter.schema == ml.INTERACTION_SCHEMA and inter.height == 3
+    assert inter.schema == mls.INTERACTION_SCHEMA and inter.height == 3
     assert inter.row(0) == (1, 1193, 978300760, 5.0)
     items = {r[ITEM_ID]: r for r in raw.items.iter_rows(named=True)}
-    assert raw.items.schema == ml.ITEM_SCHEMA
+    assert raw.items.schema == mls.ITEM_SCHEMA
     assert items[661][GENRES] == ["Animation", "Children's", "Musical"]
     assert items[3][TITLE] == "Café Society" and items[3][YEAR] == 1995
-    assert raw.users.schema == ml.USER_SCHEMA
+    assert raw.users.schema == mls.USER_SCHEMA
     assert raw.users.rows() == [
         (1, "F", 1, "K-12 student", "48067"),
         (2, "M", 56, "self-employed", "70072"),
@@ -139,7 +140,7 @@ def test_ml20m_zip_extracts_and_scans_lazily(tmp_path):
     assert raw.interactions.collect().rows() == [(1, 2, 1112486027, 3.5), (1, 29, 1112484676, 2.5)]
     assert (tmp_path / "ml-20m" / "ratings.csv").is_file()
     assert raw.users is None
-    assert raw.items.schema == ml.ITEM_SCHEMA
+    assert raw.items.schema == mls.ITEM_SCHEMA
     assert raw.items.rows() == [
         (1, "Toy Story", ["Adventure", "Animation"], 1995),
         (11, "American President, The", ["Comedy", "Drama", "Romance"], 1995),
@@ -250,7 +251,7 @@ def test_title_and_year():
     df = pl.DataFrame(
         {"t": ["Seven (Se7en) (1995)", "Big Bang Theory, The (2007-)", "Plain", " Pad (1990) "]}
     )
-    title, year = ml.title_and_year(pl.col("t"))
+    title, year = mls.title_and_year(pl.col("t"))
     out = df.select(title, year)
     assert out.rows() == [
         ("Seven (Se7en)", 1995),
@@ -294,8 +295,8 @@ def test_real_ml100k_offline_route(tmp_path):
         assert "offline fallback; grouplens unreachable:" in raw.source
     else:
         assert raw.source.startswith("grouplens ml-100k.zip (https://")
-    assert inter.schema == ml.INTERACTION_SCHEMA
-    assert raw.items.schema == ml.ITEM_SCHEMA and raw.users.schema == ml.USER_SCHEMA
+    assert inter.schema == mls.INTERACTION_SCHEMA
+    assert raw.items.schema == mls.ITEM_SCHEMA and raw.users.schema == mls.USER_SCHEMA
     assert inter.row(0) == (196, 242, 881250949, 3.0)  # u.data's first line
     # the real GroupLens lines for the awkward items parse to the same rows as the wheel
     tiny = ml.read_movielens_zip(ml100k_zip(tmp_path / "tiny.zip"), "ml-100k").items

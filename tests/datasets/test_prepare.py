@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recstack.datasets.dataset_dir import load_dataset
+from recstack.dataset_dir import load_dataset
 from recstack.datasets.prepare import prepare
 from recstack.datasets.sources.tabular import ColumnMapping
 from recstack.errors import DataError

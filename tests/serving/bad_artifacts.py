@@ -41,10 +41,13 @@ def _bad_parquet(dst: Path) -> None:
     (dst / ITEMS_FILE).write_bytes(b"PAR1 not really parquet PAR1")
 
 
-def _no_dim(dst: Path) -> None:
-    manifest = json.loads((dst / MANIFEST_FILE).read_text())
-    del manifest["dim"]
-    (dst / MANIFEST_FILE).write_text(json.dumps(manifest))
+def _edit_manifest(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def edit(dst: Path) -> None:
+        manifest = json.loads((dst / MANIFEST_FILE).read_text())
+        change(manifest)
+        (dst / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    return edit
 
 
 def _nan_embeddings(dst: Path) -> None:
@@ -64,7 +67,15 @@ FORGERIES: dict[str, tuple[Callable[[Path], None], str]] = {
     "garbage_npy": (_garbage_npy, "cannot read"),
     "pickled_npy": (_pickled_npy, "cannot read"),
     "bad_parquet": (_bad_parquet, "as Parquet"),
-    "no_dim": (_no_dim, "lacks 'dim'"),
+    "no_dim": (_edit_manifest(lambda m: m.pop("dim")), "lacks 'dim'"),
+    "zero_window": (
+        _edit_manifest(lambda m: m.update(history_len=0)),
+        "has history_len = 0: input should be greater than 0",
+    ),
+    "unknown_model_kind": (
+        _edit_manifest(lambda m: m.update(model_kind="gru4rec")),
+        "has model_kind = 'gru4rec'",
+    ),
     "nan_embeddings": (_nan_embeddings, "NaN or infinite"),
     "int_embeddings": (_int_embeddings, "not numbers of kind"),
 }

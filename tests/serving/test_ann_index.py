@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from bad_artifacts import copy_with_hashes
 
+from recstack import item_index
+from recstack.artifact_manifest import ARTIFACT_KIND
 from recstack.cli import main
 from recstack.errors import DataError, RecstackError
+from recstack.item_index import AnnIndex, ItemIndex, exact_top, recall, unit_rows
 from recstack.manifest import read_manifest
-from recstack.serving import item_index
-from recstack.serving.item_index import AnnIndex, ItemIndex, exact_top, recall, unit_rows
 from recstack.serving.model_slots import ModelSlots
 from recstack.serving.ranking import Ranker
 from recstack.serving.retrieval import RetrievalRequest, Retriever
 from recstack.training.export import ann_index
 from recstack.training.export.ann_index import INDEX_FILE, QUERIES_FILE, build_ann
-from recstack.training.export.export_cmd import ARTIFACT_KIND
 
 
 def clustered(n_items: int, dim: int, seed: int = 0) -> np.ndarray:

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 import requests
+from eventually import eventually
 from service_config import (
     ADMIN,
     APP,
@@ -75,19 +76,23 @@ def test_hot_update_through_the_ingress_user_config_and_the_admin_api(service):
     shutil.copytree(ranker, v6)
     shutil.copytree(ranker, v7)
     serve_cmd.start(service["config"]("v6.yaml", replicas=2, ranker=v6))  # reconfigure in place
-    deadline = time.monotonic() + 30
-    while "/v6@" not in recommend(service, user)["model_version"]:
-        assert time.monotonic() < deadline, "the Ingress user_config update never served"
-        time.sleep(0.3)
+    eventually(
+        lambda: "/v6@" in recommend(service, user)["model_version"],
+        timeout_s=30,
+        interval_s=0.2,
+        message="the Ingress user_config update never served",
+    )
     update = {"ranker": {"main": str(v7)}}
     accepted = requests.post(
         service["url"] + "/v1/admin/models", json=update, headers=ADMIN, timeout=60
     )
     assert accepted.status_code == 202, accepted.text
-    deadline = time.monotonic() + 30
-    while not all("/v7@" in recommend(service, user)["model_version"] for _ in range(6)):
-        assert time.monotonic() < deadline, "not every replica loaded the published model"
-        time.sleep(0.3)
+    eventually(
+        lambda: all("/v7@" in recommend(service, user)["model_version"] for _ in range(6)),
+        timeout_s=30,
+        interval_s=0.2,
+        message="not every replica loaded the published model",
+    )
 
 
 def test_the_ray_settings_reached_rays_processes(service):
@@ -126,10 +131,12 @@ def test_a_killed_replica_is_replaced_while_haproxy_routes_to_the_other(service)
     errors = int((timeline.status != 200).sum())
     print(f"errors while a replica died: {errors} of {timeline.status.size}")
     assert errors <= 10, (errors, timeline.exceptions, list(timeline.status))
-    deadline = time.monotonic() + 90
-    while ray_runtime.verify(RaySettings(), port)["replica_ports_answering"] < 2:
-        assert time.monotonic() < deadline, "the killed replica was never replaced"
-        time.sleep(1)
+    eventually(
+        lambda: ray_runtime.verify(RaySettings(), port)["replica_ports_answering"] >= 2,
+        timeout_s=90,
+        interval_s=0.5,
+        message="the killed replica was never replaced",
+    )
     assert all(recommend(service, user)["fallback"] is None for _ in range(6))
 
 

@@ -1,4 +1,4 @@
-"""Issue 15, defects 5 and 6, in-process (no Ray, no HTTP): a store that lost its seed is
+"""Store seeding and erasure, in-process (no Ray, no HTTP): a store that lost its seed is
 reported and re-seeded; an erased user stays out of every re-seeded store, and the erasure
 names the dataset and artifact files still holding the user until `recstack data forget`."""
 
@@ -6,9 +6,9 @@ import asyncio
 import shutil
 import sqlite3
 import threading
-import time
 
 import pytest
+from eventually import eventually_async
 from tiny_data import prepared_log
 
 from recstack.cli import main
@@ -52,14 +52,6 @@ async def close(service) -> None:
 
 def seeded_gauge() -> float:
     return metrics.REGISTRY.get_sample_value("recstack_store_seeded")
-
-
-async def eventually(check, timeout_s: float = 20.0):
-    deadline = time.monotonic() + timeout_s
-    while not (result := await check()):
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-    return result
 
 
 def test_an_erased_user_stays_out_of_an_empty_store_seeded_again(tmp_path, dataset):
@@ -132,13 +124,13 @@ def test_an_emptied_store_is_reported_then_reseeded(served, tmp_path, monkeypatc
         release.clear()
         with sqlite3.connect(service.store.path) as conn:  # what a Redis restarted empty holds
             conn.executescript("".join(f"DELETE FROM {t};" for t in (*USER_TABLES, "meta")))
-        problems = await eventually(service.readiness)
+        problems = await eventually_async(service.readiness)
         line = f"online store: histories not seeded from {served['dataset']} (re-seeding)"
         assert problems == [line] and seeded_gauge() == 0
         assert (await service.recommend(request)).fallback == "cold_start"
 
         release.set()
-        await eventually(lambda: asyncio.sleep(0, result=seeded_gauge() == 1))
+        await eventually_async(lambda: asyncio.sleep(0, result=seeded_gauge() == 1))
         assert await service.readiness() == [] and service.store.history("1", 200) == history
         assert (await service.recommend(request)).fallback is None
         await close(service)

@@ -13,6 +13,7 @@ import polars as pl
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from eventually import eventually
 
 from recstack.cli import main
 from recstack.errors import DataError
@@ -90,19 +91,16 @@ def test_sealing_by_size_and_age(tmp_path):
     with EventLog(tmp_path / "size", segment_max_events=3, segment_max_age_s=0) as log:
         for i in range(7):
             log.append([ev("u", f"i{i}", i)])
-        deadline = time.monotonic() + 5  # full segments are sealed in the background
-        while len(files(log.directory, ".parquet")) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        # full segments are sealed in the background
+        eventually(lambda: len(files(log.directory, ".parquet")) >= 2, timeout_s=5)
         assert len(files(log.directory, ".parquet")) == 2
         assert len(files(log.directory, ".arrow")) == 1
         assert read_events(log.directory).column(ITEM_ID).to_pylist() == [f"i{i}" for i in range(7)]
         assert read_events(log.directory, include_open=False).num_rows == 6
     with EventLog(tmp_path / "age", segment_max_age_s=0.2) as log:
         log.append([ev("u", "i", 1)])
-        deadline = time.monotonic() + 5  # the background thread seals without further appends
-        while files(log.directory, ".arrow") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert files(log.directory, ".arrow") == []
+        # the background thread seals without further appends
+        eventually(lambda: not files(log.directory, ".arrow"), timeout_s=5)
         assert pq.read_table(files(log.directory, ".parquet")[0]).num_rows == 1
 
 

@@ -9,6 +9,7 @@ import time
 import pytest
 import requests
 import uvicorn
+from eventually import eventually
 from fastapi import FastAPI, Request
 from service_config import free_port
 
@@ -38,8 +39,7 @@ def server():
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
-    while not instance.started:
-        time.sleep(0.02)
+    eventually(lambda: instance.started, timeout_s=30, interval_s=0.02)
     yield port
     instance.should_exit = True
     thread.join(timeout=10)

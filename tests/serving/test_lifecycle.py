@@ -5,11 +5,11 @@ with each writer's event-log segment sealed and no Ray process left behind."""
 import os
 import signal
 import socket
-import time
 
 import psutil
 import pytest
 import requests
+from eventually import eventually
 from service_config import APP, ray_temp_dir, start_serve
 
 from recstack.event_log_format import segment_files
@@ -37,15 +37,6 @@ def port_is_free(base: str) -> bool:
     return True
 
 
-def wait_for(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
-
-
 def test_uvicorn_workers_die_with_a_parent_killed_with_kill_9(tmp_path, ml100k_artifacts):
     options = ("--engine", "uvicorn", "--workers", "2")
     server, base = start_serve(tmp_path, ml100k_artifacts, *options, ready_s=120)
@@ -53,8 +44,13 @@ def test_uvicorn_workers_die_with_a_parent_killed_with_kill_9(tmp_path, ml100k_a
     assert len([w for w in workers if "multiprocessing" in " ".join(w.cmdline())]) >= 2
     os.kill(server.pid, signal.SIGKILL)
     server.wait(timeout=10)
-    assert wait_for(lambda: not any(w.is_running() and w.status() != "zombie" for w in workers), 20)
-    assert wait_for(lambda: port_is_free(base), 10), "a worker still holds the port"
+    eventually(
+        lambda: not [w for w in workers if w.is_running() and w.status() != "zombie"],
+        timeout_s=20,
+        message="workers outlive their parent",
+        ignoring=(psutil.NoSuchProcess,),  # one that exits between the two reads
+    )
+    eventually(lambda: port_is_free(base), timeout_s=10, message="a worker still holds the port")
 
 
 @pytest.mark.parametrize("engine", ["uvicorn", "ray"])

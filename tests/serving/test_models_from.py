@@ -7,11 +7,11 @@ backends on the same store (the old ones stopped). The last test runs the uvicor
 import asyncio
 import logging
 import shutil
-import time
 
 import psutil
 import pytest
 import requests
+from eventually import eventually
 from service_config import APP, MODELS, start_serve
 
 from recstack.serving import schemas
@@ -166,8 +166,8 @@ def test_uvicorn_workers_restart_on_the_published_spec_and_list_it(
             for _ in range(10)  # new connections: spread over both workers
         ]
         assert all("/v2@" in s["model_version"] for s in served), served
-        deadline = time.monotonic() + 10  # a record lost to a concurrent write is rewritten
-        while True:
+
+        def both_restarted() -> tuple[dict, list[dict]]:
             listed = requests.get(f"{url}/v1/admin/models", headers=MODELS, timeout=10).json()
             started = f"published generation {listed['published']['generation']}"
             restarted = [  # live workers (uvicorn replaces one that misses its health check)
@@ -175,11 +175,12 @@ def test_uvicorn_workers_restart_on_the_published_spec_and_list_it(
                 for r in listed["replicas"]
                 if r["started"] == started and psutil.pid_exists(int(r["replica"].split(":")[-1]))
             ]
-            if len(restarted) == 2 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+            assert len(restarted) == 2, listed  # the first run's workers stay listed up to 30 s
+            return listed, restarted
+
+        # a record lost to a concurrent write is rewritten
+        listed, restarted = eventually(both_restarted, timeout_s=10, interval_s=0.5)
         assert listed["published"]["ranker"] == {"main": str(versions["v2"])}
-        assert len(restarted) == 2, listed  # the first run's workers stay listed up to 30 s
         assert all("/v2@" in r["models"]["ranker"]["main"] for r in restarted), restarted
         ready = requests.get(f"{url}/readyz", headers=MODELS, timeout=10).json()
         assert ready["status"] == "ready" and len(ready["replicas"]) >= 1

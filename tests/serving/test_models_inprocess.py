@@ -7,12 +7,12 @@ import pytest
 import yaml
 from service_config import write_serve_config
 
+from recstack.artifact import check_same_vocab, load_artifact
 from recstack.errors import DataError, RecstackError
+from recstack.item_index import ItemIndex
 from recstack.serving import auth
-from recstack.serving.artifact import check_same_vocab, load_artifact
 from recstack.serving.auth import ApiKeys
 from recstack.serving.config import read_serve_config
-from recstack.serving.item_index import ItemIndex
 from recstack.serving.model_slots import ModelSlots, UnknownModel
 from recstack.serving.ranking import Ranker, RankRequest
 from recstack.serving.retrieval import RetrievalRequest, Retriever

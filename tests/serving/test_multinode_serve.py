@@ -27,6 +27,7 @@ Each node's processes are in a session of their own, ended by process group in `
 (never `ray stop`: it kills every Ray process on the machine).
 """
 
+import contextlib
 import json
 import os
 import secrets
@@ -125,20 +126,24 @@ class Node:
             pytest.fail(f"ray start {args[0]} failed ({code}):\n{log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        """Terminate every process the node started (raylet, GCS, workers, replicas)."""
-        pgid = self.proc.pid
+        """Terminate every process the node started (raylet, GCS, workers, replicas, and
+        HAProxy, which Ray runs in a process group of its own: the whole session goes)."""
         for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
+            alive = self.session()
+            for process in alive:
+                with contextlib.suppress(psutil.Error):
+                    process.send_signal(sig)
+            _, alive = psutil.wait_procs(alive, timeout=wait_s)
+            if not alive:
                 return
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline:
-                try:
-                    os.killpg(pgid, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.2)
+
+    def session(self) -> list[psutil.Process]:
+        found = []
+        for process in psutil.process_iter():
+            with contextlib.suppress(OSError, psutil.Error):
+                if os.getsid(process.pid) == self.proc.pid and process.status() != "zombie":
+                    found.append(process)
+        return found
 
 
 def cluster_config(path: Path, artifacts: dict, state: Path, ports: dict, redis: str) -> Path:

@@ -7,13 +7,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 import requests
 import yaml
+from eventually import eventually
 from service_config import APP, free_port, ray_temp_dir, set_test_keys, write_serve_config
 
 from recstack.cli import main
@@ -173,9 +173,7 @@ def test_haproxy_dies_with_the_actor_that_started_it(tmp_path):
         text=True,
     )
     started = psutil.Process(int(manager.stdout.readline()))
-    deadline = time.monotonic() + 10
-    while started.name() != "sleep" and time.monotonic() < deadline:  # after setpriv's exec
-        time.sleep(0.05)
+    eventually(lambda: started.name() == "sleep", timeout_s=10, message="setpriv never exec'd")
     manager.kill()
     manager.wait()
     started.wait(5)  # raises TimeoutExpired while it lives on
@@ -237,7 +235,7 @@ def test_ray_env_prints_the_lines_for_ray_start(capsys):
 
 
 @pytest.mark.integration
-def test_the_python_proxy_serves_when_the_config_asks_for_it(tmp_path, ml100k_artifacts):
+def test_the_python_proxy_serves_when_the_config_asks_for_it(tmp_path, ml100k_artifacts, capfd):
     set_test_keys()
     port = free_port()
     config = write_serve_config(
@@ -255,3 +253,5 @@ def test_the_python_proxy_serves_when_the_config_asks_for_it(tmp_path, ml100k_ar
         assert response.status_code == 200 and len(response.json()["items"]) == 3
     finally:
         serve_cmd.stop()
+    stopped = capfd.readouterr()
+    assert "ray.kill" not in stopped.out + stopped.err  # no "graceful_shutdown failed" on stop

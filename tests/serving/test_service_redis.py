@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from eventually import eventually
 from service_config import (
     ADMIN,
     APP,
@@ -205,13 +206,14 @@ def test_erasure_leaves_no_key_of_the_user_in_redis(service):
 
 def wait_ready(service, timeout_s: float = 15.0) -> None:
     """Until /readyz is 200 on several calls in a row (both ingress replicas)."""
-    deadline, streak = time.monotonic() + timeout_s, 0
-    while streak < 6:
-        response = get(service, "/readyz", headers={})
-        streak = streak + 1 if response.status_code == 200 else 0
-        assert time.monotonic() < deadline, f"not ready again: {response.text}"
-        if not streak:
-            time.sleep(0.2)
+
+    def six_in_a_row() -> bool:
+        for _ in range(6):
+            response = get(service, "/readyz", headers={})
+            assert response.status_code == 200, f"not ready again: {response.text}"
+        return True
+
+    eventually(six_in_a_row, timeout_s=timeout_s, interval_s=0.2)
 
 
 def timed(call):

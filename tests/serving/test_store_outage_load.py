@@ -1,4 +1,4 @@
-"""A frozen Redis under load (issue 15, defect 2): `recstack serve --engine uvicorn` with 2
+"""A frozen Redis under load: `recstack serve --engine uvicorn` with 2
 workers on its own Redis, 80 req/s of recommend calls and events, Redis frozen (SIGSTOP) for
 10 s. While it is frozen, recommend keeps p99 <= 50 ms with the fallback flagged and nothing
 answers 5xx; within 2 s of Redis coming back every call is personalised again."""
@@ -44,6 +44,9 @@ def personalised_again(base: str, thawed_at: list[float], stop: threading.Event)
     return late
 
 
+# a p99 bound under 80 req/s wants a quiet machine; test_service_redis.py checks the outage's
+# answers (fallback flagged, no 5xx, each call bounded) and the recovery in the default run
+@pytest.mark.slow
 def test_a_frozen_redis_under_load_costs_no_errors_and_little_latency(tmp_path, ml100k_artifacts):
     redis_server = started_redis(tmp_path / "redis")
     store = {"kind": "redis", "url": redis_server.url, "prefix": "outage:"}

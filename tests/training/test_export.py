@@ -3,19 +3,23 @@
 Two-tower (RetrievalTask) exports: test_export_two_tower.py.
 """
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import yaml
 from train_configs import SASREC, write_config
 
+from recstack.artifact_manifest import ARTIFACT_KIND, ModelKind, read_artifact_manifest
 from recstack.cli import main
 from recstack.errors import DataError, RecstackError
 from recstack.manifest import read_manifest
+from recstack.schema import MANIFEST_FILE
 from recstack.training.export import export_cmd
-from recstack.training.export.export_cmd import ARTIFACT_KIND
 from recstack.training.tasks.next_item import NextItemTask
 
 
@@ -42,6 +46,9 @@ def test_export_writes_an_artifact_that_scores_like_torch(tmp_path, sasrec_ckpt)
     assert manifest["model_kind"] == "sasrec" and manifest["onnx"]["opset"] >= 17
     assert manifest["parity"]["max_abs_diff"] < 1e-4 and len(manifest["parity"]["checks"]) >= 4
     assert manifest["training"]["test"]["ndcg@10"] >= 0 and manifest["vocab"]["dataset_hash"]
+    assert manifest["history_len"] == 16 and "item_tower" not in manifest
+    typed = read_artifact_manifest(out)
+    assert typed.model_kind is ModelKind.SASREC and typed.history_len == 16
 
     # the artifact's next-item scores equal the checkpoint's, for a batch not used at export
     task = NextItemTask.load_from_checkpoint(sasrec_ckpt, map_location="cpu", weights_only=False)
@@ -86,6 +93,39 @@ def test_export_refuses_to_overwrite_and_leaves_nothing_half_written(
     with pytest.raises(RuntimeError):
         export_cmd.export(sasrec_ckpt, tmp_path / "v2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v1"]  # no v2, no staging dir
+
+
+def _moved_run(tmp_path: Path, sasrec_ckpt: Path, dataset: str) -> Path:
+    """A copy of the run whose config.yaml names `dataset` (the dataset moved since)."""
+    run = tmp_path / "run"
+    shutil.copytree(sasrec_ckpt.parent.parent, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["dataset"] = dataset
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    return run / "checkpoints" / sasrec_ckpt.name
+
+
+def test_a_moved_dataset_is_named_with_dataset(tmp_path, sasrec_ckpt, chain_dir, capsys):
+    ckpt = _moved_run(tmp_path, sasrec_ckpt, str(tmp_path / "gone"))
+    out = tmp_path / "v1"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "gone" in err and "pass --dataset DIR" in err
+    assert not out.exists()
+    args = ["export", "--ckpt", str(ckpt), "--out", str(out), "--dataset", str(chain_dir)]
+    assert main(args) == 0
+    assert read_artifact_manifest(out).training.checkpoint == str(ckpt)
+
+
+def test_a_dataset_the_run_did_not_train_on_is_refused(tmp_path, sasrec_ckpt, chain_dir):
+    other = tmp_path / "other"
+    shutil.copytree(chain_dir, other)
+    manifest = json.loads((other / MANIFEST_FILE).read_text())
+    manifest["content_hash"] = "f" * 64  # as if prepared from another log
+    (other / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="not the dataset the run trained on") as exc:
+        export_cmd.export(sasrec_ckpt, tmp_path / "v1", dataset=other)
+    assert "--dataset" in str(exc.value) and not (tmp_path / "v1").exists()
 
 
 def test_bad_inputs_get_one_line_errors(tmp_path, capsys):

@@ -12,8 +12,9 @@ import torch
 from chain_log import CHAIN_USERS, write_chain_log
 from train_configs import RETRIEVAL, write_config
 
+from recstack.artifact_manifest import ARTIFACT_KIND, ModelKind, read_artifact_manifest
 from recstack.cli import main
-from recstack.datasets.dataset_dir import load_dataset
+from recstack.dataset_dir import load_dataset
 from recstack.datasets.prepare import prepare
 from recstack.datasets.sources.tabular import ColumnMapping
 from recstack.errors import DataError, RecstackError
@@ -22,7 +23,6 @@ from recstack.manifest import read_manifest
 from recstack.schema import TS, USER_IDX
 from recstack.training.data.features import FeatureVocab, context_codes, user_codes
 from recstack.training.export import export_cmd, onnx_common
-from recstack.training.export.export_cmd import ARTIFACT_KIND
 from recstack.training.export.two_tower_onnx import export_two_tower
 from recstack.training.models.two_tower import FeatureSizes, TwoTower, TwoTowerConfig
 from recstack.training.tasks.retrieval import RetrievalTask
@@ -92,7 +92,7 @@ def test_the_artifact_holds_both_towers_the_features_and_the_figures(artifact):
         "user": ["gender", "age", "occupation"],
     }
     assert manifest["onnx"]["outputs"] == {"user_vec": ["batch", 32, "float32"]}
-    assert manifest["onnx"]["max_length"] == 16 and manifest["dim"] == 32
+    assert manifest["history_len"] == 16 and manifest["dim"] == 32
     assert manifest["item_tower"]["inputs"] == {"item_idx": ["n", "int64"]}
     assert manifest["item_embeddings"]["shape"] == [31, 32] and manifest["n_items"] == 30
     assert manifest["similarity"] == "cosine" and manifest["temperature"] == 0.05
@@ -108,6 +108,8 @@ def test_the_artifact_holds_both_towers_the_features_and_the_figures(artifact):
     assert manifest["popularity"]["shape"] == [31]
     embeddings = np.load(artifact / "item_embeddings.npy")
     assert embeddings.dtype == np.float32 and not embeddings[0].any()  # PAD row is zero
+    typed = read_artifact_manifest(artifact)  # the JSON above is the typed manifest, dumped
+    assert typed.model_dump(mode="json", exclude_none=True) == manifest
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -228,9 +230,10 @@ def test_without_user_attributes_the_user_input_is_left_out(tmp_path, chain_dir)
     config = TwoTowerConfig(dim=16, history_len=8, pooling="mean", similarity="dot")
     net = _untrained(data.n_items, {"hour": 25, "weekday": 8, "device": 3}, config)
     fields = export_two_tower(net, vocab, data, tmp_path)
-    assert list(fields["onnx"]["inputs"]) == ["history", "lengths", "context"]
-    assert fields["onnx"]["columns"] == {"context": ["hour", "weekday", "device"]}
-    assert fields["parity"]["max_abs_diff"] <= 1e-4 and fields["similarity"] == "dot"
+    assert fields.model_kind is ModelKind.TWO_TOWER and fields.history_len == 8
+    assert list(fields.onnx.inputs) == ["history", "lengths", "context"]
+    assert fields.onnx.columns == {"context": ["hour", "weekday", "device"]}
+    assert fields.parity.max_abs_diff <= 1e-4 and fields.similarity == "dot"
     session = _session(tmp_path / "user_tower.onnx")
     assert [i.name for i in session.get_inputs()] == ["history", "lengths", "context"]
     feeds = {

@@ -26,7 +26,7 @@ pytestmark = [
 
 TASKS = {
     "sasrec": lambda: NextItemTask(
-        model=SASRecConfig(max_len=16, dim=32, n_layers=1, n_heads=2, dropout=0.0),
+        model=SASRecConfig(history_len=16, dim=32, n_layers=1, n_heads=2, dropout=0.0),
         optim={"lr": 0.01},
     ),
     "two_tower": lambda: RetrievalTask(

@@ -1,4 +1,4 @@
-"""No leakage (DESIGN §4): histories and fitted baselines use only events before the targets.
+"""No leakage (docs/architecture.md §5): histories and baselines use only earlier events.
 
 Each test builds data where a leak would change the numbers, and checks it does not (plus, where
 useful, that the leaky variant *would* have changed them, so the test has teeth).

@@ -29,7 +29,7 @@ def _arrays(tmp_path, sequences: list[list[int]], ts: list[int] | None = None) -
 def test_windows_cover_every_transition_exactly_once(tmp_path):
     sequences = [list(range(1, n + 1)) for n in (1, 2, 5, 9, 17)]
     arrays = _arrays(tmp_path, [[100 * u + i for i in s] for u, s in enumerate(sequences)])
-    dataset = WindowSamples(arrays, max_len=4)
+    dataset = WindowSamples(arrays, history_len=4)
     batch = dataset.__getitems__(list(range(len(dataset))))
     pairs = {
         (int(a), int(b))
@@ -49,7 +49,7 @@ def arrays_seqs(sequences):
 
 
 def test_user_windows_of_short_users():
-    starts, lengths = user_windows(np.array([0, 1, 3, 3]), max_len=5)
+    starts, lengths = user_windows(np.array([0, 1, 3, 3]), history_len=5)
     assert starts.tolist() == [1] and lengths.tolist() == [2]  # one-event users give no window
 
 

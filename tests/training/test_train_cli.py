@@ -114,6 +114,8 @@ def test_two_process_ddp_with_gloo_gathers_metrics_over_all_users(tmp_path, chai
         ("--model.init_args.model.dim", "-8", "sasrec dim must be >= 1"),
         ("--data.dataset", "/no/such/dir", "recstack data prepare"),
         ("--model.init_args.optim.lr", "0", "lr > 0"),
+        # a config from before the SASRec window was renamed history_len
+        ("--model.init_args.model.max_len", "50", "Option 'max_len' is not accepted"),
     ],
 )
 def test_bad_config_values_fail_before_training(tmp_path, chain_dir, capsys, flag, value, message):

@@ -10,7 +10,7 @@ RETRIEVAL = "recstack.training.tasks.retrieval.RetrievalTask"
 
 def write_config(tmp_path: Path, dataset: Path, task: str = SASREC, **trainer) -> Path:
     if task == SASREC:
-        model = {"max_len": 16, "dim": 32, "n_layers": 1, "n_heads": 2, "dropout": 0.0}
+        model = {"history_len": 16, "dim": 32, "n_layers": 1, "n_heads": 2, "dropout": 0.0}
     else:
         model = {"dim": 32, "history_len": 16, "n_heads": 2, "dropout": 0.0}
     config = {
@@ -51,7 +51,7 @@ def logged_and_true_val_ndcg(last_ckpt: Path, dataset: Path) -> tuple[float, flo
     logged = torch.load(last_ckpt, weights_only=False)["recstack"]["history"][-1]["val/ndcg@10"]
     task = NextItemTask.load_from_checkpoint(last_ckpt, map_location="cpu", weights_only=False)
     task.net.eval()
-    max_len = task.net.config.max_len
+    history_len = task.net.config.history_len
     eval_set = RecDataModule(dataset).eval_set("valid")
-    result = evaluate(lambda b: task.net.score_all(*b.recent(max_len)), eval_set)
+    result = evaluate(lambda b: task.net.score_all(*b.recent(history_len)), eval_set)
     return logged, result.metrics["ndcg@10"]

@@ -1,11 +1,13 @@
 """`RecDataModule`: a prepared dataset dir -> training batches and full-ranking eval sets.
 
-The LightningModule says what it trains on through `train_samples()`: ("windows", max_len)
-for next-item models, ("events", history_len) for retrieval models; the DataModule builds that
-dataset over memory-mapped event arrays (see `event_arrays`).
+The task reads the data facts once (`facts()`: sizes, features, evaluation sets) and says once
+what it trains on (`train_on`): windows of history_len items for next-item models, events with
+up to history_len earlier events for retrieval models; the DataModule builds that dataset over
+memory-mapped event arrays (see `event_arrays`). Neither asks the other again.
 
-Protocol (DESIGN §4): models are fitted on the TRAIN events of the chosen split, selected on the
-VALID targets (history = TRAIN) and tested on the TEST targets (history = TRAIN + VALID).
+Protocol (docs/architecture.md §5): models are fitted on the TRAIN events of the chosen split,
+selected on the VALID targets (history = TRAIN) and tested on the TEST targets (history =
+TRAIN + VALID).
 """
 
 from pathlib import Path
@@ -13,11 +15,10 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
-from recstack.datasets.dataset_dir import PreparedDataset, load_dataset
+from recstack.dataset_dir import PreparedDataset, load_dataset
 from recstack.datasets.download import cache_dir as download_cache_dir
 from recstack.datasets.splits import SPLIT, apply_split
 from recstack.errors import DataError
@@ -28,8 +29,8 @@ from recstack.training.data.event_arrays import (
     arrays_complete,
     write_event_arrays,
 )
+from recstack.training.data.facts import DataFacts, TrainSamples
 from recstack.training.data.features import (
-    FeatureVocab,
     build_vocab,
     context_codes,
     item_features,
@@ -86,7 +87,9 @@ class RecDataModule(LightningDataModule):
                 f"`recstack data prepare --source ml-100k --out {self.dataset_dir}`"
             )
         if batch_size < 1 or num_workers < 0:
-            raise DataError(f"batch_size must be >= 1 and num_workers >= 0 (got {batch_size}, {num_workers})")
+            raise DataError(
+                f"batch_size must be >= 1 and num_workers >= 0 (got {batch_size}, {num_workers})"
+            )
         self.split = split
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -98,6 +101,7 @@ class RecDataModule(LightningDataModule):
         self.data: PreparedDataset | None = None
         self.frame: pl.DataFrame | None = None
         self._eval_sets: dict[str, EvalSet] = {}
+        self.samples: TrainSamples | None = None  # what the task trains on (train_on)
 
     # --- loading -------------------------------------------------------------------------
     def _load(self) -> None:
@@ -130,9 +134,25 @@ class RecDataModule(LightningDataModule):
         key = self.data.manifest.get(CONTENT_HASH, "nohash")[:16]
         return self.cache_root / f"{key}-{self.split}-{self.fit_on}-v{ARRAYS_VERSION}"
 
-    def feature_vocab(self) -> FeatureVocab:
+    def facts(self) -> DataFacts:
+        """What a task reads from the data, once (at its setup)."""
         self._load()
-        return self.vocab
+        return DataFacts(
+            n_items=self.n_items,
+            n_users=self.n_users,
+            item_counts=self.item_counts,
+            vocab=self.vocab,
+            user_codes=self.user_codes,
+            item_tags=self.item_tags,
+            item_cats=self.item_cats,
+            eval_batch_size=self.eval_batch_size,
+            eval_set=self.eval_set,
+            eval_context=self.eval_context,
+        )
+
+    def train_on(self, samples: TrainSamples) -> None:
+        """What the task trains on; set before the first `train_dataloader`."""
+        self.samples = samples
 
     def prepare_data(self) -> None:  # once per node, before setup
         self._write_arrays()
@@ -154,7 +174,9 @@ class RecDataModule(LightningDataModule):
 
     # --- training ------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        kind, length = self.trainer.lightning_module.train_samples()
+        if self.samples is None:
+            raise DataError("no training samples chosen: the task calls train_on() in its setup")
+        kind, length = self.samples.kind, self.samples.length
         order = TieShuffle(self.arrays, self.seed) if self.shuffle_ties else None
         if kind == "windows":
             dataset = WindowSamples(self.arrays, length, order)
@@ -184,7 +206,9 @@ class RecDataModule(LightningDataModule):
     def eval_context(self, target: str) -> np.ndarray:
         """[n_users, C] context codes of each user's first `target` event (0 where none)."""
         self._load()
-        first = self.frame.filter(pl.col(SPLIT) == TARGET_CODE[target]).unique(USER_IDX, keep="first")
+        first = self.frame.filter(pl.col(SPLIT) == TARGET_CODE[target]).unique(
+            USER_IDX, keep="first"
+        )
         codes = context_codes(first, self.vocab)
         out = np.zeros((self.n_users, codes.shape[1]), dtype=np.int64)
         out[first[USER_IDX].to_numpy()] = codes
@@ -200,7 +224,3 @@ class RecDataModule(LightningDataModule):
             else None
         )
         return DataLoader(shards, batch_size=1, sampler=sampler)
-
-    def item_counts_tensor(self) -> torch.Tensor:
-        self._load()
-        return torch.from_numpy(self.item_counts)

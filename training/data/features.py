@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import polars as pl
 
+from recstack.feature_codes import AGE_EDGES, bucket_labels, bucketize
 from recstack.schema import AGE, GENRES, ITEM_IDX, TS, USER_ID, USER_IDX, YEAR
-from recstack.training.eval.segments import AGE_EDGES, bucket_labels, bucketize
 from recstack.training.models.two_tower import FeatureSizes
 
 HOUR, WEEKDAY = "hour", "weekday"

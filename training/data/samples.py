@@ -1,7 +1,7 @@
 """Training samples built a whole batch at a time from `EventArrays` (vectorised numpy).
 
 - `WindowSamples` (next-item, SASRec): each user's event sequence cut into windows of up to
-  max_len + 1 events, taken back from the most recent one and overlapping by one event, so
+  history_len + 1 events, taken back from the most recent one, overlapping by one event, so
   every transition a -> b of the user's training sequence is a target exactly once. A batch is
   {"items": [B, L] inputs, "targets": [B, L] next items}, right-padded with PAD_IDX.
 - `EventSamples` (retrieval, two-tower): one sample per training event with at least
@@ -39,10 +39,10 @@ def _gather(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.nda
     return out.astype(np.int64)
 
 
-def user_windows(indptr: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(starts [W], lengths [W]) of windows of <= max_len + 1 events with >= 2 events each."""
+def user_windows(indptr: np.ndarray, history_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts [W], lengths [W]) of windows of 2..history_len + 1 events each."""
     counts = np.diff(indptr)
-    step = max_len
+    step = history_len
     n_windows = np.where(counts >= 2, (np.maximum(counts - 1, 0) + step - 1) // step, 0)
     user = np.repeat(np.arange(counts.shape[0]), n_windows)
     k = np.arange(n_windows.sum()) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
@@ -80,11 +80,13 @@ def _split(indices: list[int], n: int) -> tuple[int, np.ndarray]:
 
 
 class WindowSamples(Dataset):
-    def __init__(self, arrays: EventArrays, max_len: int, order: TieShuffle | None = None) -> None:
+    def __init__(
+        self, arrays: EventArrays, history_len: int, order: TieShuffle | None = None
+    ) -> None:
         self.arrays = arrays
-        self.max_len = max_len
+        self.history_len = history_len
         self.order = order
-        self.starts, self.lengths = user_windows(np.asarray(arrays.user_indptr), max_len)
+        self.starts, self.lengths = user_windows(np.asarray(arrays.user_indptr), history_len)
 
     def __len__(self) -> int:
         return int(self.starts.shape[0])

@@ -1,1 +1,1 @@
-"""Full-ranking evaluation and baselines (DESIGN §4)."""
+"""Full-ranking evaluation and baselines (docs/architecture.md §5)."""

@@ -1,4 +1,4 @@
-"""Reference models every trained model is compared with (DESIGN §4).
+"""Reference models every trained model is compared with (docs/architecture.md §5).
 
 Each baseline is fitted on the history events an evaluation allows (`history_frame(frame,
 target)`: TRAIN for validation, TRAIN + VALID for test) and is then a score function for

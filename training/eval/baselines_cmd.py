@@ -1,7 +1,7 @@
 """`recstack eval baselines`: MostPop, EASE and Markov on a prepared dataset's test targets.
 
-Protocol (DESIGN §4): every model is fitted on TRAIN + VALID events and ranked over the whole
-catalogue for each user's TEST targets; EASE's λ is chosen on the VALID targets with EASE fitted
+Protocol (docs/architecture.md §5): every model is fitted on TRAIN + VALID events and ranked over
+the whole catalogue for each user's TEST targets; EASE's λ is chosen on the VALID targets with EASE fitted
 on TRAIN only, then refitted. With tie shuffles the whole protocol is repeated on splits whose
 equal-timestamp events are reordered by seeds 0..N-1.
 """
@@ -284,7 +284,7 @@ def run_baselines(
     Returns:
         The JSON report as a dict, plus "out": the path written.
     """
-    from recstack.datasets.dataset_dir import load_dataset
+    from recstack.dataset_dir import load_dataset
 
     return baselines_report(
         load_dataset(Path(dataset)),

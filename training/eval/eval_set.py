@@ -1,4 +1,4 @@
-"""The users, histories and targets one evaluation runs on (DESIGN §4).
+"""The users, histories and targets one evaluation runs on (docs/architecture.md §5).
 
 `build_eval_set` turns interactions with a `split` column (from `apply_split`) into CSR arrays:
 

@@ -1,4 +1,4 @@
-"""Full-ranking evaluation over the whole catalogue (DESIGN §4).
+"""Full-ranking evaluation over the whole catalogue (docs/architecture.md §5).
 
 `evaluate(score_fn, eval_set)` walks the evaluated users in batches. For each batch the model's
 `score_fn` receives an `EvalBatch` and returns scores for every item; the evaluator masks PAD
@@ -67,9 +67,9 @@ class EvalBatch:
             self.users, self.history.gather(1, order), self.lengths, ts.gather(1, order)
         )
 
-    def recent(self, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(history [B, min(L, max_len)], lengths [B]): the last max_len events, right-padded."""
-        width = min(max_len, self.history.shape[1])
+    def recent(self, history_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(history [B, min(L, history_len)], lengths [B]): the last events, right-padded."""
+        width = min(history_len, self.history.shape[1])
         lengths = self.lengths.clamp(max=width)
         offsets = torch.arange(width, device=self.history.device)
         index = ((self.lengths - width).clamp(min=0)[:, None] + offsets[None, :]).clamp(

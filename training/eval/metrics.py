@@ -1,4 +1,4 @@
-"""Ranking and beyond-accuracy metrics (DESIGN §4).
+"""Ranking and beyond-accuracy metrics (docs/architecture.md §5).
 
 Ranking is over a score row s[0..n_items] (column 0 = PAD, masked to -inf by the evaluator).
 Items are ordered by score, descending; **ties go to the lower item_idx**. The 1-based rank of

@@ -1,4 +1,4 @@
-"""Presenting evaluation results: a rich table per run and a JSON file (DESIGN §4, §8)."""
+"""Presenting evaluation results: a rich table per run and a JSON file."""
 
 import json
 import math

@@ -1,4 +1,4 @@
-"""Per-user metrics sliced by user segment, to audit who a model serves well (DESIGN §4).
+"""Per-user metrics sliced by user segment, to audit whom a model serves well.
 
 Segments:
 
@@ -13,33 +13,20 @@ Each row of the output is one (segment, bucket) with n_users and the mean of eve
 those users (NaN entries, e.g. a user with an empty top-k list, are left out of the mean).
 """
 
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
 
+from recstack.feature_codes import AGE_EDGES, bucket_labels, bucketize
 from recstack.schema import AGE, USER_ID, USER_IDX
 from recstack.training.eval.evaluator import EvalResult
 
 ACTIVITY = "activity"
 ACTIVITY_EDGES = (1, 10, 20, 50, 100, 250)
-AGE_EDGES = (18, 25, 35, 45, 50, 56)  # ML-1M age codes 1, 18, 25, 35, 45, 50, 56
 UNKNOWN = "unknown"
 SEGMENT, BUCKET, N_USERS = "segment", "bucket", "n_users"
 _ORDER = "_order"
-
-
-def bucket_labels(edges: Sequence[int]) -> list[str]:
-    """Labels of the len(edges) + 1 buckets cut at `edges`: "<e0", "e0-(e1-1)", ..., "eN+"."""
-    labels = [f"<{edges[0]}"]
-    labels += [f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(edges)]
-    return [*labels, f"{edges[-1]}+"]
-
-
-def bucketize(values: np.ndarray, edges: Sequence[int]) -> np.ndarray:
-    """[U] bucket index of each value: 0 below edges[0], i for edges[i-1] <= v < edges[i]."""
-    return np.searchsorted(np.asarray(edges), values, side="right")
 
 
 def _attribute_columns(users: pl.DataFrame, max_categories: int) -> list[str]:

@@ -1,1 +1,1 @@
-"""Export trained models to ONNX artifact dirs (the only contract with serving, DESIGN §3/§6)."""
+"""Export trained models to ONNX artifact dirs, serving's only input (docs/architecture.md §7)."""

@@ -7,7 +7,7 @@ a cosine index holds unit rows). k-means trains on up to TRAIN_PER_LIST vectors 
 probe count is the smallest rung of NPROBE_LADDER whose recall@100 against exact search, over
 the sample queries, reaches TARGET_RECALL; when none does the export fails. The index goes to
 item_index.faiss and the queries to ann_queries.npy, so that serving re-measures the same
-recall at load (`recstack.serving.item_index.AnnIndex.load`).
+recall at load (`recstack.item_index.AnnIndex.load`).
 """
 
 import math
@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 
 from recstack.errors import RecstackError
-from recstack.serving.item_index import EXACT_MAX_ITEMS, exact_top, recall, recall_k
+from recstack.item_index import EXACT_MAX_ITEMS, exact_top, recall, recall_k
 
 AnnMode = Literal["auto", "on", "off"]  # auto: an index above EXACT_MAX_ITEMS items
 Metric = Literal["inner_product", "cosine"]  # cosine: inner product of unit rows

@@ -13,11 +13,11 @@ the last event's time and context as the request context: the request that predi
 import numpy as np
 import polars as pl
 
-from recstack.datasets.dataset_dir import PreparedDataset
+from recstack.artifact import Artifact
+from recstack.dataset_dir import PreparedDataset
 from recstack.feature_codes import TS_KINDS
+from recstack.query import encode
 from recstack.schema import INTERACTIONS_FILE, ITEM_IDX, TS, USER_ID, USER_IDX
-from recstack.serving.artifact import Artifact
-from recstack.serving.query import encode
 
 SEED = 0
 

@@ -5,7 +5,7 @@
     item_embeddings.npy: float32 [n_items + 1, d]; scores = state @ item_embeddings.T
 
 Batch and length are dynamic (torch.export.Dim); the example inputs have batch and length >= 2,
-since a size-1 example fixes that dimension (DESIGN §6).
+since a size-1 example fixes that dimension (docs/architecture.md §7).
 """
 
 from pathlib import Path
@@ -13,6 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recstack.artifact_manifest import (
+    EMBEDDINGS_FILE,
+    ArrayFile,
+    ExportedModel,
+    ModelKind,
+    OnnxGraph,
+    Parity,
+)
 from recstack.training.export.onnx_common import (
     MAX_BATCH,
     OPSET,
@@ -26,7 +34,6 @@ from recstack.training.export.onnx_common import (
 from recstack.training.models.sasrec import SASRec
 
 ONNX_FILE = "sasrec.onnx"
-EMBEDDINGS_FILE = "item_embeddings.npy"
 INPUTS = ("items", "lengths")
 OUTPUT = "state"
 
@@ -50,12 +57,12 @@ def _example(batch: int, length: int, n_items: int, generator: torch.Generator):
     return items, lengths
 
 
-def parity(module: SASRecState, path: Path, n_items: int, max_len: int) -> dict:
+def parity(module: SASRecState, path: Path, n_items: int, history_len: int) -> Parity:
     """Max |onnxruntime - torch| over several batch sizes and lengths; raises if off or NaN."""
     onnx_session = session(path)
     generator = torch.Generator().manual_seed(0)
     checks = []
-    for batch, length in parity_shapes(max_len):
+    for batch, length in parity_shapes(history_len):
         items, lengths = _example(batch, length, n_items, generator)
         with torch.no_grad():
             expected = module(items, lengths).numpy()
@@ -64,13 +71,14 @@ def parity(module: SASRecState, path: Path, n_items: int, max_len: int) -> dict:
     return parity_report(checks)
 
 
-def export_sasrec(net: SASRec, out: Path) -> dict:
-    """Write sasrec.onnx and item_embeddings.npy into `out`; returns the manifest fields."""
+def export_sasrec(net: SASRec, out: Path) -> ExportedModel:
+    """Write sasrec.onnx and item_embeddings.npy into `out`; returns their manifest fields."""
     module = SASRecState(net.eval().cpu()).eval()
     config = net.config
     batch = dynamic_dim("batch", MAX_BATCH)
-    length = dynamic_dim("length", config.max_len)
-    example = _example(2, min(3, config.max_len), config.n_items, torch.Generator().manual_seed(0))
+    length = dynamic_dim("length", config.history_len)
+    generator = torch.Generator().manual_seed(0)
+    example = _example(2, min(3, config.history_len), config.n_items, generator)
     export_onnx(
         module,
         example,
@@ -81,17 +89,17 @@ def export_sasrec(net: SASRec, out: Path) -> dict:
     )
     embeddings = net.item_emb.weight.detach().float().cpu().numpy()
     np.save(out / EMBEDDINGS_FILE, embeddings)
-    return {
-        "model_kind": "sasrec",
-        "onnx": {
-            "file": ONNX_FILE,
-            "opset": OPSET,
-            "inputs": {"items": ["batch", "length", "int64"], "lengths": ["batch", "int64"]},
-            "outputs": {OUTPUT: ["batch", config.dim, "float32"]},
-            "max_length": config.max_len,
-        },
-        "item_embeddings": {"file": EMBEDDINGS_FILE, "shape": list(embeddings.shape)},
-        "dim": config.dim,
-        "n_items": config.n_items,
-        "parity": parity(module, out / ONNX_FILE, config.n_items, config.max_len),
-    }
+    return ExportedModel(
+        model_kind=ModelKind.SASREC,
+        onnx=OnnxGraph(
+            file=ONNX_FILE,
+            opset=OPSET,
+            inputs={"items": ["batch", "length", "int64"], "lengths": ["batch", "int64"]},
+            outputs={OUTPUT: ["batch", config.dim, "float32"]},
+        ),
+        item_embeddings=ArrayFile(file=EMBEDDINGS_FILE, shape=list(embeddings.shape)),
+        dim=config.dim,
+        n_items=config.n_items,
+        history_len=config.history_len,
+        parity=parity(module, out / ONNX_FILE, config.n_items, config.history_len),
+    )

@@ -15,9 +15,18 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recstack.datasets.dataset_dir import PreparedDataset
+from recstack.artifact_manifest import FileRef, UserFeatures
+from recstack.dataset_dir import PreparedDataset
 from recstack.errors import RecstackError
-from recstack.feature_codes import BUCKETS, HOUR_OF_DAY, TS_KINDS, VOCAB, WEEKDAY_KIND, encode
+from recstack.feature_codes import (
+    AGE_EDGES,
+    BUCKETS,
+    HOUR_OF_DAY,
+    TS_KINDS,
+    VOCAB,
+    WEEKDAY_KIND,
+    encode,
+)
 from recstack.schema import AGE, INTERACTIONS_FILE, TS, USER_ID, USER_IDX
 from recstack.training.data.features import (
     HOUR,
@@ -26,7 +35,6 @@ from recstack.training.data.features import (
     context_codes,
     user_codes,
 )
-from recstack.training.eval.segments import AGE_EDGES
 from recstack.training.models.two_tower import TwoTower
 
 FEATURES_FILE = "features.json"
@@ -105,8 +113,11 @@ def _check(entries: list[dict], frame: pl.DataFrame, expected: np.ndarray, what:
             )
 
 
-def write_features(net: TwoTower, vocab: FeatureVocab, data: PreparedDataset, out: Path) -> dict:
-    """Write features.json and user_features.parquet into `out`; returns the manifest fields."""
+def write_features(
+    net: TwoTower, vocab: FeatureVocab, data: PreparedDataset, out: Path
+) -> tuple[FileRef, UserFeatures]:
+    """Write features.json and user_features.parquet into `out`; returns their manifest
+    entries."""
     users = data.users.sort(USER_IDX)
     spec = feature_spec(net, vocab, users)
     codes = user_codes(users, vocab)  # [n_users, U], row = user_idx
@@ -121,7 +132,6 @@ def write_features(net: TwoTower, vocab: FeatureVocab, data: PreparedDataset, ou
     )
     table.write_parquet(out / USER_FEATURES_FILE)
     (out / FEATURES_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-    return {
-        "features": {"file": FEATURES_FILE},
-        "user_features": {"file": USER_FEATURES_FILE, "key": USER_ID, "columns": columns},
-    }
+    return FileRef(file=FEATURES_FILE), UserFeatures(
+        file=USER_FEATURES_FILE, key=USER_ID, columns=columns
+    )

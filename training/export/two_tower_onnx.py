@@ -10,7 +10,7 @@
                      PAD = 0; scores = user_vec @ item_embeddings.T (logits: / temperature)
 
 Batch, length (1..history_len) and N are dynamic (torch.export.Dim); the example inputs have
-them >= 2 (DESIGN §6). The context/user columns and their codes are in features.json.
+them >= 2 (docs/architecture.md §7). The context/user columns and their codes are in features.json.
 """
 
 from pathlib import Path
@@ -19,7 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from recstack.datasets.dataset_dir import PreparedDataset
+from recstack.artifact_manifest import (
+    EMBEDDINGS_FILE,
+    ArrayFile,
+    ExportedModel,
+    ModelKind,
+    OnnxGraph,
+)
+from recstack.dataset_dir import PreparedDataset
 from recstack.training.data.features import FeatureVocab
 from recstack.training.export.onnx_common import (
     MAX_BATCH,
@@ -36,7 +43,6 @@ from recstack.training.models.two_tower import TwoTower
 
 USER_FILE = "user_tower.onnx"
 ITEM_FILE = "item_tower.onnx"
-EMBEDDINGS_FILE = "item_embeddings.npy"
 USER_OUTPUT, ITEM_INPUT, ITEM_OUTPUT = "user_vec", "item_idx", "item_vec"
 
 
@@ -98,9 +104,9 @@ def _user_parity(tower: UserTower, path: Path) -> list[dict]:
     """user_vec at several (batch, length) shapes, size 1 and cold users included."""
     onnx_session = session(path)
     generator = torch.Generator().manual_seed(0)
-    max_len = tower.net.config.history_len
-    shapes = [(b, n, b // 4) for b, n in parity_shapes(max_len)]
-    shapes += [(1, 1, 1), (3, min(4, max_len), 3)]  # one cold user; a batch of cold users
+    history_len = tower.net.config.history_len
+    shapes = [(b, n, b // 4) for b, n in parity_shapes(history_len)]
+    shapes += [(1, 1, 1), (3, min(4, history_len), 3)]  # one cold user; a batch of cold users
     checks = []
     for batch, length, cold in shapes:
         inputs = _user_example(tower, batch, length, generator, cold)
@@ -155,9 +161,11 @@ def _export_towers(user: UserTower, item: ItemTower, out: Path) -> None:
     )
 
 
-def export_two_tower(net: TwoTower, vocab: FeatureVocab, data: PreparedDataset, out: Path) -> dict:
+def export_two_tower(
+    net: TwoTower, vocab: FeatureVocab, data: PreparedDataset, out: Path
+) -> ExportedModel:
     """Write both towers, item_embeddings.npy, features.json and user_features.parquet into
-    `out` (after checking them against torch and training's encoders); returns the manifest
+    `out` (after checking them against torch and training's encoders); returns their manifest
     fields."""
     net = net.eval().cpu()
     config, sizes = net.config, net.sizes
@@ -169,31 +177,33 @@ def export_two_tower(net: TwoTower, vocab: FeatureVocab, data: PreparedDataset, 
     np.save(out / EMBEDDINGS_FILE, embeddings)
     checks = _user_parity(user, out / USER_FILE) + _item_parity(item, out / ITEM_FILE, embeddings)
     widths = {"context": len(sizes.context), "user": len(sizes.user)}
-    return {
-        "model_kind": "two_tower",
-        "onnx": {
-            "file": USER_FILE,
-            "opset": OPSET,
-            "inputs": {
+    features, user_features = write_features(net, vocab, data, out)
+    return ExportedModel(
+        model_kind=ModelKind.TWO_TOWER,
+        onnx=OnnxGraph(
+            file=USER_FILE,
+            opset=OPSET,
+            inputs={
                 "history": ["batch", "length", "int64"],
                 "lengths": ["batch", "int64"],
                 **{kind: ["batch", widths[kind], "int64"] for kind in user.fields},
             },
-            "outputs": {USER_OUTPUT: ["batch", config.dim, "float32"]},
-            "max_length": config.history_len,
-            "columns": user.fields,  # names of the context / user columns, in order
-        },
-        "item_tower": {
-            "file": ITEM_FILE,
-            "opset": OPSET,
-            "inputs": {ITEM_INPUT: ["n", "int64"]},
-            "outputs": {ITEM_OUTPUT: ["n", config.dim, "float32"]},
-        },
-        "item_embeddings": {"file": EMBEDDINGS_FILE, "shape": list(embeddings.shape)},
-        **write_features(net, vocab, data, out),
-        "dim": config.dim,
-        "n_items": sizes.n_items,
-        "similarity": config.similarity,
-        "temperature": config.temperature,
-        "parity": parity_report(checks),
-    }
+            outputs={USER_OUTPUT: ["batch", config.dim, "float32"]},
+            columns=user.fields,  # names of the context / user columns, in order
+        ),
+        item_tower=OnnxGraph(
+            file=ITEM_FILE,
+            opset=OPSET,
+            inputs={ITEM_INPUT: ["n", "int64"]},
+            outputs={ITEM_OUTPUT: ["n", config.dim, "float32"]},
+        ),
+        item_embeddings=ArrayFile(file=EMBEDDINGS_FILE, shape=list(embeddings.shape)),
+        features=features,
+        user_features=user_features,
+        dim=config.dim,
+        n_items=sizes.n_items,
+        history_len=config.history_len,
+        similarity=config.similarity,
+        temperature=config.temperature,
+        parity=parity_report(checks),
+    )

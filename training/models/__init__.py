@@ -1,1 +1,1 @@
-"""Pure nn.Module architectures (DESIGN §5): one file per model, each with a config dataclass."""
+"""nn.Module architectures, one file per model with a config dataclass (docs/architecture.md §6)."""

@@ -2,9 +2,9 @@
 
 Input is right-padded with PAD_IDX (real items first, then zeros). Positions are learned and
 count from the first item of the window, so with causal attention a position never sees the
-padding after it: appending PAD columns changes nothing (DESIGN §6 relies on this for export).
-The next-item scores are the hidden state at a position times the item embedding table (the
-output layer is tied to the input embeddings).
+padding after it: appending PAD columns changes nothing (the ONNX export relies on this,
+docs/architecture.md §7). The next-item scores are the hidden state at a position times the
+item embedding table (the output layer is tied to the input embeddings).
 
 Blocks are pre-norm: x + Attn(LN(x)), x + FFN(LN(x)), with attention from
 `F.scaled_dot_product_attention(is_causal=True)`; a final LayerNorm follows the last block.
@@ -24,7 +24,7 @@ from recstack.training.models.init import init_weights
 @dataclass
 class SASRecConfig:
     n_items: int = 0  # real items are 1..n_items; filled in from the dataset
-    max_len: int = 200  # longest window the model reads (positions 0..max_len-1)
+    history_len: int = 200  # longest window the model reads (positions 0..history_len-1)
     dim: int = 64
     n_layers: int = 2
     n_heads: int = 2
@@ -37,7 +37,7 @@ class SASRecConfig:
             raise RecstackError(
                 f"sasrec n_items must be >= 0 (0 = from the dataset), got {self.n_items}"
             )
-        positive = {"max_len": self.max_len, "dim": self.dim}
+        positive = {"history_len": self.history_len, "dim": self.dim}
         positive |= {"n_layers": self.n_layers, "n_heads": self.n_heads, "ffn_mult": self.ffn_mult}
         for name, value in positive.items():
             if value < 1:
@@ -95,14 +95,14 @@ class SASRec(nn.Module):
             raise RecstackError("SASRec needs n_items >= 1 (the dataset's catalogue size)")
         self.config = config
         self.item_emb = nn.Embedding(config.n_items + 1, config.dim, padding_idx=PAD_IDX)
-        self.pos_emb = nn.Embedding(config.max_len, config.dim)
+        self.pos_emb = nn.Embedding(config.history_len, config.dim)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(config.dim)
         self.apply(init_weights)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
-        """items [B, L] right-padded item_idx (L <= max_len) -> hidden states [B, L, d].
+        """items [B, L] right-padded item_idx (L <= history_len) -> hidden states [B, L, d].
 
         Position t's state depends only on items[:, :t + 1].
         """

@@ -17,6 +17,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from recstack.errors import RecstackError
 from recstack.schema import PAD_IDX
+from recstack.training.data.facts import DataFacts, TrainSamples
 from recstack.training.eval.evaluator import EvalBatch, auto_batch_size, evaluate
 from recstack.training.losses import LossConfig, RecLoss
 
@@ -59,8 +60,11 @@ def batch_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
 
 
 class RecTask(pl.LightningModule):
-    """Subclasses define `build_from_data` (the net from a dataset, then `attach_ema`),
-    `train_samples`, `training_step` and `score_fn` (scoring with `self.scoring_net`)."""
+    """Subclasses define `build_from_data` (the net from the data facts, then `attach_ema`),
+    `train_samples`, `training_step` and `score_fn` (scoring with `self.scoring_net`).
+
+    The data facts (sizes, features, evaluation sets) are read once from the data module in
+    `setup`, which also tells it what this task trains on; nothing else crosses."""
 
     def __init__(
         self, optim: OptimConfig | dict | None, loss: LossConfig | dict | None, seed: int = 0
@@ -71,6 +75,7 @@ class RecTask(pl.LightningModule):
         self.seed = seed
         self.net: torch.nn.Module | None = None
         self.loss_fn: RecLoss | None = None  # needs the dataset's item frequencies
+        self.facts: DataFacts | None = None  # from the data module, at setup
         self.ema: AveragedModel | None = None
         self.history: list[dict[str, Any]] = []  # per-epoch validation metrics with wall time
         self._fit_started: float | None = None
@@ -91,18 +96,28 @@ class RecTask(pl.LightningModule):
         return self.ema.module if self.ema is not None else self.net
 
     # --- hooks ----------------------------------------------------------------------------
-    def build_from_data(self, datamodule) -> None:
-        """Build `self.net` with the sizes (and features) of `datamodule`'s dataset."""
+    def build_from_data(self, facts: DataFacts) -> None:
+        """Build `self.net` with the dataset's sizes (and features)."""
         raise NotImplementedError
 
+    def train_samples(self) -> TrainSamples:
+        """What this task trains on (known before the net is built)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        data = self.trainer.datamodule
+        if data is None:
+            raise RecstackError("a recstack task runs with a RecDataModule (datamodule=...)")
+        self.facts = data.facts()
+        data.train_on(self.train_samples())
+
     def configure_model(self) -> None:
-        if self._trainer is None:  # load_from_checkpoint: the net was built in __init__
+        if self.facts is None:  # load_from_checkpoint: the net was built in __init__
             return
-        datamodule = self.trainer.datamodule
         if self.net is None:
-            self.build_from_data(datamodule)
-        counts = datamodule.item_counts_tensor()
-        self.loss_fn = RecLoss(self.loss_config, datamodule.n_items, counts)
+            self.build_from_data(self.facts)
+        counts = torch.from_numpy(self.facts.item_counts)
+        self.loss_fn = RecLoss(self.loss_config, self.facts.n_items, counts)
 
     def configure_optimizers(self):
         decay, no_decay = [], []
@@ -141,10 +156,10 @@ class RecTask(pl.LightningModule):
         raise NotImplementedError
 
     def evaluate_shard(self, target: str, rank: int, world: int):
-        eval_set = self.trainer.datamodule.eval_set(target)
+        eval_set = self.facts.eval_set(target)
         bounds = np.linspace(0, eval_set.n_users, world + 1).astype(int)
         shard = eval_set.slice(bounds[rank], bounds[rank + 1])
-        batch_size = self.trainer.datamodule.eval_batch_size
+        batch_size = self.facts.eval_batch_size
         if batch_size is None:  # bounded also by the model's activations, not only the scores
             batch_size = min(MAX_EVAL_USERS, auto_batch_size(shard.n_items))
         return evaluate(

@@ -11,6 +11,7 @@ from dataclasses import asdict
 import torch
 
 from recstack.schema import PAD_IDX
+from recstack.training.data.facts import DataFacts, TrainSamples
 from recstack.training.losses import LossConfig
 from recstack.training.models.sasrec import SASRec, SASRecConfig
 from recstack.training.tasks.base import OptimConfig, RecTask, Scorer, as_config
@@ -50,13 +51,13 @@ class NextItemTask(RecTask):
         self.net = SASRec(as_config(SASRecConfig, self.model_config))
         self.attach_ema()
 
-    def build_from_data(self, datamodule) -> None:
-        self.model_config["n_items"] = datamodule.n_items
+    def build_from_data(self, facts: DataFacts) -> None:
+        self.model_config["n_items"] = facts.n_items
         self._build_net()
         self.hparams["model"] = self.model_config
 
-    def train_samples(self) -> tuple[str, int]:
-        return "windows", self.net.config.max_len
+    def train_samples(self) -> TrainSamples:
+        return TrainSamples("windows", as_config(SASRecConfig, self.model_config).history_len)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         hidden = self.net(batch["items"])  # [B, L, d]
@@ -68,6 +69,6 @@ class NextItemTask(RecTask):
 
     def score_fn(self, target: str, tie_orders: int = 1) -> Scorer:
         net = self.scoring_net
-        max_len = net.config.max_len
-        score = lambda batch: net.score_all(*batch.recent(max_len))  # noqa: E731
+        history_len = net.config.history_len
+        score = lambda batch: net.score_all(*batch.recent(history_len))  # noqa: E731
         return Scorer(score, self.device, tie_orders, self.seed)

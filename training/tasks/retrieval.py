@@ -12,6 +12,7 @@ from dataclasses import asdict
 
 import torch
 
+from recstack.training.data.facts import DataFacts, TrainSamples
 from recstack.training.losses import LossConfig
 from recstack.training.models.two_tower import FeatureSizes, TwoTower, TwoTowerConfig
 from recstack.training.tasks.base import OptimConfig, RecTask, Scorer, as_config
@@ -54,19 +55,18 @@ class RetrievalTask(RecTask):
             }
         )
 
-    def build_from_data(self, datamodule) -> None:
-        vocab = datamodule.feature_vocab()
-        self.sizes = asdict(vocab.sizes(datamodule.n_items))
-        self.vocab = vocab.to_dict()
+    def build_from_data(self, facts: DataFacts) -> None:
+        self.sizes = asdict(facts.vocab.sizes(facts.n_items))
+        self.vocab = facts.vocab.to_dict()
         self.net = TwoTower(self.model_config, FeatureSizes(**self.sizes))
         self.net.set_item_features(
-            torch.from_numpy(datamodule.item_tags), torch.from_numpy(datamodule.item_cats)
+            torch.from_numpy(facts.item_tags), torch.from_numpy(facts.item_cats)
         )
         self.attach_ema()  # after the item features: the average copies them
         self.hparams["sizes"], self.hparams["vocab"] = self.sizes, self.vocab
 
-    def train_samples(self) -> tuple[str, int]:
-        return "events", self.model_config.history_len
+    def train_samples(self) -> TrainSamples:
+        return TrainSamples("events", self.model_config.history_len)
 
     def _fields(self, codes: torch.Tensor, names) -> dict[str, torch.Tensor]:
         return {name: codes[:, i] for i, name in enumerate(names)}
@@ -90,9 +90,8 @@ class RetrievalTask(RecTask):
         return loss
 
     def score_fn(self, target: str, tie_orders: int = 1) -> Scorer:
-        datamodule = self.trainer.datamodule
-        context = torch.from_numpy(datamodule.eval_context(target)).to(self.device)
-        user_codes = torch.from_numpy(datamodule.user_codes).to(self.device)
+        context = torch.from_numpy(self.facts.eval_context(target)).to(self.device)
+        user_codes = torch.from_numpy(self.facts.user_codes).to(self.device)
         history_len = self.model_config.history_len
         net = self.scoring_net
 

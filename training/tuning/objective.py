@@ -22,6 +22,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 from rich.console import Console
 
 from recstack.errors import RecstackError, first_line
+from recstack.training.quiet import LEAF_SPEC, warnings_off
 from recstack.training.run_report import best_entry, val_metrics
 from recstack.training.tasks.base import MONITOR
 from recstack.training.train_cli import best_checkpoint, build_cli
@@ -111,7 +112,8 @@ class Objective:
             )
         started = time.perf_counter()
         try:
-            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+            with warnings_off(LEAF_SPEC):
+                cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         finally:
             history = cli.model.history
             trial.set_user_attr("epochs", len(history))

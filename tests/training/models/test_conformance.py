@@ -1,4 +1,4 @@
-"""One conformance suite every model passes (DESIGN §9): shapes, padding invariance,
+"""One conformance suite every model passes: shapes, padding invariance,
 causality, determinism. Overfitting a tiny dataset is in tests/training/test_train_cli.py."""
 
 import pytest
@@ -9,16 +9,18 @@ from recstack.training.models.sasrec import SASRec, SASRecConfig
 from recstack.training.models.two_tower import FeatureSizes, TwoTower, TwoTowerConfig
 
 N_ITEMS = 40
-MAX_LEN = 16
+HISTORY_LEN = 16
 
 
 def _sasrec():
-    return SASRec(SASRecConfig(n_items=N_ITEMS, max_len=MAX_LEN, dim=16, n_heads=2, dropout=0.1))
+    return SASRec(
+        SASRecConfig(n_items=N_ITEMS, history_len=HISTORY_LEN, dim=16, n_heads=2, dropout=0.1)
+    )
 
 
 def _two_tower():
     sizes = FeatureSizes(n_items=N_ITEMS, context={"hour": 25}, user={"gender": 3}, item_tags=4)
-    return TwoTower(TwoTowerConfig(dim=16, history_len=MAX_LEN, n_heads=2, dropout=0.1), sizes)
+    return TwoTower(TwoTowerConfig(dim=16, history_len=HISTORY_LEN, n_heads=2, dropout=0.1), sizes)
 
 
 MODELS = {"sasrec": _sasrec, "two_tower": _two_tower}
@@ -94,6 +96,6 @@ def test_same_seed_same_model_and_scores(name):
 def test_bad_configs_are_refused():
     from recstack.errors import RecstackError
 
-    for bad in ({"dim": -4}, {"dim": 10, "n_heads": 3}, {"dropout": 1.5}, {"max_len": 0}):
+    for bad in ({"dim": -4}, {"dim": 10, "n_heads": 3}, {"dropout": 1.5}, {"history_len": 0}):
         with pytest.raises(RecstackError):
             SASRecConfig(n_items=5, **bad)

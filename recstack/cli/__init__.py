@@ -11,6 +11,7 @@
     recstack events compact --log runs/serve/events
     recstack demo
 
+This package is the face: the one layer that may import every stage (tests/test_layers.py).
 Each subcommand is a plain function whose signature and docstring are the CLI (flags, types,
 defaults, --help); any flag can also come from a YAML file with --config. Only the chosen
 command's module is imported, so `recstack data ...` starts without torch.
@@ -28,7 +29,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     },
     "eval": {"baselines": "recstack.training.eval.baselines_cmd:run_baselines"},
     "export": "recstack.training.export.export_cmd:export",
-    "demo": "recstack.demo:demo",
+    "demo": "recstack.cli.demo:demo",
     "experiments": {"report": "recstack.serving.experiments_cmd:report"},
     "events": {
         "compact": "recstack.serving.events_cmd:compact_log",
@@ -98,7 +99,3 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

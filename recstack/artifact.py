@@ -1,7 +1,7 @@
 """Load an artifact dir written by `recstack export`, with no torch: onnxruntime + numpy only.
 
-An artifact (DESIGN §3) holds an ONNX model that turns a history into one query vector and the
-item embeddings that vector is scored against:
+An artifact (docs/architecture.md §7) holds an ONNX model that turns a history into one query
+vector and the item embeddings that vector is scored against:
 
     sasrec:    sasrec.onnx      items [B, L], lengths [B] (>= 1)             -> state [B, d]
     two_tower: user_tower.onnx  history [B, L], lengths [B] (>= 0), context  -> user_vec [B, d]
@@ -10,11 +10,12 @@ item embeddings that vector is scored against:
     optional:  item_index.faiss + ann_queries.npy, the ANN index of the manifest's "ann"
                block (large catalogues); `item_index.AnnIndex.load` reads and re-checks it
 
-`load_artifact` refuses a missing or corrupt dir (manifest hashes), a file that does not load
-(no pickle: arrays are read with allow_pickle=False), arrays of the wrong dtype or shape or with
-NaN / infinite values, a model kind the side does not serve, or an ONNX input layout it does
-not know, each with a message that says what to do. `query.check_scores` then runs the model
-once on sample inputs before the artifact may serve.
+The manifest is read through `recstack.artifact_manifest`, the type export writes it with.
+`load_artifact` refuses a missing or corrupt dir (manifest hashes), a malformed manifest, a file
+that does not load (no pickle: arrays are read with allow_pickle=False), arrays of the wrong
+dtype or shape or with NaN / infinite values, a model kind the side does not serve, or an ONNX
+input layout it does not know, each with a message that says what to do. `query.check_scores`
+then runs the model once on sample inputs before the artifact may serve.
 """
 
 import json
@@ -25,12 +26,9 @@ import numpy as np
 import onnxruntime as ort
 import polars as pl
 
+from recstack.artifact_manifest import ArtifactManifest, ModelKind, read_artifact_manifest
 from recstack.errors import DataError
-from recstack.manifest import CONTENT_HASH, read_manifest
 from recstack.schema import ITEM_ID, ITEM_IDX, ITEMS_FILE, PAD_IDX, TITLE, USER_ID
-
-ARTIFACT_KIND = "artifact"  # the manifest kind `recstack export` writes
-MODEL_KINDS = ("sasrec", "two_tower")
 
 
 def providers() -> list[str]:
@@ -88,7 +86,7 @@ class Catalog:
     vocab_hash: str = ""  # the dataset hash the vocab came from
 
     @classmethod
-    def load(cls, path: Path, manifest: dict) -> "Catalog":
+    def load(cls, path: Path, manifest: ArtifactManifest) -> "Catalog":
         items = read_parquet(path / ITEMS_FILE)
         missing = {ITEM_IDX, ITEM_ID} - set(items.columns)
         if missing:
@@ -99,7 +97,7 @@ class Catalog:
             raise DataError(f"{path / ITEMS_FILE} does not hold item_idx 1..{n_items}")
         item_ids = ["", *items[ITEM_ID].cast(pl.String).to_list()]
         titles = ["", *items[TITLE].fill_null("").to_list()] if TITLE in items.columns else []
-        popularity = read_array(path / manifest["popularity"]["file"], "fiu")
+        popularity = read_array(path / manifest.popularity.file, "fiu")
         if popularity.shape != (n_items + 1,) or (popularity < 0).any():
             raise DataError(
                 f"{path}: popularity has shape {popularity.shape}, not [{n_items + 1}], or "
@@ -110,7 +108,7 @@ class Catalog:
             titles=titles or [""] * (n_items + 1),
             popularity=popularity.astype(np.float64),
             index={item_id: idx for idx, item_id in enumerate(item_ids) if idx != PAD_IDX},
-            vocab_hash=str(manifest.get("vocab", {}).get("dataset_hash")),
+            vocab_hash=str(manifest.vocab.dataset_hash),
         )
 
     @property
@@ -129,13 +127,13 @@ class Artifact:
     """One exported model, ready to encode histories into query vectors."""
 
     path: Path
-    manifest: dict
-    kind: str  # "sasrec" | "two_tower"
+    manifest: ArtifactManifest
+    kind: ModelKind
     session: ort.InferenceSession
     input_names: list[str]
     output_name: str
     item_embeddings: np.ndarray  # float32 [n_items + 1, d]
-    max_length: int  # longest history the model reads
+    history_len: int  # longest history the model reads
     catalog: Catalog
     features: dict | None = None  # two-tower: features.json
     user_codes: dict[str, np.ndarray] | None = None  # two-tower: user_id -> codes [U]
@@ -143,7 +141,7 @@ class Artifact:
     @property
     def version(self) -> str:
         """`<name>/<version>` from the dir layout plus the content hash prefix."""
-        return f"{self.path.parent.name}/{self.path.name}@{self.manifest[CONTENT_HASH][:8]}"
+        return f"{self.path.parent.name}/{self.path.name}@{self.manifest.content_hash[:8]}"
 
     @property
     def dim(self) -> int:
@@ -171,10 +169,11 @@ def read_parquet(path: Path) -> pl.DataFrame:
         raise DataError(f"cannot read {path} as Parquet ({exc}); re-export the artifact") from None
 
 
-def _check_inputs(path: Path, session: ort.InferenceSession, manifest: dict) -> list[str]:
+def _check_inputs(
+    path: Path, session: ort.InferenceSession, manifest: ArtifactManifest
+) -> list[str]:
     names = [i.name for i in session.get_inputs()]
-    inputs = manifest["onnx"]["inputs"]  # {name: shape} or [{"name": ...}, ...]
-    declared = [i["name"] if isinstance(i, dict) else i for i in inputs]
+    declared = list(manifest.onnx.inputs)
     if names != declared:
         raise DataError(
             f"{path}: ONNX inputs {names} differ from the manifest's {declared}; re-export"
@@ -182,10 +181,10 @@ def _check_inputs(path: Path, session: ort.InferenceSession, manifest: dict) -> 
     return names
 
 
-def _user_codes(path: Path, manifest: dict) -> dict[str, np.ndarray]:
-    file = manifest.get("user_features", {}).get("file")
-    if not file:
+def _user_codes(path: Path, manifest: ArtifactManifest) -> dict[str, np.ndarray]:
+    if manifest.user_features is None:
         return {}
+    file = manifest.user_features.file
     frame = read_parquet(path / file)
     if USER_ID not in frame.columns or not all(t.is_integer() for t in frame.drop(USER_ID).dtypes):
         raise DataError(f"{path / file}: needs {USER_ID} and integer code columns; re-export")
@@ -194,34 +193,32 @@ def _user_codes(path: Path, manifest: dict) -> dict[str, np.ndarray]:
     return dict(zip(ids, codes, strict=True))
 
 
-def load_artifact(path: Path, kinds: tuple[str, ...] = MODEL_KINDS) -> Artifact:
+def load_artifact(path: Path, kinds: tuple[ModelKind, ...] = tuple(ModelKind)) -> Artifact:
     """Verify (manifest hashes) and load an artifact dir of one of `kinds`; every file is read
     and checked (dtype, shape, finite values). DataError says what is wrong."""
     path = Path(path)
-    manifest = read_manifest(path, ARTIFACT_KIND)
-    kind = manifest.get("model_kind")
+    manifest = read_artifact_manifest(path)  # hashes and fields checked
+    kind = manifest.model_kind
     if kind not in kinds:
-        raise DataError(f"{path}: a {kind!r} model, where this side serves {' or '.join(kinds)}")
+        raise DataError(
+            f"{path}: a {kind.value!r} model, where this side serves {' or '.join(kinds)}"
+        )
     try:
-        onnx = manifest["onnx"]
-        dim, max_length = manifest["dim"], onnx["max_length"]
-        if not (type(dim) is int and dim > 0 and type(max_length) is int and max_length > 0):
-            raise DataError(f"{path}/manifest.json: dim and onnx.max_length must be positive ints")
-        session = _session(path / onnx["file"])
-        embeddings = read_array(path / manifest["item_embeddings"]["file"]).astype(np.float32)
+        session = _session(path / manifest.onnx.file)
+        embeddings = read_array(path / manifest.item_embeddings.file).astype(np.float32)
         catalog = Catalog.load(path, manifest)
         features = None
-        if kind == "two_tower":
-            features = json.loads((path / manifest["features"]["file"]).read_text())
+        if kind == ModelKind.TWO_TOWER:
+            if manifest.features is None:
+                raise DataError(f"{path}/manifest.json lacks 'features'; re-export the artifact")
+            features = json.loads((path / manifest.features.file).read_text())
         input_names = _check_inputs(path, session, manifest)
-    except (KeyError, TypeError) as exc:
-        raise DataError(f"{path}/manifest.json lacks {exc}; re-export the artifact") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: cannot read a file ({exc}); re-export the artifact") from None
-    if embeddings.shape != (catalog.n_items + 1, dim):
+    if embeddings.shape != (catalog.n_items + 1, manifest.dim):
         raise DataError(
             f"{path}: item embeddings {embeddings.shape} do not match {catalog.n_items} items "
-            f"x dim {dim}; re-export the artifact"
+            f"x dim {manifest.dim}; re-export the artifact"
         )
     return Artifact(
         path=path,
@@ -231,10 +228,10 @@ def load_artifact(path: Path, kinds: tuple[str, ...] = MODEL_KINDS) -> Artifact:
         input_names=input_names,
         output_name=session.get_outputs()[0].name,
         item_embeddings=embeddings,
-        max_length=max_length,
+        history_len=manifest.history_len,
         catalog=catalog,
         features=features,
-        user_codes=_user_codes(path, manifest) if kind == "two_tower" else None,
+        user_codes=_user_codes(path, manifest) if kind == ModelKind.TWO_TOWER else None,
     )
 
 

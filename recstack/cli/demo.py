@@ -14,7 +14,7 @@
    port (8000 when free) to runs/demo-serve/serve.yaml. Its state (online store, event log,
    Ray's temp dir) lives in runs/demo-serve/, cleared first. A fresh app key and admin key go
    into this process's environment (the replicas inherit it); they are never printed.
-6. HTTP calls (recstack/demo_calls.py): recommendations with explanations in both A/B arms,
+6. HTTP calls (recstack/cli/demo_calls.py): recommendations with explanations in both A/B arms,
    events that change the next list at once, an anonymous session, a cold user, similar
    items, a bad request (422) and the A/B report.
 7. The service stops, also after an error or Ctrl-C.
@@ -30,7 +30,7 @@ from pathlib import Path
 from recstack.errors import DataError, RecstackError
 from recstack.progress import console
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if not (REPO / "configs").is_dir():  # an installed, not editable, recstack (the Docker image)
     REPO = Path.cwd()  # …runs from a folder holding configs/ (the image's /app)
 SASREC_CONFIG = REPO / "configs" / "train" / "sasrec_ml100k.yaml"
@@ -53,7 +53,8 @@ def demo(
 
     Args:
         data_dir: where the prepared ML-100K dataset lives (prepared if missing or invalid).
-        run_dir: the SASRec training run's directory (checkpoints, logs, metrics.json).
+        run_dir: the SASRec training run's directory (checkpoints, logs, metrics.json;
+            an earlier demo's run there is replaced).
         max_epochs: SASRec training epochs (about 5 s each on 2 CPU cores); early stopping
             may end it sooner. The shipped config trains longer for the published numbers.
         retriever_run_dir: the two-tower training run's directory.
@@ -95,7 +96,7 @@ def demo(
 
 
 def _prepare(data_dir: Path, cache: Path | None) -> None:
-    from recstack.datasets.dataset_dir import DATASET_KIND
+    from recstack.dataset_dir import DATASET_KIND
     from recstack.datasets.prepare import prepare
     from recstack.manifest import read_manifest
 
@@ -111,6 +112,8 @@ def _prepare(data_dir: Path, cache: Path | None) -> None:
 def _train(config: Path, data_dir: Path, run_dir: Path, epochs: int) -> dict:
     from recstack.training.train_cli import train
 
+    if (Path(run_dir) / "checkpoints").is_dir():  # an earlier demo's run: start it afresh
+        shutil.rmtree(run_dir)
     args = ["--config", str(config), "--data.dataset", str(data_dir), "--run_dir", str(run_dir)]
     return train([*args, "--trainer.max_epochs", str(epochs)])
 
@@ -147,7 +150,7 @@ def _write_serve_config(ranker: Path, retriever: Path, data_dir: Path, state: Pa
 
 
 def _serve_and_call(ranker: Path, retriever: Path, data_dir: Path, state: Path, port: int):
-    from recstack.demo_calls import walkthrough
+    from recstack.cli.demo_calls import walkthrough
     from recstack.serving import serve_cmd
     from recstack.serving.auth import ADMIN, APP, KEY_ENV
     from recstack.serving.config import read_serve_config

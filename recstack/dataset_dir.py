@@ -1,4 +1,5 @@
-"""Reading a prepared dataset directory (the contract `recstack data prepare` writes)."""
+"""Reading a prepared dataset directory: the contract `recstack data prepare` writes, and
+training (its data module, the exporters) and serving (the store seed) read."""
 
 from dataclasses import dataclass
 from pathlib import Path

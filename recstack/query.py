@@ -2,7 +2,7 @@
 
     encode(artifact, histories, contexts, user_ids) -> float32 [B, d]
 
-Histories are item_idx lists, oldest first; only the last `max_length` items are read. The
+Histories are item_idx lists, oldest first; only the last `history_len` items are read. The
 batch is right-padded with PAD_IDX to its longest history (the export's contract). Two-tower
 inputs follow the artifact's features.json, coded by `recstack.feature_codes.encode` (the rules
 export checked against training): hour / weekday from the context's `ts` (seconds, UTC; the
@@ -15,14 +15,15 @@ import time
 import numpy as np
 
 from recstack import feature_codes
+from recstack.artifact import Artifact
+from recstack.artifact_manifest import ModelKind
 from recstack.errors import DataError
 from recstack.schema import PAD_IDX
-from recstack.serving.artifact import Artifact
 
 
-def pad_histories(histories: list[list[int]], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_histories(histories: list[list[int]], history_len: int) -> tuple[np.ndarray, np.ndarray]:
     """-> items int64 [B, L] right-padded with PAD_IDX, lengths int64 [B]."""
-    tails = [h[-max_length:] for h in histories]
+    tails = [h[-history_len:] for h in histories]
     lengths = np.array([len(t) for t in tails], dtype=np.int64)
     items = np.full((len(tails), max(1, int(lengths.max(initial=0)))), PAD_IDX, dtype=np.int64)
     for row, tail in enumerate(tails):
@@ -62,8 +63,8 @@ def encode(
 ) -> np.ndarray:
     """-> query vectors float32 [B, d]. SASRec needs >= 1 history item per row."""
     batch = len(histories)
-    items, lengths = pad_histories(histories, artifact.max_length)
-    if artifact.kind == "sasrec":
+    items, lengths = pad_histories(histories, artifact.history_len)
+    if artifact.kind == ModelKind.SASREC:
         feeds = {"items": items, "lengths": np.maximum(lengths, 1)}
     else:
         feeds = {"history": items, "lengths": lengths}
@@ -76,8 +77,8 @@ def check_scores(artifact: Artifact) -> None:
     two-tower also a user with none): the query vectors and their scores over the whole
     catalogue must be finite, or the artifact may not serve (DataError)."""
     popular = np.argsort(-artifact.catalog.popularity[1:], kind="stable") + 1
-    histories = [popular[: artifact.max_length][::-1].tolist(), popular[:1].tolist()]
-    if artifact.kind == "two_tower":
+    histories = [popular[: artifact.history_len][::-1].tolist(), popular[:1].tolist()]
+    if artifact.kind == ModelKind.TWO_TOWER:
         histories.append([])
     try:
         queries = encode(artifact, histories)
