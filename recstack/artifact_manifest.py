@@ -174,10 +174,20 @@ def _problem(error: dict) -> str:
     return f"has {where} = {value}: {error['msg'].lower()}"
 
 
+def _from_earlier_layout(raw: dict) -> dict:
+    """An artifact exported before the history window got its one name: `onnx.max_length`
+    then, `history_len` now (the files are the same, so it serves unchanged)."""
+    onnx = raw.get("onnx")
+    if "history_len" not in raw and isinstance(onnx, dict) and "max_length" in onnx:
+        onnx = {k: v for k, v in onnx.items() if k != "max_length"}
+        return {**raw, "onnx": onnx, "history_len": raw["onnx"]["max_length"]}
+    return raw
+
+
 def read_artifact_manifest(directory: Path, verify: bool = True) -> ArtifactManifest:
     """An artifact dir's manifest, its file hashes checked when `verify`; DataError in one
     line for a missing, corrupt or malformed one."""
-    raw = read_manifest(directory, ARTIFACT_KIND, verify)
+    raw = _from_earlier_layout(read_manifest(directory, ARTIFACT_KIND, verify))
     try:
         return ArtifactManifest.model_validate(raw)
     except ValidationError as exc:

@@ -2,6 +2,8 @@
 arrays are finite with the right dtype and shape, the model kind fits the side, and one run
 on sample inputs gives finite scores. Each refusal is one line; a slot keeps its old model."""
 
+import json
+
 import pytest
 from bad_artifacts import FORGERIES, copy_with_hashes
 
@@ -44,3 +46,20 @@ def test_good_artifacts_load_and_a_slot_keeps_its_model_when_the_next_one_is_bad
     )
     errors = slots.apply({"main": str(nan)})
     assert "NaN or infinite" in errors["main"] and slots.get("main") is good
+
+
+def _earlier_layout(dst) -> None:
+    """The manifest as exports before the history window's rename wrote it."""
+    path = dst / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["onnx"]["max_length"] = manifest.pop("history_len")
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(("side", "load"), [("ranker", Ranker.load), ("retriever", Retriever.load)])
+def test_an_artifact_exported_before_the_rename_still_serves(
+    ml100k_artifacts, tmp_path, side, load
+):
+    old = copy_with_hashes(ml100k_artifacts[side], tmp_path / "old", _earlier_layout)
+    assert "max_length" in json.loads((old / "manifest.json").read_text())["onnx"]
+    assert load(old).artifact.manifest.history_len == 50
