@@ -35,6 +35,9 @@ class NextItemTask(RecTask):
         """
         super().__init__(optim, loss, seed)
         model = model if model is not None else {}
+        if isinstance(model, dict) and "max_len" in model and "history_len" not in model:
+            # a checkpoint saved before the history window got its one name
+            model = {("history_len" if k == "max_len" else k): v for k, v in model.items()}
         self.model_config = model if isinstance(model, dict) else asdict(model)
         if self.model_config.get("n_items"):  # from a checkpoint: build now, weights follow
             self._build_net()
