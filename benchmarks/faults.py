@@ -84,6 +84,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from engine_compare import ENGINES, Service, free_port, service_config  # noqa: E402
+from fault_scenarios import FAULTS  # noqa: E402
 from load_mix import Catalogue, Mix  # noqa: E402
 from machine_info import machine  # noqa: E402
 from open_loop import EXCEPTION, Call, Timeline, per_second, run_open_loop, summarise  # noqa: E402
@@ -96,15 +97,6 @@ from recstack.serving.ray_runtime import ingress_replicas, listener  # noqa: E40
 from recstack.serving.serve_cmd import wait_ready  # noqa: E402
 
 RESULTS = HERE / "results"
-FAULTS = (
-    "worker_kill",
-    "replica_kill",
-    "redis_refused",
-    "redis_frozen",
-    "redis_emptied",
-    "corrupt_artifact",
-    "server_kill",
-)
 SCENARIOS = (*FAULTS, "soak")
 ENGINE_OF = {"worker_kill": "uvicorn", "replica_kill": "ray-colocated"}  # the rest: --engine
 TIMED = {"redis_refused", "redis_frozen"}  # faults with a duration; the others are instants

@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from fault_scenarios import FAULTS
+
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
@@ -391,17 +393,6 @@ def stall_fixes_table() -> str:
     )
 
 
-FAULT_SCENARIOS = [
-    "worker_kill",
-    "replica_kill",
-    "redis_refused",
-    "redis_frozen",
-    "redis_emptied",
-    "corrupt_artifact",
-    "server_kill",
-]
-
-
 def _fault_note(r: dict) -> str:
     """What the fault itself did, in a few words."""
     f, name = r["fault"], r["scenario"]
@@ -448,7 +439,7 @@ def faults_table(name: str) -> str:
     commands = list(dict.fromkeys(r["command"] for r in d.get("runs") or [])) or [d["command"]]
     commands = "; ".join(f"`.venv/bin/python {c.split('python ', 1)[-1]}`" for c in commands)
     rows = []
-    order = {name: i for i, name in enumerate(FAULT_SCENARIOS)}
+    order = {name: i for i, name in enumerate(FAULTS)}
     for r in sorted(d["scenarios"], key=lambda r: (order[r["scenario"]], r["engine"] != "uvicorn")):
         lat = r["latency_ms"]
         during, outside = lat.get("during", {}), lat.get("outside", {})
