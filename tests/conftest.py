@@ -1,12 +1,40 @@
-"""Shared fixtures: the real ML-100K dataset, prepared once per test session."""
+"""Shared fixtures: the real ML-100K dataset and small artifacts, built once per test session.
 
+Under pytest-xdist (tests/run.sh runs `-n auto --dist loadgroup`) the workers of one session
+share them: the first worker to need one builds it under a file lock in the session's common
+temp dir, the others wait and reuse it. Tests only read them.
+"""
+
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
+
+
+def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Path], None]) -> Path:
+    """root/name, built by `build(root/name)` once per session (once for all xdist workers)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base if worker_id == "master" else base.parent  # parent: this session's, shared
+    out, done = root / "shared" / name, root / "shared" / f"{name}.done"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out.parent / f"{name}.lock")):
+        if not done.exists():
+            build(out)
+            done.touch()
+    return out
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests marked `ray` share one xdist group (one worker, in turn): two local Rays at once
+    would both bind HAProxy's fixed stats and metrics ports."""
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(scope="session")
-def ml100k_dir(tmp_path_factory) -> Path:
+def ml100k_dir(tmp_path_factory, worker_id) -> Path:
     """ML-100K prepared with default settings (grouplens, else the recbole wheel from PyPI).
 
     The raw download is cached in $RECSTACK_CACHE (or ~/.cache/recstack), so only the first
@@ -14,9 +42,10 @@ def ml100k_dir(tmp_path_factory) -> Path:
     """
     from recstack.datasets.prepare import prepare
 
-    out = tmp_path_factory.mktemp("data") / "ml-100k"
-    prepare(source="ml-100k", out=out, quiet=True)
-    return out
+    def build(out: Path) -> None:
+        prepare(source="ml-100k", out=out, quiet=True, overwrite=True)
+
+    return built_once(tmp_path_factory, worker_id, "ml-100k", build)
 
 
 def build_artifact(root: Path, dataset: Path, task: str, model: dict, batches: int = 2) -> Path:
@@ -53,19 +82,23 @@ def build_artifact(root: Path, dataset: Path, task: str, model: dict, batches: i
 
 
 @pytest.fixture(scope="session")
-def ml100k_artifacts(tmp_path_factory, ml100k_dir) -> dict[str, Path]:
+def ml100k_artifacts(tmp_path_factory, worker_id, ml100k_dir) -> dict[str, Path]:
     """Small SASRec (ranker) and two-tower (retriever) artifacts on ML-100K, barely trained:
     valid and served the way a trained one is, with no claim on quality."""
-    root = tmp_path_factory.mktemp("serve-artifacts")
     tasks = "recstack.training.tasks"
-    return {
-        "dataset": ml100k_dir,
-        "ranker": build_artifact(
-            root, ml100k_dir, f"{tasks}.next_item.NextItemTask",
-            {"history_len": 50, "dim": 32, "n_layers": 1, "n_heads": 1},
-        ),
-        "retriever": build_artifact(
-            root, ml100k_dir, f"{tasks}.retrieval.RetrievalTask",
-            {"dim": 32, "history_len": 50, "n_heads": 2},
-        ),
+    models = {
+        "ranker": (f"{tasks}.next_item.NextItemTask",
+                   {"history_len": 50, "dim": 32, "n_layers": 1, "n_heads": 1}),
+        "retriever": (f"{tasks}.retrieval.RetrievalTask",
+                      {"dim": 32, "history_len": 50, "n_heads": 2}),
     }  # fmt: skip
+
+    def build(root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        for task, model in models.values():
+            build_artifact(root, ml100k_dir, task, model)
+
+    root = built_once(tmp_path_factory, worker_id, "serve-artifacts", build)
+    artifact = {role: root / "artifacts" / task.rpartition(".")[2] / "v1"
+                for role, (task, _) in models.items()}  # fmt: skip
+    return {"dataset": ml100k_dir, **artifact}
