@@ -25,6 +25,7 @@ def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Pat
     return out
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items) -> None:
     """Tests marked `ray` share one xdist group (one worker, in turn): two local Rays at once
     would both bind HAProxy's fixed stats and metrics ports."""
