@@ -23,7 +23,7 @@ import torch
 from jsonargparse import auto_cli
 from rich.console import Console
 
-from recstack.training.eval.report import metrics_table, summarise, table_columns, write_json
+from recstack.eval_report import metrics_table, summarise, table_columns, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {

@@ -11,7 +11,9 @@ import numpy as np
 import polars as pl
 
 from recstack.errors import DataError
+from recstack.eval_set import check_split, stored_split
 from recstack.schema import (
+    SPLIT,
     SPLIT_LOO,
     SPLIT_TEMPORAL,
     TEST,
@@ -21,8 +23,6 @@ from recstack.schema import (
     VALID,
 )
 
-SPLIT = "split"  # the column `apply_split` adds
-SPLITS = {"loo": SPLIT_LOO, "temporal": SPLIT_TEMPORAL}
 _TIE_KEY = "_tie_key"
 
 
@@ -87,11 +87,9 @@ def apply_split(
     tie_seed=s: events with equal (user, ts) are put in a random order drawn from `s`, and the
     leave-one-out split is recomputed on that order (the temporal split does not depend on ties).
     """
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; use one of {sorted(SPLITS)}")
-    column = SPLITS[split]
     if tie_seed is None or split == "temporal":
-        return interactions.with_columns(pl.col(column).alias(SPLIT))
+        return stored_split(interactions, split)
+    check_split(split)
     key = np.random.default_rng(tie_seed).random(interactions.height)
     shuffled = (
         interactions.with_columns(pl.Series(_TIE_KEY, key))

@@ -29,6 +29,8 @@ ITEM_IDX = "item_idx"  # int32, dense 1..n_items (PAD_IDX = 0 is never an item)
 SPLIT_LOO = "split_loo"  # int8 split code, leave-one-out by time per user
 SPLIT_TEMPORAL = "split_temporal"  # int8 split code, one global time cut
 SPLIT_COLUMNS = (SPLIT_LOO, SPLIT_TEMPORAL)
+SPLITS = {"loo": SPLIT_LOO, "temporal": SPLIT_TEMPORAL}  # split name -> its stored column
+SPLIT = "split"  # the column an evaluation reads: the chosen split's codes (§5)
 
 # split codes stored in the split columns
 TRAIN, VALID, TEST = 0, 1, 2

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from recstack.eval_report import metrics_table, table_columns, write_json
 from recstack.manifest import CONTENT_HASH
+from recstack.segments import segment_metrics, segments_to_dict
 from recstack.training.eval.baselines_cmd import evaluate_baselines
 from recstack.training.eval.evaluator import evaluate
-from recstack.training.eval.report import metrics_table, table_columns, write_json
-from recstack.training.eval.segments import segment_metrics, segments_to_dict
 from recstack.training.tasks.base import MONITOR
 
 METRICS_FILE = "metrics.json"

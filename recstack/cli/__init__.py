@@ -4,6 +4,8 @@
     recstack data synth --users 6000 --items 3700 --events 1000000 --out data/synth-1m
     recstack data forget --dataset data/ml-100k --user 42 [--user 43 ...] [--artifact DIR]
     recstack eval baselines --dataset data/ml-100k
+    recstack eval artifacts --retriever artifacts/two-tower/v1 --ranker artifacts/sasrec/v1 \
+        --dataset data/ml-100k [--split loo] [--retrieve_n 100] [--out FILE.json]
     recstack train --config configs/train/sasrec_ml100k.yaml
     recstack tune --config configs/train/sasrec_ml100k.yaml --search configs/search/sasrec.yaml
     recstack export --ckpt runs/sasrec-ml100k/checkpoints/best.ckpt --out artifacts/sasrec/v1
@@ -27,7 +29,10 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "prepare": "recstack.datasets.prepare:prepare",
         "synth": "recstack.datasets.synth:synthesize",
     },
-    "eval": {"baselines": "recstack.training.eval.baselines_cmd:run_baselines"},
+    "eval": {
+        "baselines": "recstack.training.eval.baselines_cmd:run_baselines",
+        "artifacts": "recstack.serving.pipeline_eval:eval_artifacts",
+    },
     "export": "recstack.training.export.export_cmd:export",
     "demo": "recstack.cli.demo:demo",
     "experiments": {"report": "recstack.serving.experiments_cmd:report"},

@@ -4,10 +4,11 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recstack.datasets.splits import SPLIT, apply_split, global_temporal, leave_one_out
+from recstack.datasets.splits import apply_split, global_temporal, leave_one_out
 from recstack.schema import (
     ITEM_IDX,
     ROW,
+    SPLIT,
     SPLIT_LOO,
     SPLIT_TEMPORAL,
     TEST,

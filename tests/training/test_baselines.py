@@ -11,6 +11,7 @@ from interaction_frames import make_frame
 
 from recstack.datasets.splits import apply_split
 from recstack.errors import RecstackError
+from recstack.eval_set import build_eval_set, history_frame
 from recstack.schema import GENDER, ITEM_IDX, PAD_IDX, USER_IDX
 from recstack.training.eval.baselines import (
     EASE,
@@ -21,7 +22,6 @@ from recstack.training.eval.baselines import (
     select_ease_l2,
 )
 from recstack.training.eval.baselines_cmd import baselines_report, run_baselines
-from recstack.training.eval.eval_set import build_eval_set, history_frame
 from recstack.training.eval.evaluator import EvalBatch, evaluate
 
 

@@ -8,12 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from interaction_frames import make_frame
 
-from recstack.datasets.splits import SPLIT, apply_split
+from recstack.datasets.splits import apply_split
 from recstack.errors import DataError, RecstackError
-from recstack.schema import AGE, GENDER, ITEM_IDX, PAD_IDX, TEST, TRAIN, USER_IDX, ZIP
-from recstack.training.eval.eval_set import build_eval_set, history_frame
-from recstack.training.eval.evaluator import UNRANKED, EvalBatch, evaluate, make_batch
-from recstack.training.eval.segments import segment_metrics, segments_to_dict
+from recstack.eval_set import build_eval_set, history_frame
+from recstack.ranking_metrics import UNRANKED
+from recstack.schema import AGE, GENDER, ITEM_IDX, PAD_IDX, SPLIT, TEST, TRAIN, USER_IDX, ZIP
+from recstack.segments import segment_metrics, segments_to_dict
+from recstack.training.eval.evaluator import EvalBatch, evaluate, make_batch
 
 ACCURACY = ("hr", "recall", "ndcg", "mrr")
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from interaction_frames import make_frame
 
-from recstack.datasets.splits import SPLIT, apply_split
-from recstack.schema import ITEM_IDX, TEST, TRAIN, USER_IDX, VALID
+from recstack.datasets.splits import apply_split
+from recstack.eval_set import build_eval_set, history_frame
+from recstack.schema import ITEM_IDX, SPLIT, TEST, TRAIN, USER_IDX, VALID
 from recstack.training.eval.baselines import EASE, Markov, MostPop
 from recstack.training.eval.baselines_cmd import evaluate_baselines
-from recstack.training.eval.eval_set import build_eval_set, history_frame
 from recstack.training.eval.evaluator import EvalBatch, evaluate
 
 N_ITEMS = 30

@@ -1,4 +1,5 @@
-"""Metric functions against hand-computed cases (training/eval/metrics.py)."""
+"""Metric functions against hand-computed cases (recstack/ranking_metrics.py and the torch
+ranking of training/eval/metrics.py)."""
 
 import math
 
@@ -6,16 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from recstack import ranking_metrics
+from recstack.eval_set import EvalSet
+from recstack.ranking_metrics import accuracy_metrics, beyond_accuracy, history_popularity
 from recstack.schema import PAD_IDX
-from recstack.training.eval.eval_set import EvalSet
 from recstack.training.eval.evaluator import EvalBatch, evaluate
-from recstack.training.eval.metrics import (
-    accuracy_metrics,
-    beyond_accuracy,
-    history_popularity,
-    target_ranks,
-    top_k_items,
-)
+from recstack.training.eval.metrics import target_ranks, top_k_items
 
 INF = float("-inf")
 
@@ -55,6 +52,22 @@ def test_top_k_agrees_with_ranks_on_random_ties():
     for r in range(20):
         expected = [i for i in sorted(range(30), key=lambda i: int(ranks[r, i]))][:7]
         assert top[r].tolist() == expected
+
+
+@pytest.mark.parametrize("k", [1, 7, 30, 99])
+def test_numpy_ranks_and_top_k_equal_the_torch_ones(k):
+    """Serving's torch-free full ranking follows the evaluator's rule exactly."""
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 4, (20, 30), generator=gen).float()  # many ties
+    scores[:, 0] = INF
+    scores[3, 5:] = INF  # a row with fewer unmasked items than k
+    rows = torch.arange(20).repeat_interleave(30)
+    items = torch.arange(30).repeat(20)
+    as_numpy = scores.numpy(), rows.numpy(), items.numpy()
+    expected = target_ranks(scores, rows, items).numpy()
+    assert (ranking_metrics.target_ranks(*as_numpy) == expected).all()
+    assert (ranking_metrics.target_ranks(*as_numpy, max_elements=7) == expected).all()
+    assert (ranking_metrics.top_k_items(scores.numpy(), k) == top_k_items(scores, k).numpy()).all()
 
 
 def test_accuracy_one_and_several_targets():

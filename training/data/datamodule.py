@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from recstack.dataset_dir import PreparedDataset, load_dataset
 from recstack.datasets.download import cache_dir as download_cache_dir
-from recstack.datasets.splits import SPLIT, apply_split
+from recstack.datasets.splits import apply_split
 from recstack.errors import DataError
 from recstack.manifest import CONTENT_HASH
-from recstack.schema import ITEM_IDX, TRAIN, USER_IDX
+from recstack.schema import ITEM_IDX, SPLIT, TRAIN, USER_IDX
 from recstack.training.data.event_arrays import (
     EventArrays,
     arrays_complete,
@@ -43,7 +43,7 @@ from recstack.training.data.samples import (
     WindowSamples,
     keep_batch,
 )
-from recstack.training.eval.eval_set import TARGET_CODE, EvalSet, build_eval_set, history_frame
+from recstack.eval_set import TARGET_CODE, EvalSet, build_eval_set, history_frame
 
 ARRAYS_VERSION = 2  # bump when the event-array layout changes
 

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from recstack.training.data.features import FeatureVocab
-from recstack.training.eval.eval_set import EvalSet
+from recstack.eval_set import EvalSet
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ import scipy.sparse as sp
 import torch
 
 from recstack.errors import RecstackError
+from recstack.eval_set import EvalSet
 from recstack.schema import ITEM_IDX, PAD_IDX, USER_IDX
-from recstack.training.eval.eval_set import EvalSet
 from recstack.training.eval.evaluator import EvalBatch, evaluate, resolve_device
 
 EASE_L2_GRID = (10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0)

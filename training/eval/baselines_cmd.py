@@ -16,7 +16,16 @@ from rich.console import Console
 
 from recstack.datasets.splits import apply_split
 from recstack.errors import RecstackError
+from recstack.eval_report import (
+    metrics_table,
+    segment_table,
+    summarise,
+    table_columns,
+    write_json,
+)
+from recstack.eval_set import build_eval_set, history_frame
 from recstack.manifest import CONTENT_HASH
+from recstack.segments import segment_metrics, segments_to_dict
 from recstack.training.eval.baselines import (
     EASE,
     EASE_L2_GRID,
@@ -26,16 +35,7 @@ from recstack.training.eval.baselines import (
     MostPop,
     select_ease_l2,
 )
-from recstack.training.eval.eval_set import build_eval_set, history_frame
 from recstack.training.eval.evaluator import EvalResult, evaluate, resolve_device
-from recstack.training.eval.report import (
-    metrics_table,
-    segment_table,
-    summarise,
-    table_columns,
-    write_json,
-)
-from recstack.training.eval.segments import segment_metrics, segments_to_dict
 
 
 @dataclass

@@ -3,9 +3,9 @@
 `evaluate(score_fn, eval_set)` walks the evaluated users in batches. For each batch the model's
 `score_fn` receives an `EvalBatch` and returns scores for every item; the evaluator masks PAD
 and every item in the user's history to -inf (one scatter), ranks the targets against all
-remaining items (ties to the lower item_idx, see `metrics`), and keeps per-user metrics. The
-batch size is chosen so that one batch holds at most ~2^25 scores: no users x items matrix for
-the whole set is ever built. Everything runs on `device` (CUDA when available).
+remaining items (ties to the lower item_idx, see recstack/ranking_metrics.py), and keeps
+per-user metrics. The batch size is chosen so that one batch holds at most ~2^25 scores: no
+users x items matrix for the whole set is ever built. Everything runs on `device` (CUDA when available).
 
 Sampled metrics (`sampled=N`, legacy protocol, never the default) rank each user's targets
 against N negatives drawn uniformly, with replacement, from the items the user has neither in
@@ -21,18 +21,17 @@ import numpy as np
 import torch
 
 from recstack.errors import RecstackError
-from recstack.schema import PAD_IDX
-from recstack.training.eval.eval_set import EvalSet
-from recstack.training.eval.metrics import (
+from recstack.eval_set import EvalSet
+from recstack.ranking_metrics import (
+    UNRANKED,
     accuracy_metrics,
     beyond_accuracy,
     history_popularity,
-    target_ranks,
-    top_k_items,
 )
+from recstack.schema import PAD_IDX
+from recstack.training.eval.metrics import target_ranks, top_k_items
 
 BATCH_MEMORY_ELEMENTS = 1 << 25  # scores (or history slots) held per batch: 128 MiB of float32
-UNRANKED = 1 << 60  # rank given to a target scored -inf (masked as seen): never a hit
 
 
 @dataclass
@@ -226,7 +225,8 @@ def evaluate(
     seed: int = 0,
     beyond: bool = True,
 ) -> EvalResult:
-    """Full-ranking metrics of `score_fn` on `eval_set` (see module and `metrics` docstrings).
+    """Full-ranking metrics of `score_fn` on `eval_set` (see this module's docstring and
+    recstack/ranking_metrics.py).
 
     Args:
         score_fn: EvalBatch -> FloatTensor[B, n_items + 1]; column 0 (PAD) and the user's history

@@ -1,43 +1,13 @@
-"""Ranking and beyond-accuracy metrics (docs/architecture.md §5).
+"""Ranks and top-k lists of score rows on torch, for the evaluator (docs/architecture.md §5).
 
-Ranking is over a score row s[0..n_items] (column 0 = PAD, masked to -inf by the evaluator).
-Items are ordered by score, descending; **ties go to the lower item_idx**. The 1-based rank of
-item t is therefore
-
-    rank(t) = 1 + #{j : s[j] > s[t]} + #{j < t : s[j] == s[t]}
-
-which is deterministic and identical on CPU and CUDA. Top-k lists use the same order, so a
-target is in the top-k list exactly when rank <= k.
-
-Per-user accuracy metrics, for a user with target set T (|T| >= 1) and cut-off k:
-
-- hr@k      = 1 if any target has rank <= k else 0
-- recall@k  = #{t in T : rank(t) <= k} / |T|
-- ndcg@k    = sum_{t in T, rank(t) <= k} 1 / log2(rank(t) + 1)  /  IDCG,
-              IDCG = sum_{i=1}^{min(|T|, k)} 1 / log2(i + 1)
-- mrr@k     = 1 / min_t rank(t) if that rank <= k else 0
-
-Beyond accuracy, from each user's top-k list (masked, -inf-scored items never count), with
-pop(i) = number of distinct users having item i among the history events the evaluation allows
-(TRAIN for validation, TRAIN + VALID for test) and n = number of users with such events:
-
-- coverage@k = #distinct items in any user's top-k list / n_items
-- arp@k      = per user, mean over the top-k items of pop(i) / n (average recommendation
-               popularity, as a fraction of users); the reported value is the mean over users
-- pop_lift@k = (mean_u arp@k(u) - mean_u hpop(u)) / mean_u hpop(u), where hpop(u) is the mean
-               pop(i) / n over the distinct items in user u's history (popularity lift of
-               Abdollahpouri et al. 2019: > 0 means recommendations are more popular than what
-               users consumed, 0 means as popular)
-- novelty@k  = per user, mean over the top-k items of -log2(max(pop(i), 1) / n) bits (mean
-               self-information; items never seen count as seen by one user so it stays finite)
+The ranking rule (ties to the lower item_idx), its numpy twin and the metrics computed from
+these ranks are in recstack/ranking_metrics.py.
 """
 
-import numpy as np
 import torch
 
+from recstack.ranking_metrics import RANK_MEMORY_ELEMENTS
 from recstack.schema import PAD_IDX
-
-RANK_MEMORY_ELEMENTS = 1 << 25  # bound on T x n_items comparisons held at once
 
 
 def target_ranks(
@@ -82,97 +52,3 @@ def top_k_items(scores: torch.Tensor, k: int) -> torch.Tensor:
     by_score = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
     top, top_values = idx.gather(1, by_score), values.gather(1, by_score)
     return top.masked_fill(top_values == float("-inf"), PAD_IDX)
-
-
-def _discounts(n: int) -> np.ndarray:
-    """[n + 1] cumulative DCG of ranks 1..j at index j (index 0 = 0)."""
-    return np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, n + 2)))])
-
-
-def accuracy_metrics(
-    ranks: np.ndarray, target_indptr: np.ndarray, ks, suffix: str = ""
-) -> dict[str, np.ndarray]:
-    """Per-user hr/recall/ndcg/mrr @k from target ranks.
-
-    ranks [T] 1-based ranks of the targets; target_indptr [U + 1] CSR offsets (every user has
-    >= 1 target). Returns {"hr@10" + suffix: [U] float64, ...}.
-    """
-    ranks = np.asarray(ranks, dtype=np.int64)
-    counts = np.diff(target_indptr)
-    if counts.size and counts.min() < 1:
-        raise ValueError("every evaluated user needs at least one target")
-    n_users = counts.shape[0]
-    row = np.repeat(np.arange(n_users), counts)
-    first = np.minimum.reduceat(ranks, target_indptr[:-1]) if n_users else np.zeros(0, np.int64)
-    gain = 1.0 / np.log2(ranks + 1.0)
-    out: dict[str, np.ndarray] = {}
-    for k in ks:
-        hit = ranks <= k
-        hits = np.bincount(row, weights=hit, minlength=n_users)
-        dcg = np.bincount(row, weights=np.where(hit, gain, 0.0), minlength=n_users)
-        idcg = _discounts(k)[np.minimum(counts, k)]
-        out[f"hr@{k}{suffix}"] = (hits > 0).astype(np.float64)
-        out[f"recall@{k}{suffix}"] = hits / counts
-        out[f"ndcg@{k}{suffix}"] = dcg / idcg
-        out[f"mrr@{k}{suffix}"] = np.where(first <= k, 1.0 / first, 0.0)
-    return out
-
-
-def _row_mean(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Mean of values[u, valid[u]] per row, NaN for rows without a valid entry."""
-    n = valid.sum(1)
-    total = np.where(valid, values, 0.0).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, total / np.maximum(n, 1), np.nan)
-
-
-def history_popularity(
-    history_indptr: np.ndarray,
-    history_items: np.ndarray,
-    item_popularity: np.ndarray,
-    n_history_users: int,
-) -> np.ndarray:
-    """[U] hpop(u): mean pop(i) / n over the distinct items of each user's history (NaN if empty)."""
-    n_users = history_indptr.shape[0] - 1
-    stride = item_popularity.shape[0]
-    row = np.repeat(np.arange(n_users), np.diff(history_indptr))
-    pairs = np.unique(row * stride + history_items)
-    urow, item = pairs // stride, pairs % stride
-    share = item_popularity[item] / max(n_history_users, 1)
-    total = np.bincount(urow, weights=share, minlength=n_users)
-    n = np.bincount(urow, minlength=n_users)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, total / np.maximum(n, 1), np.nan)
-
-
-def beyond_accuracy(
-    top: np.ndarray,
-    ks,
-    n_items: int,
-    item_popularity: np.ndarray,
-    n_history_users: int,
-    history_pop: np.ndarray,
-) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Per-user arp@k / novelty@k and global coverage@k / pop_lift@k (see module docstring).
-
-    top [U, K] top-K item lists (PAD_IDX = no item), K >= max(ks); history_pop [U] hpop(u).
-    """
-    n = max(n_history_users, 1)
-    share = item_popularity / n  # [n_items + 1]
-    info = -np.log2(np.maximum(item_popularity, 1) / n)
-    per_user: dict[str, np.ndarray] = {}
-    overall: dict[str, float] = {}
-    mean_hist = float(np.nanmean(history_pop)) if np.isfinite(history_pop).any() else np.nan
-    for k in ks:
-        lists = top[:, :k]
-        valid = lists != PAD_IDX
-        arp = _row_mean(share[lists], valid)
-        per_user[f"arp@{k}"] = arp
-        per_user[f"novelty@{k}"] = _row_mean(info[lists], valid)
-        recommended = np.unique(lists[valid])
-        overall[f"coverage@{k}"] = float(recommended.shape[0] / n_items)
-        mean_arp = float(np.nanmean(arp)) if np.isfinite(arp).any() else np.nan
-        overall[f"pop_lift@{k}"] = (
-            float((mean_arp - mean_hist) / mean_hist) if mean_hist and mean_hist > 0 else np.nan
-        )
-    return per_user, overall

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from recstack.errors import RecstackError, first_line
-from recstack.training.eval.report import write_json
+from recstack.eval_report import write_json
 from recstack.training.tasks.base import VAL_METRICS
 from recstack.training.tuning.best_trial import evaluate_best, test_rows, write_best_config
 from recstack.training.tuning.study import DEFAULT_TRIAL, FAIL_REASON, RETRY_OF, lost_trials

@@ -1,4 +1,6 @@
-"""Presenting evaluation results: a rich table per run and a JSON file."""
+"""Presenting evaluation results: a rich table per run and a JSON file (docs/architecture.md §5).
+
+Torch-free: training's reports and serving's pipeline evaluation print the same tables."""
 
 import json
 import math

@@ -1,4 +1,5 @@
-"""Per-user metrics sliced by user segment, to audit whom a model serves well.
+"""Per-user metrics sliced by user segment, to audit whom a model serves well
+(docs/architecture.md §5).
 
 Segments:
 
@@ -13,20 +14,29 @@ Each row of the output is one (segment, bucket) with n_users and the mean of eve
 those users (NaN entries, e.g. a user with an empty top-k list, are left out of the mean).
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 import polars as pl
 
 from recstack.feature_codes import AGE_EDGES, bucket_labels, bucketize
 from recstack.schema import AGE, USER_ID, USER_IDX
-from recstack.training.eval.evaluator import EvalResult
 
 ACTIVITY = "activity"
 ACTIVITY_EDGES = (1, 10, 20, 50, 100, 250)
 UNKNOWN = "unknown"
 SEGMENT, BUCKET, N_USERS = "segment", "bucket", "n_users"
 _ORDER = "_order"
+
+
+class PerUserMetrics(Protocol):
+    """What slicing needs: per-user metric arrays aligned with the users' indices and history
+    lengths (training's EvalResult, serving's pipeline evaluation)."""
+
+    users: np.ndarray  # [U] user_idx
+    history_lengths: np.ndarray  # [U] events before the targets
+    per_user: Mapping[str, np.ndarray]  # metric -> [U]
 
 
 def _attribute_columns(users: pl.DataFrame, max_categories: int) -> list[str]:
@@ -59,7 +69,7 @@ def _labelled(values: pl.Series, edges: Sequence[int] | None) -> tuple[pl.Series
 
 
 def segment_metrics(
-    result: EvalResult,
+    result: PerUserMetrics,
     users: pl.DataFrame | None = None,
     metrics: Sequence[str] | None = None,
     attributes: Sequence[str] | None = None,
@@ -69,7 +79,7 @@ def segment_metrics(
     """Mean of per-user metrics by segment.
 
     Args:
-        result: an EvalResult (its per-user arrays and history lengths).
+        result: per-user metrics with their users and history lengths (an EvalResult).
         users: user table with user_idx and attribute columns; None = activity only.
         metrics: per-user metric names to average; None = all of result.per_user.
         attributes: attribute columns to slice by; None = chosen as in the module docstring.

@@ -1,6 +1,9 @@
 """The users, histories and targets one evaluation runs on (docs/architecture.md §5).
 
-`build_eval_set` turns interactions with a `split` column (from `apply_split`) into CSR arrays:
+Torch-free, so training's evaluator and serving's pipeline evaluation read the same protocol.
+`stored_split` adds the `split` column from a prepared dataset's stored split codes
+(`apply_split` in datasets/splits.py can also reshuffle ties); `build_eval_set` turns
+interactions with that column into CSR arrays:
 
 - target="valid": history = the user's TRAIN events, targets = the user's VALID events;
 - target="test":  history = the user's TRAIN + VALID events, targets = the user's TEST events.
@@ -19,9 +22,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import polars as pl
 
-from recstack.datasets.splits import SPLIT
 from recstack.errors import DataError
-from recstack.schema import ITEM_IDX, PAD_IDX, TEST, TRAIN, TS, USER_IDX, VALID
+from recstack.schema import ITEM_IDX, PAD_IDX, SPLIT, SPLITS, TEST, TRAIN, TS, USER_IDX, VALID
 
 TARGETS = ("valid", "test")
 _HISTORY_CODES = {"valid": (TRAIN,), "test": (TRAIN, VALID)}
@@ -70,6 +72,14 @@ class EvalSet:
         """[U] number of targets per evaluated user."""
         return np.diff(self.target_indptr)
 
+    def history(self, row: int) -> np.ndarray:
+        """[H] the history items of the user at position `row`, oldest first."""
+        return self.history_items[self.history_indptr[row] : self.history_indptr[row + 1]]
+
+    def targets(self, row: int) -> np.ndarray:
+        """The distinct target items of the user at position `row`."""
+        return self.target_items[self.target_indptr[row] : self.target_indptr[row + 1]]
+
     def slice(self, start: int, stop: int) -> "EvalSet":
         """Users start..stop-1 (e.g. one rank's shard); popularity stays that of all users."""
         h0, h1 = self.history_indptr[start], self.history_indptr[stop]
@@ -85,6 +95,22 @@ class EvalSet:
         )
 
 
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; use one of {sorted(SPLITS)}")
+
+
+def stored_split(interactions: pl.DataFrame, split: str) -> pl.DataFrame:
+    """The interactions with a `split` column holding the stored codes of `split` (loo or
+    temporal), as `recstack data prepare` cut them."""
+    check_split(split)
+    if SPLITS[split] not in interactions.columns:
+        raise DataError(
+            f"interactions have no {SPLITS[split]!r} column; re-run `recstack data prepare`"
+        )
+    return interactions.with_columns(pl.col(SPLITS[split]).alias(SPLIT))
+
+
 def _check_target(target: str) -> None:
     if target not in TARGETS:
         raise DataError(f"unknown evaluation target {target!r}; use one of {list(TARGETS)}")
@@ -97,7 +123,7 @@ def _in_time_order(frame: pl.DataFrame, only_needed: bool = False) -> pl.DataFra
     """
     if SPLIT not in frame.columns:
         raise DataError(
-            f"interactions have no {SPLIT!r} column; pass them through "
+            f"interactions have no {SPLIT!r} column; add it with stored_split or "
             "recstack.datasets.splits.apply_split first"
         )
     columns = [USER_IDX, ITEM_IDX, TS, SPLIT]
