@@ -1,6 +1,6 @@
 """Shared fixtures: the real ML-100K dataset and small artifacts, built once per test session.
 
-Under pytest-xdist (tests/run.sh runs `-n auto --dist loadgroup`) the workers of one session
+Under pytest-xdist (tests/run.sh runs `-n auto`) the workers of one session
 share them: the first worker to need one builds it under a file lock in the session's common
 temp dir, the others wait and reuse it. Tests only read them.
 """
@@ -25,13 +25,32 @@ def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Pat
     return out
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items) -> None:
-    """Tests marked `ray` share one xdist group (one worker, in turn): two local Rays at once
-    would both bind HAProxy's fixed stats and metrics ports."""
-    for item in items:
-        if item.get_closest_marker("ray"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+# Modules whose tests start a local Ray. Two Rays at once would both bind HAProxy's fixed
+# stats and metrics ports and the same direct-ingress port range, so under pytest-xdist these
+# modules run on one worker, one after another, while the other workers take the rest.
+RAY_MODULES = {
+    "tests/benchmarks/test_faults.py",
+    "tests/serving/test_colocated.py",
+    "tests/serving/test_lifecycle.py",
+    "tests/serving/test_multinode_serve.py",
+    "tests/serving/test_ray_runtime.py",
+    "tests/serving/test_schemathesis.py",
+    "tests/serving/test_service_http.py",
+    "tests/serving/test_service_redis.py",
+    "tests/serving/test_store_outage_load.py",
+}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's load scheduling, with RAY_MODULES as one unit of work (xdist's own
+    `--dist loadgroup` cannot group here: it renames node ids, which pytest 9 ignores)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneRayAtATime(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray" if nodeid.split("::", 1)[0] in RAY_MODULES else nodeid
+
+    return OneRayAtATime(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,6 @@ fi
 # The lock against PyPI's vulnerability advisories: a finding fails the run unless
 # scripts/audit-ignore.txt accepts it; where the service cannot be reached it says "NOT RUN".
 bash scripts/audit.sh
-# One pytest-xdist worker per core; tests marked `ray` run on one worker, in turn (conftest.py).
-# `-n 0` as an extra argument runs everything in this process.
-.venv/bin/python -m pytest -n auto --dist loadgroup "$@"
+# One pytest-xdist worker per core; the modules that start a local Ray run on one worker, in
+# turn (tests/conftest.py). `-n 0` as an extra argument runs everything in this process.
+.venv/bin/python -m pytest -n auto "$@"

@@ -108,7 +108,6 @@ def test_merge_replaces_a_rerun_scenario_and_keeps_both_commands():
 
 @pytest.mark.slow  # ~30 s; tests/serving/test_store_outage_load.py covers the same fault
 @pytest.mark.integration
-@pytest.mark.ray
 def test_a_short_frozen_redis_scenario_end_to_end(tmp_path):
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")

@@ -27,7 +27,7 @@ from recstack.serving.config import RaySettings
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from open_loop import Call, run_open_loop
 
-pytestmark = [pytest.mark.integration, pytest.mark.ray]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from service_config import APP, ray_temp_dir, start_serve
 from recstack.event_log_format import segment_files
 from recstack.serving.event_log import read_events
 
-pytestmark = [pytest.mark.integration, pytest.mark.ray]
+pytestmark = pytest.mark.integration
 
 
 def post_events(base: str, user: str, n: int) -> None:

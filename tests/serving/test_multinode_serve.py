@@ -49,7 +49,7 @@ from service_config import write_serve_config as write_test_config
 from recstack.serving import ray_runtime
 from recstack.serving.config import RaySettings
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.ray]
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 BIN = Path(sys.executable).parent
 QUIET = {"RAY_USAGE_STATS_ENABLED": "0"}
 STARTUP_S = 240  # both nodes, the deploy, and four replicas loading ONNX on 2 shared cores

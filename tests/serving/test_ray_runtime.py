@@ -235,7 +235,6 @@ def test_ray_env_prints_the_lines_for_ray_start(capsys):
 
 
 @pytest.mark.integration
-@pytest.mark.ray
 def test_the_python_proxy_serves_when_the_config_asks_for_it(tmp_path, ml100k_artifacts, capfd):
     set_test_keys()
     port = free_port()

@@ -34,7 +34,7 @@ from service_config import (
 from recstack.serving import serve_cmd
 from recstack.serving.api import make_api
 
-pytestmark = [pytest.mark.integration, pytest.mark.ray]
+pytestmark = pytest.mark.integration
 # fuzzing examples per operation (the coverage phase adds its own few): small operations run
 # out of distinct inputs sooner, and the run sends about 2,800 requests in all (~40 s)
 MAX_EXAMPLES = 300

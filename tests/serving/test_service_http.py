@@ -29,7 +29,7 @@ from service_config import (
 from recstack.serving import serve_cmd
 from recstack.serving.event_log import read_events
 
-pytestmark = [pytest.mark.integration, pytest.mark.ray]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from service_config import (
 from recstack.event_log_format import SegmentName, segment_files
 from recstack.serving import serve_cmd
 
-pytestmark = [pytest.mark.integration, pytest.mark.ray]
+pytestmark = pytest.mark.integration
 DB = 3  # a Redis db and key prefix of this module's own
 PREFIX = "recstack-redis-test:"
 CALLS = 20  # calls per check: the proxy spreads them over both ingress replicas

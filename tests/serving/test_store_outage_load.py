@@ -12,7 +12,7 @@ import requests
 from open_loop import Call, run_open_loop
 from service_config import APP, start_serve, started_redis
 
-pytestmark = [pytest.mark.integration, pytest.mark.ray]
+pytestmark = pytest.mark.integration
 RATE, WARMUP_S, DURATION_S = 80, 3, 24
 FREEZE_AT_S, FROZEN_S = 6, 10  # from the start of the measured window
 P99_BOUND_MS, RECOVERY_BOUND_S = 50, 2.0
