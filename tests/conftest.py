@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
+from ray_modules import RAY_MODULES
 
 
 def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Path], None]) -> Path:
@@ -23,22 +24,6 @@ def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Pat
             build(out)
             done.touch()
     return out
-
-
-# Modules whose tests start a local Ray. Two Rays at once would both bind HAProxy's fixed
-# stats and metrics ports and the same direct-ingress port range, so under pytest-xdist these
-# modules run on one worker, one after another, while the other workers take the rest.
-RAY_MODULES = {
-    "tests/benchmarks/test_faults.py",
-    "tests/serving/test_colocated.py",
-    "tests/serving/test_lifecycle.py",
-    "tests/serving/test_multinode_serve.py",
-    "tests/serving/test_ray_runtime.py",
-    "tests/serving/test_schemathesis.py",
-    "tests/serving/test_service_http.py",
-    "tests/serving/test_service_redis.py",
-    "tests/serving/test_store_outage_load.py",
-}
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -23,4 +23,6 @@ fi
 bash scripts/audit.sh
 # One pytest-xdist worker per core; the modules that start a local Ray run on one worker, in
 # turn (tests/conftest.py). `-n 0` as an extra argument runs everything in this process.
-.venv/bin/python -m pytest -n auto "$@"
+# One BLAS/OpenMP thread per process: the workers, the training runs they start and a test's
+# Ray replicas would otherwise each take every core.
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python -m pytest -n auto "$@"

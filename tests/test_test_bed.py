@@ -3,7 +3,7 @@
 
 from pathlib import Path
 
-from conftest import RAY_MODULES
+from ray_modules import RAY_MODULES
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTS_RAY = ("serve_cmd.start(", "ray_temp_dir()", "ray.init(", "faults.main(")
