@@ -15,6 +15,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -156,10 +157,53 @@ def ts_quantiles(parts: list[Path], qs: list[float]) -> list[int]:
     return values
 
 
-def _temporal_cuts(parts: list[Path], splits: SplitConfig) -> tuple[int, int]:
+def temporal_cuts(parts: list[Path], splits: SplitConfig) -> tuple[int, int]:
+    """(valid_from, test_from): the temporal split's cut timestamps over all partitions."""
     test_q = 1 - splits.temporal_test_fraction
     valid_from, test_from = ts_quantiles(parts, [test_q - splits.temporal_valid_fraction, test_q])
     return valid_from, test_from
+
+
+class SplitWriter:
+    """Writes interactions.parquet from frames sorted by (user_idx, ts, raw order), each holding
+    whole users: adds both split columns (docs/architecture.md §5) and counts rows per split."""
+
+    def __init__(self, path: Path, valid_from: int, test_from: int):
+        self.path, self.valid_from, self.test_from = path, valid_from, test_from
+        self.counts = {
+            name: dict.fromkeys(SPLIT_NAMES.values(), 0) for name in (SPLIT_LOO, SPLIT_TEMPORAL)
+        }
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        frame = frame.with_columns(
+            leave_one_out(frame), global_temporal(frame[TS], self.valid_from, self.test_from)
+        )
+        for name in self.counts:
+            for code, n in frame[name].value_counts().iter_rows():
+                self.counts[name][SPLIT_NAMES[code]] += n
+        table = frame.to_arrow()
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self._writer.write_table(table, row_group_size=1 << 20)
+
+    def close(self) -> dict:
+        """The manifest's `splits` block."""
+        if self._writer is not None:
+            self._writer.close()
+        return {
+            "counts": self.counts,
+            "temporal_valid_from_ts": self.valid_from,
+            "temporal_test_from_ts": self.test_from,
+        }
+
+
+def vocab_block(items: pl.DataFrame, users: pl.DataFrame) -> dict:
+    """The manifest's `vocab` block: per side, its file and the hash of its ids in index order."""
+    return {
+        "items": {"file": ITEMS_FILE, "sha256": vocab_hash(items.sort(ITEM_IDX)[ITEM_ID])},
+        "users": {"file": USERS_FILE, "sha256": vocab_hash(users.sort(USER_IDX)[USER_ID])},
+    }
 
 
 def _clean_partitions(
@@ -231,13 +275,10 @@ def build_dataset(
         items = items.select(
             (pl.int_range(pl.len(), dtype=pl.Int32) + PAD_IDX + 1).alias(ITEM_IDX), ITEM_ID
         )
-        valid_from, test_from = _temporal_cuts(parts, splits)
+        valid_from, test_from = temporal_cuts(parts, splits)
 
-    split_counts = {
-        name: dict.fromkeys(SPLIT_NAMES.values(), 0) for name in (SPLIT_LOO, SPLIT_TEMPORAL)
-    }
     with step.step("index, sort, split, write interactions", total=len(parts)) as advance:
-        writer = None
+        writer = SplitWriter(tmp / INTERACTIONS_FILE, valid_from, test_from)
         for part in parts:
             frame = (
                 pl.read_parquet(part)
@@ -248,21 +289,11 @@ def build_dataset(
                 .drop(ROW)
             )
             leading = [USER_IDX, ITEM_IDX, TS]
-            frame = frame.select(leading + [c for c in frame.columns if c not in leading])
-            frame = frame.with_columns(
-                leave_one_out(frame), global_temporal(frame[TS], valid_from, test_from)
-            )
-            for name in split_counts:
-                for code, n in frame[name].value_counts().iter_rows():
-                    split_counts[name][SPLIT_NAMES[code]] += n
-            table = frame.to_arrow()
-            if writer is None:
-                writer = pq.ParquetWriter(tmp / INTERACTIONS_FILE, table.schema, compression="zstd")
-            writer.write_table(table, row_group_size=1 << 20)
+            writer.write(frame.select(leading + [c for c in frame.columns if c not in leading]))
             part.unlink()
             pa.default_memory_pool().release_unused()
             advance()
-        writer.close()
+        split_block = writer.close()
         parts_dir.rmdir()
         _attach(items, raw.items, ITEM_ID).write_parquet(tmp / ITEMS_FILE)
         _attach(users, raw.users, USER_ID).write_parquet(tmp / USERS_FILE)
@@ -279,16 +310,54 @@ def build_dataset(
             "users": users.height,
             "items": items.height,
         },
-        "vocab": {
-            "items": {"file": ITEMS_FILE, "sha256": vocab_hash(items[ITEM_ID])},
-            "users": {"file": USERS_FILE, "sha256": vocab_hash(users[USER_ID])},
-        },
-        "splits": {
-            "counts": split_counts,
-            "temporal_valid_from_ts": valid_from,
-            "temporal_test_from_ts": test_from,
-        },
+        "vocab": vocab_block(items, users),
+        "splits": split_block,
     }
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise DataError(
+            f"{out} already exists and is not empty; pass --overwrite true or choose another --out"
+        )
+
+
+def publish_dataset(
+    out: Path, overwrite: bool, step: StepLog, build: Callable[[Path], dict], **fields
+) -> tuple[dict, dict]:
+    """Write a dataset dir whole or not at all (docs/architecture.md §2, §3).
+
+    `build(tmp)` writes interactions.parquet, items.parquet and users.parquet into a temp dir
+    beside `out` and returns {"report", "counts", "vocab", "splits"}; this adds the quality
+    report and the manifest (with `fields`: source, raw_files, config, ...) and renames the
+    dir into place. Returns (manifest, report).
+    """
+    out = Path(out)
+    check_out(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        built = build(tmp)
+        built["report"]["step_seconds"] = step.seconds
+        with step.step("quality report + manifest"):
+            (tmp / QUALITY_FILE).write_text(json.dumps(built["report"], indent=2) + "\n")
+            schema = pq.read_schema(tmp / INTERACTIONS_FILE)
+            manifest = write_manifest(
+                tmp,
+                DATASET_KIND,
+                **fields,
+                counts=built["counts"],
+                vocab=built["vocab"],
+                splits=built["splits"],
+                interaction_columns=schema.names,
+            )
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest, built["report"]
 
 
 def write_dataset(
@@ -301,38 +370,16 @@ def write_dataset(
     step: StepLog,
     rows_per_part: int,
 ) -> tuple[dict, dict]:
-    """Build the dataset in a temp dir beside `out`, then rename it into place."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise DataError(
-            f"{out} already exists and is not empty; pass --overwrite true or choose another --out"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        built = build_dataset(raw, quality, splits, tmp, step, rows_per_part)
-        built["report"]["step_seconds"] = step.seconds
-        with step.step("quality report + manifest"):
-            (tmp / QUALITY_FILE).write_text(json.dumps(built["report"], indent=2) + "\n")
-            schema = pq.read_schema(tmp / INTERACTIONS_FILE)
-            manifest = write_manifest(
-                tmp,
-                DATASET_KIND,
-                source=raw.source,
-                raw_files=[str(p) for p in raw.files],
-                counts=built["counts"],
-                vocab=built["vocab"],
-                splits=built["splits"],
-                interaction_columns=schema.names,
-                config=config,
-            )
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest, built["report"]
+    """Build the dataset from `raw` in a temp dir beside `out`, then rename it into place."""
+    return publish_dataset(
+        out,
+        overwrite,
+        step,
+        lambda tmp: build_dataset(raw, quality, splits, tmp, step, rows_per_part),
+        source=raw.source,
+        raw_files=[str(p) for p in raw.files],
+        config=config,
+    )
 
 
 def _summary_table(manifest: dict, report: dict, seconds: float):

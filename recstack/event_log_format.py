@@ -250,19 +250,26 @@ def read_events(
             complete record batch.
         include_erased: keep rows of erased (tombstoned) users; only compaction wants this.
     """
+    tables = [table for _, table in read_segments(directory, include_open)]
+    table = pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
+    return table if include_erased else drop_erased(table, read_tombstones(directory))
+
+
+def read_segments(directory: Path, include_open: bool = True) -> list[tuple[Path, pa.Table]]:
+    """(file, its events in EVENT_SCHEMA) per segment, sealed ones first, each in start-time
+    order; erased rows are kept (see `read_events` for the arguments)."""
     sealed, opened = segment_files(directory)
-    tables = []
+    out = []
     for path in sealed:
         try:
-            tables.append(read_sealed(path))
+            out.append((path, read_sealed(path)))
         except FileNotFoundError:
             continue  # a compaction emptied and removed it
     for path in opened if include_open else []:
         try:
-            tables.append(read_open(path)[0])
+            out.append((path, read_open(path)[0]))
         except FileNotFoundError:  # sealed since the listing: read the sealed twin
             twin = path.with_suffix(SEALED_SUFFIX)
             if twin.is_file():
-                tables.append(read_sealed(twin))
-    table = pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
-    return table if include_erased else drop_erased(table, read_tombstones(directory))
+                out.append((twin, read_sealed(twin)))
+    return out

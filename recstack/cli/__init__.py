@@ -3,6 +3,8 @@
     recstack data prepare --source ml-100k --out data/ml-100k
     recstack data synth --users 6000 --items 3700 --events 1000000 --out data/synth-1m
     recstack data forget --dataset data/ml-100k --user 42 [--user 43 ...] [--artifact DIR]
+    recstack data extend --base data/v1 --events runs/serve/events --out data/v2 \
+        [--since auto] [--feedback view=1,click=1,purchase=1,rating>=4]
     recstack eval baselines --dataset data/ml-100k
     recstack eval artifacts --retriever artifacts/two-tower/v1 --ranker artifacts/sasrec/v1 \
         --dataset data/ml-100k [--split loo] [--retrieve_n 100] [--out FILE.json]
@@ -28,6 +30,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "data": {
         "prepare": "recstack.datasets.prepare:prepare",
         "synth": "recstack.datasets.synth:synthesize",
+        "extend": "recstack.datasets.extend:extend",
     },
     "eval": {
         "baselines": "recstack.training.eval.baselines_cmd:run_baselines",
