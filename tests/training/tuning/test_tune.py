@@ -132,19 +132,19 @@ def test_two_workers_share_one_sqlite_study(tmp_path, chain_dir):
     args = setup_study(tmp_path, chain_dir, search)
     out = tmp_path / "study"
     first = subprocess.Popen(
-        tune_command(args, out, 4, "--worker-id", "0"),
+        tune_command(args, out, 6, "--worker-id", "0"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     wait_for(out / "trials" / "0000" / "trial.yaml", first)  # the study exists
     second = subprocess.Popen(
-        tune_command(args, out, 4, "--worker-id", "1"),
+        tune_command(args, out, 6, "--worker-id", "1"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     for worker in (first, second):
         output, _ = worker.communicate(timeout=300)
         assert worker.returncode == 0, output
     study = load(out)
-    assert finished_trials(study) >= 4
+    assert finished_trials(study) >= 6
     assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # both workers ran trials
     assert len({t.number for t in study.trials}) == len(study.trials)
     params = [t.params["model.optim.lr"] for t in study.trials]
@@ -204,14 +204,14 @@ def test_workers_share_a_postgresql_study(tmp_path, chain_dir, postgres_url):
     search = {
         **SEARCH,
         "pruner": {"kind": "none"},
-        "fixed": {"trainer.max_epochs": 8},
+        "fixed": {"trainer.max_epochs": 10},
         "params": {"model.optim.lr": {"type": "float", "low": 0.003, "high": 0.03}},
     }
     args = setup_study(tmp_path, chain_dir, search)
     workers = [
         subprocess.Popen(
             tune_command(
-                args, tmp_path / f"machine{i}", 4, "--storage", postgres_url, "--worker-id", str(i)
+                args, tmp_path / f"machine{i}", 6, "--storage", postgres_url, "--worker-id", str(i)
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -223,7 +223,7 @@ def test_workers_share_a_postgresql_study(tmp_path, chain_dir, postgres_url):
         output, _ = worker.communicate(timeout=300)
         assert worker.returncode == 0, output
     study = optuna.load_study(study_name="s", storage=postgres_url)
-    assert finished_trials(study) >= 4
+    assert finished_trials(study) >= 6
     assert len({t.user_attrs["pid"] for t in study.trials}) == 2, [
         (t.number, t.user_attrs["pid"]) for t in study.trials
     ]
