@@ -33,9 +33,14 @@ pop(i) = number of distinct users having item i among the history events the eva
                self-information; items never seen count as seen by one user so it stays finite)
 """
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from recstack.schema import PAD_IDX
+
+if TYPE_CHECKING:
+    from recstack.eval_set import EvalSet
 
 UNRANKED = 1 << 60  # rank of a target that cannot be hit (masked, or not in a list): a miss
 RANK_MEMORY_ELEMENTS = 1 << 25  # bound on T x n_items comparisons held at once
@@ -178,3 +183,19 @@ def beyond_accuracy(
             float((mean_arp - mean_hist) / mean_hist) if mean_hist and mean_hist > 0 else np.nan
         )
     return per_user, overall
+
+
+def beyond_accuracy_of(
+    eval_set: "EvalSet", top: np.ndarray, ks
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """beyond_accuracy of the top-K lists [U, K] of an eval set's users, against its item
+    popularity and its users' histories."""
+    history_pop = history_popularity(
+        eval_set.history_indptr,
+        eval_set.history_items,
+        eval_set.item_popularity,
+        eval_set.n_history_users,
+    )
+    return beyond_accuracy(
+        top, ks, eval_set.n_items, eval_set.item_popularity, eval_set.n_history_users, history_pop
+    )

@@ -29,7 +29,7 @@ from recstack.eval_set import TARGET_CODE, EvalSet, build_eval_set, stored_split
 from recstack.feature_codes import TS_KINDS
 from recstack.item_index import Method
 from recstack.manifest import CONTENT_HASH
-from recstack.ranking_metrics import accuracy_metrics, beyond_accuracy, history_popularity
+from recstack.ranking_metrics import accuracy_metrics, beyond_accuracy_of
 from recstack.schema import ITEM_ID, SPLIT, TS, USER_ID, USER_IDX
 from recstack.segments import segment_metrics, segments_to_dict
 from recstack.serving.full_ranking import Rankings, full_ranking
@@ -106,20 +106,7 @@ def user_requests(
 def list_metrics(rankings: Rankings, eval_set: EvalSet, ks: Sequence[int]) -> tuple[dict, dict]:
     """(mean metrics, per-user arrays) of one ranking: accuracy @ks, coverage and pop lift."""
     per_user = accuracy_metrics(rankings.ranks, eval_set.target_indptr, ks)
-    hist_pop = history_popularity(
-        eval_set.history_indptr,
-        eval_set.history_items,
-        eval_set.item_popularity,
-        eval_set.n_history_users,
-    )
-    beyond_user, beyond_all = beyond_accuracy(
-        rankings.top,
-        ks,
-        eval_set.n_items,
-        eval_set.item_popularity,
-        eval_set.n_history_users,
-        hist_pop,
-    )
+    beyond_user, beyond_all = beyond_accuracy_of(eval_set, rankings.top, ks)
     means = {name: float(np.nanmean(values)) for name, values in per_user.items()}
     return means | beyond_all, per_user | beyond_user
 

@@ -26,6 +26,7 @@ def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Pat
     return out
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown where xdist is not loaded
 def pytest_xdist_make_scheduler(config, log):
     """xdist's load scheduling, with RAY_MODULES as one unit of work (xdist's own
     `--dist loadgroup` cannot group here: it renames node ids, which pytest 9 ignores)."""

@@ -29,4 +29,4 @@ SCHEMATHESIS=tests/serving/test_schemathesis.py
 .venv/bin/python -m pytest -n auto --ignore "$SCHEMATHESIS" "$@"
 # Then schemathesis in a pytest of its own: under xdist it folds its per-operation tests into
 # one and sends a seventh of its requests (402 instead of about 2,800).
-.venv/bin/python -m pytest -p no:xdist "$SCHEMATHESIS"
+.venv/bin/python -m pytest -n 0 "$SCHEMATHESIS"

@@ -22,12 +22,7 @@ import torch
 
 from recstack.errors import RecstackError
 from recstack.eval_set import EvalSet
-from recstack.ranking_metrics import (
-    UNRANKED,
-    accuracy_metrics,
-    beyond_accuracy,
-    history_popularity,
-)
+from recstack.ranking_metrics import UNRANKED, accuracy_metrics, beyond_accuracy_of
 from recstack.schema import PAD_IDX
 from recstack.training.eval.metrics import target_ranks, top_k_items
 
@@ -296,15 +291,7 @@ def evaluate(
         per_user.update(accuracy_metrics(neg_ranks, tptr, ks, suffix=f"_sampled{sampled}"))
     beyond_all = {}
     if beyond:
-        hist_pop = history_popularity(
-            eval_set.history_indptr,
-            eval_set.history_items,
-            eval_set.item_popularity,
-            eval_set.n_history_users,
-        )
-        beyond_user, beyond_all = beyond_accuracy(
-            top, ks, eval_set.n_items, eval_set.item_popularity, eval_set.n_history_users, hist_pop
-        )
+        beyond_user, beyond_all = beyond_accuracy_of(eval_set, top, ks)
         per_user.update(beyond_user)
     metrics = {
         name: (float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"))
