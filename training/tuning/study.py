@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import event
 
 from recstack.errors import RecstackError, first_line
 from recstack.urls import redacted
@@ -90,13 +91,32 @@ def finished_trials(study: optuna.Study) -> int:
     return sum(1 for t in trials if t.state in done and t.number not in lost)
 
 
+def _write_lock_at_begin(engine) -> None:
+    """SQLite: every transaction takes the write lock when it begins (BEGIN IMMEDIATE), so it
+    waits for another writer (the connect timeout) instead of failing. A deferred transaction
+    that reads and then writes fails at once with "database is locked" when another connection
+    wrote in between, whatever the timeout; the heartbeat thread and a trial's own commits
+    did that on a busy machine, failing the trial."""
+
+    @event.listens_for(engine, "connect")
+    def _driver_begins_nothing(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # the sqlite3 module: BEGIN comes from below
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # the connections opened before the listeners
+
+
 def make_storage(url: str, attempts: int = 5) -> RDBStorage:
     """Open (and on first use create) the storage. Workers starting together race to create
     its tables; the loser retries and finds them."""
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    sqlite = url.startswith("sqlite")
+    engine = {"connect_args": {"timeout": 60}} if sqlite else {}
     for attempt in range(attempts):
         try:
-            return RDBStorage(
+            storage = RDBStorage(
                 url,
                 engine_kwargs=engine,
                 heartbeat_interval=HEARTBEAT_S,
@@ -105,6 +125,9 @@ def make_storage(url: str, attempts: int = 5) -> RDBStorage:
                     study, trial, "no heartbeat from its worker"
                 ),
             )
+            if sqlite:
+                _write_lock_at_begin(storage.engine)
+            return storage
         except ImportError as exc:
             raise RecstackError(
                 f"storage {redacted(url)}: {first_line(exc)} "
