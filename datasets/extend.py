@@ -45,7 +45,7 @@ from recstack.datasets.prepare import (
     vocab_block,
 )
 from recstack.errors import DataError
-from recstack.event_log_format import check_log_dir, read_tombstones, user_hash
+from recstack.event_log_format import check_log_dir, read_tombstones, tombstoned_ids
 from recstack.manifest import CONTENT_HASH, read_manifest
 from recstack.progress import StepLog
 from recstack.schema import (
@@ -100,9 +100,8 @@ def _append_ids(vocab: pl.DataFrame, key: str, idx: str, seen: pl.Series) -> Voc
 
 def _erased_users(users: pl.DataFrame, events: Path) -> pl.Series:
     """Boolean mask of the base users with a tombstone in the log (any erasure time)."""
-    tombstones = read_tombstones(events)
-    hashes = [user_hash(u) for u in users[USER_ID].cast(pl.String).to_list()]
-    return pl.Series([h in tombstones for h in hashes], dtype=pl.Boolean)
+    ids = users[USER_ID].cast(pl.String)
+    return ids.is_in(tombstoned_ids(ids, read_tombstones(events)))
 
 
 def _keys(frame: pl.DataFrame, vocab: pl.DataFrame, key: str, idx: str) -> pl.DataFrame:

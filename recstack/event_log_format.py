@@ -23,6 +23,7 @@ import hashlib
 import os
 import re
 import socket
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,6 +213,11 @@ def read_tombstones(directory: Path) -> dict[str, int]:
         for h, at in zip(table[USER_HASH].to_pylist(), table[ERASED_AT].to_pylist(), strict=True):
             out[h] = max(at, out.get(h, at))
     return out
+
+
+def tombstoned_ids(user_ids: Iterable[str], hashes: Collection[str]) -> list[str]:
+    """The ids among `user_ids` whose sha256 is in `hashes` (tombstones, any erasure time)."""
+    return [u for u in user_ids if user_hash(u) in hashes] if hashes else []
 
 
 def erased_rows(table: pa.Table, tombstones: dict[str, int]) -> pa.ChunkedArray | None:

@@ -91,7 +91,8 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 @dataclass
 class AnnIndex:
-    """A FAISS IVF index (IVF-SQ8; IVF-Flat from earlier exports) over items 1..n_items (FAISS ids = item_idx), loaded from an artifact.
+    """A FAISS IVF index (IVF-SQ8; IVF-Flat from earlier exports) over items 1..n_items (FAISS
+    ids = item_idx), loaded from an artifact.
 
     spec: the manifest's "ann" block (written by training/export/ann_index.py).
     recall: recall@100 this process measured at load, on the saved sample queries.
@@ -209,8 +210,9 @@ class ItemIndex:
         exclude = exclude or [set()] * len(queries)
         if self.ann is not None:
             fetch = n + max(len(items) for items in exclude)
-            idx, _ = self.ann.search(queries, fetch)  # approximate (quantised) scores
-            return self._rescored(queries, *_keep_allowed(idx, _, exclude, n))
+            idx, approximate = self.ann.search(queries, fetch)  # quantised scores
+            allowed, _ = _keep_allowed(idx, approximate, exclude, n)
+            return self._rescored(queries, allowed)
         scores = queries.astype(np.float32) @ self.vectors.T  # [B, n_items + 1]
         scores[:, PAD_IDX] = -np.inf
         counts = [len(items) for items in exclude]
@@ -219,7 +221,7 @@ class ItemIndex:
         idx, top = top_n(scores, n)
         return np.where(np.isfinite(top), idx, -1), top
 
-    def _rescored(self, queries, idx: np.ndarray, _: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _rescored(self, queries, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ANN's finds with their exact inner products, best first (-1 rows stay last)."""
         found = idx >= 0
         rows = self.vectors[np.where(found, idx, PAD_IDX)]  # [B, n, d]

@@ -20,14 +20,13 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Collection
 from pathlib import Path
 
 import polars as pl
 
 from recstack.dataset_dir import DATASET_KIND, load_dataset
 from recstack.errors import RecstackError
-from recstack.event_log_format import read_tombstones, user_hash
+from recstack.event_log_format import read_tombstones, tombstoned_ids
 from recstack.manifest import CONTENT_HASH, read_manifest
 from recstack.schema import ITEM_ID, ITEM_IDX, TS, USER_ID, USER_IDX
 from recstack.serving import metrics
@@ -72,7 +71,7 @@ def seed_from_dataset(
     keep = min(max_history, store.max_history)
     users = dataset.users.select(USER_IDX, pl.col(USER_ID).cast(pl.String))
     tombstones = read_tombstones(event_log) if event_log is not None else {}
-    users = users.filter(~pl.col(USER_ID).is_in(_erased(users[USER_ID], tombstones)))
+    users = users.filter(~pl.col(USER_ID).is_in(tombstoned_ids(users[USER_ID], tombstones)))
     items = dataset.items.select(ITEM_IDX, pl.col(ITEM_ID).cast(pl.String))
     histories = (
         dataset.interactions.with_row_index("_order")
@@ -91,7 +90,7 @@ def seed_from_dataset(
         written += chunk.height
     if event_log is not None:  # erased while we wrote: the store erase may have come first
         late = read_tombstones(event_log).keys() - tombstones.keys()
-        for user_id in _erased(users[USER_ID], late):
+        for user_id in tombstoned_ids(users[USER_ID], late):
             store.erase(user_id)
     store.set_meta(
         marker,
@@ -170,11 +169,6 @@ class SeedWatch:
     def _set(self, seeded: bool, state: str = "") -> None:
         self.seeded, self.state = seeded, state
         metrics.STORE_SEEDED.set(1 if seeded else 0)
-
-
-def _erased(user_ids: pl.Series, hashes: Collection[str]) -> list[str]:
-    """The ids among `user_ids` whose sha256 is in `hashes` (tombstones)."""
-    return [u for u in user_ids if user_hash(u) in hashes] if hashes else []
 
 
 def _claim(raw: str | None) -> dict:

@@ -6,9 +6,9 @@ FAISS IVF with 8-bit scalar-quantised residuals (IVF-SQ8) and the inner-product 
 item rows 1..n_items (FAISS id = item_idx; a cosine index holds unit rows). SQ8 scans a quarter
 of IVF-Flat's bytes: at 1M items it reached the same recall@100 in about half the time, and
 serving re-scores what it finds with the exact vectors (recstack.item_index.ItemIndex). k-means
-trains on up to TRAIN_PER_LIST vectors per list. The
-probe count is the smallest rung of NPROBE_LADDER whose recall@100 against exact search, over
-the sample queries, reaches TARGET_RECALL; when none does the export fails. The index goes to
+trains on up to TRAIN_PER_LIST vectors per list. The probe count is the smallest rung of
+NPROBE_LADDER whose recall@100 against exact search, over the sample queries, reaches
+TARGET_RECALL; when none does the export fails. The index goes to
 item_index.faiss and the queries to ann_queries.npy, so that serving re-measures the same
 recall at load (`recstack.item_index.AnnIndex.load`).
 """
