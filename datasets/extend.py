@@ -33,7 +33,7 @@ from typing import Literal
 
 import polars as pl
 
-from recstack.dataset_dir import DATASET_KIND, PreparedDataset, load_dataset
+from recstack.dataset_dir import DATASET_KIND, PARENTS, PreparedDataset, load_dataset
 from recstack.datasets.feedback import parse_feedback
 from recstack.datasets.log_events import LogEvents, read_log_events
 from recstack.datasets.prepare import (
@@ -60,8 +60,6 @@ from recstack.schema import (
     USER_IDX,
     USERS_FILE,
 )
-
-PARENTS = "parents"  # manifest key: what a dataset version was made from
 
 
 @dataclass

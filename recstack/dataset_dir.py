@@ -7,10 +7,11 @@ from pathlib import Path
 import polars as pl
 
 from recstack.errors import DataError, first_line
-from recstack.manifest import read_manifest
+from recstack.manifest import CONTENT_HASH, read_manifest
 from recstack.schema import INTERACTIONS_FILE, ITEMS_FILE, USERS_FILE
 
 DATASET_KIND = "dataset"
+PARENTS = "parents"  # manifest key of `recstack data extend`: what a version was made from
 
 
 @dataclass
@@ -28,6 +29,12 @@ class PreparedDataset:
     @property
     def n_items(self) -> int:
         return self.items.height
+
+    @property
+    def base_hash(self) -> str | None:
+        """Content hash of the dataset this version extends (`recstack data extend`), or
+        None for a prepared one. Every item_idx of the base is kept here (§4)."""
+        return ((self.manifest.get(PARENTS) or {}).get("base") or {}).get(CONTENT_HASH)
 
 
 def _read(path: Path, columns: list[str] | None = None) -> pl.DataFrame:

@@ -2,11 +2,11 @@
 
 Each user's history -> the SASRec artifact's state (`recstack.query.encode`, the last
 `history_len` items) -> scores over every item; PAD and the whole history are masked to -inf
-and the targets ranked by the rule of recstack/ranking_metrics.py (ties to the lower
-item_idx), the protocol of training's evaluator. Users go in batches of at most
-BATCH_USERS and RANK_MEMORY_ELEMENTS scores, so no users x items matrix is built. The
-pipeline evaluation reports these figures beside the served pipeline's: what retrieving N
-candidates costs.
+(also items the artifact does not know, added to the dataset after it) and the targets ranked
+by the rule of recstack/ranking_metrics.py (ties to the lower item_idx), the protocol of
+training's evaluator. Users go in batches of at most BATCH_USERS and RANK_MEMORY_ELEMENTS
+scores, so no users x items matrix is built. The pipeline evaluation reports these figures
+beside the served pipeline's: what retrieving N candidates costs.
 """
 
 from dataclasses import dataclass
@@ -33,15 +33,20 @@ class Rankings:
 
 def full_ranking(artifact: Artifact, eval_set: EvalSet, k: int) -> Rankings:
     """Rank every target of `eval_set` against the whole catalogue with `artifact`'s scores."""
-    n_cols = eval_set.n_items + 1
+    n_cols, known = eval_set.n_items + 1, artifact.item_embeddings.shape[0]
     batch = min(BATCH_USERS, max(1, RANK_MEMORY_ELEMENTS // n_cols))
     ranks = np.empty(eval_set.target_items.shape[0], dtype=np.int64)
     top = np.zeros((eval_set.n_users, min(k, n_cols)), dtype=np.int64)
     for start in range(0, eval_set.n_users, batch):
         stop = min(start + batch, eval_set.n_users)
         sub = eval_set.slice(start, stop)
-        histories = [sub.history(row).tolist() for row in range(sub.n_users)]
-        scores = encode(artifact, histories) @ artifact.item_embeddings.T  # [B, n_items + 1]
+        histories = [  # items the artifact does not know are dropped, as serving drops them
+            [i for i in sub.history(row).tolist() if i < known] for row in range(sub.n_users)
+        ]
+        scores = encode(artifact, histories) @ artifact.item_embeddings.T  # [B, its items + 1]
+        if scores.shape[1] < n_cols:  # items added after the artifact: it cannot rank them
+            blind = np.full((scores.shape[0], n_cols - scores.shape[1]), -np.inf, scores.dtype)
+            scores = np.concatenate([scores, blind], axis=1)
         scores[np.repeat(np.arange(sub.n_users), sub.history_lengths), sub.history_items] = -np.inf
         scores[:, PAD_IDX] = -np.inf
         rows = np.repeat(np.arange(sub.n_users), sub.target_counts)

@@ -33,7 +33,7 @@ from recstack.ranking_metrics import accuracy_metrics, beyond_accuracy_of
 from recstack.schema import ITEM_ID, SPLIT, TS, USER_ID, USER_IDX
 from recstack.segments import segment_metrics, segments_to_dict
 from recstack.serving.full_ranking import Rankings, full_ranking
-from recstack.serving.pipeline_run import UserRequest, run_pipeline
+from recstack.serving.pipeline_run import UserRequest, request_latency, run_pipeline
 from recstack.serving.ranking import Ranker
 from recstack.serving.retrieval import Retriever
 from recstack.serving.service import ServiceSettings
@@ -53,16 +53,39 @@ class UserMetrics:
 
 def check_dataset(dataset: PreparedDataset, *artifacts: Artifact) -> None:
     """Each artifact must come from this dataset (its hash, or the hash before an erasure),
-    with the same item vocabulary."""
+    with the same item vocabulary, or from the version this one extends (`recstack data
+    extend` keeps every item_idx, §4): an older model judged on newer events, blind to the
+    items added since."""
     hashes = {dataset.manifest.get(CONTENT_HASH), dataset.manifest.get(ORIGINAL_HASH)} - {None}
-    item_ids = ["", *dataset.items.sort("item_idx")[ITEM_ID].cast(pl.String).to_list()]
+    item_ids = dataset_item_ids(dataset)
     for artifact in artifacts:
-        if artifact.catalog.vocab_hash not in hashes or artifact.catalog.item_ids != item_ids:
+        ids, origin = artifact.catalog.item_ids, artifact.catalog.vocab_hash
+        same = origin in hashes and ids == item_ids
+        extended = origin == dataset.base_hash and ids == item_ids[: len(ids)]
+        if not (same or extended):
             raise DataError(
-                f"{artifact.path} was exported from dataset {artifact.catalog.vocab_hash[:12]}, "
-                f"not {dataset.path} ({str(dataset.manifest.get(CONTENT_HASH))[:12]}); "
-                "evaluate it on the dataset it was trained on"
+                f"{artifact.path} was exported from dataset {origin[:12]}, "
+                f"not {dataset.path} ({str(dataset.manifest.get(CONTENT_HASH))[:12]}) or the "
+                "version it extends; evaluate it on the dataset it was trained on"
             )
+
+
+def dataset_item_ids(dataset: PreparedDataset) -> list[str]:
+    """Item ids by item_idx, "" at PAD_IDX 0 (as an artifact's catalogue lists them)."""
+    return ["", *dataset.items.sort("item_idx")[ITEM_ID].cast(pl.String).to_list()]
+
+
+def recent_targets(frame: pl.DataFrame, target: str, since: int) -> pl.DataFrame:
+    """`frame` with only the users whose first `target` event is after `since` keeping their
+    targets: a recent holdout, e.g. the events a service logged after a model's data cut-off."""
+    code = TARGET_CODE[target]
+    recent = (
+        frame.filter(pl.col(SPLIT) == code)
+        .group_by(USER_IDX)
+        .agg(pl.col(TS).min())
+        .filter(pl.col(TS) > since)[USER_IDX]
+    )
+    return frame.filter((pl.col(SPLIT) != code) | pl.col(USER_IDX).is_in(recent.implode()))
 
 
 def user_requests(
@@ -90,7 +113,7 @@ def user_requests(
         maintain_order="left",
     )
     user_ids = dataset.users.sort(USER_IDX)[USER_ID].cast(pl.String).to_list()
-    item_ids = retriever.artifact.catalog.item_ids
+    item_ids = dataset_item_ids(dataset)  # items added after the artifact: unknown ids to it
     return [
         UserRequest(
             history=[item_ids[i] for i in eval_set.history(row)[-history_limit:]],
@@ -132,6 +155,8 @@ def eval_artifacts(
     history_limit: int = ServiceSettings.history_limit,
     ks: list[int] = [10, 20],  # noqa: B006 - never mutated; a list default reads well in --help
     index: Method = "auto",
+    since: int | None = None,
+    latency_requests: int = 0,
     out: Path | None = None,
 ) -> dict:
     """Evaluate the served pipeline (retriever top N -> ranker top k) from artifact dirs.
@@ -151,6 +176,11 @@ def eval_artifacts(
         history_limit: most recent history items in a request (the serve config's).
         ks: cut-offs of the final lists.
         index: the retriever's search, as the serve config's `index`: auto, ann or exact.
+        since: a recent holdout: only users whose targets come after this ts (unix seconds),
+            e.g. a served model's data cut-off. Artifacts of the version the dataset extends
+            are accepted, so an old and a new model are judged on the same new events.
+        latency_requests: also time this many single requests (retrieve + rank, one at a time,
+            the first evaluated users) on this machine: p50 / p99 ms in the report.
         out: JSON report path; default runs/eval_artifacts/<dataset name>-<split>-<target>.json.
 
     Returns:
@@ -168,17 +198,28 @@ def eval_artifacts(
     data = load_dataset(Path(dataset))
     check_dataset(data, loaded_retriever.artifact, loaded_ranker.artifact)
     frame = stored_split(data.interactions, split)
+    if since is not None:
+        frame = recent_targets(frame, target, since)
     eval_set = build_eval_set(frame, target, data.n_items)
     if eval_set.n_users == 0:
+        after = "" if since is None else f" after ts {since}"
         raise DataError(
-            f"{data.path}: the {split!r} split has no {target} targets with a history; "
+            f"{data.path}: the {split!r} split has no {target} targets{after} with a history; "
             "choose another split or target"
         )
     requests = user_requests(data, frame, eval_set, loaded_retriever, history_limit)
     seconds = {"load_s": time.perf_counter() - started}
 
     tick = time.perf_counter()
-    served = run_pipeline(loaded_retriever, loaded_ranker, eval_set, requests, retrieve_n, max(ks))
+    served = run_pipeline(
+        loaded_retriever,
+        loaded_ranker,
+        eval_set,
+        requests,
+        retrieve_n,
+        max(ks),
+        dataset_item_ids(data),
+    )
     seconds["pipeline_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
     full = full_ranking(loaded_ranker.artifact, eval_set, max(ks))
@@ -194,6 +235,10 @@ def eval_artifacts(
         else float("nan")
         for k in ks
     }
+    latency = None
+    if latency_requests > 0:
+        sample = requests[:latency_requests]
+        latency = request_latency(loaded_retriever, loaded_ranker, sample, retrieve_n, max(ks))
     seconds["total_s"] = time.perf_counter() - started
     payload = {
         "dataset": str(data.path),
@@ -212,6 +257,7 @@ def eval_artifacts(
         },
         "split": split,
         "target": target,
+        "since": since,
         "retrieve_n": retrieve_n,
         "history_limit": history_limit,
         "index": index,
@@ -224,6 +270,7 @@ def eval_artifacts(
         PIPELINE: pipeline,
         FULL: ranker_full,
         "pipeline_over_full": ratio,
+        "latency": latency,
         "segments": {
             PIPELINE: _segments(pipeline_users, eval_set, data.users, ks),
             FULL: _segments(full_users, eval_set, data.users, ks),

@@ -10,6 +10,7 @@ rank is its position in the retriever's list (retrieval) or in the final list (p
 a target absent from a list is UNRANKED, a miss.
 """
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,9 +59,14 @@ def run_pipeline(
     requests: list[UserRequest],
     retrieve_n: int,
     k: int,
+    item_ids: list[str] | None = None,
 ) -> PipelineRankings:
-    """Every user of `eval_set` (requests aligned with its users) through retrieve -> rank."""
+    """Every user of `eval_set` (requests aligned with its users) through retrieve -> rank.
+
+    item_ids: the eval set's ids by item_idx when its catalogue extends the artifacts' (an old
+    model judged on a newer dataset version); default the ranker's catalogue."""
     catalog = ranker.artifact.catalog
+    item_ids = catalog.item_ids if item_ids is None else item_ids
     retrieved: list[list[str]] = []
     final: list[list[str]] = []
     n_popular = 0
@@ -90,7 +96,30 @@ def run_pipeline(
     for row, listed in enumerate(final):
         top[row, : len(listed)] = [catalog.index[item] for item in listed]
     return PipelineRankings(
-        retrieval=_positions(retrieved, eval_set, catalog.item_ids),
-        pipeline=Rankings(ranks=_positions(final, eval_set, catalog.item_ids), top=top),
+        retrieval=_positions(retrieved, eval_set, item_ids),
+        pipeline=Rankings(ranks=_positions(final, eval_set, item_ids), top=top),
         n_popular=n_popular,
     )
+
+
+def request_latency(
+    retriever: Retriever, ranker: Ranker, requests: list[UserRequest], retrieve_n: int, k: int
+) -> dict:
+    """Milliseconds per request, one request at a time as a replica answers an unbatched call:
+    retrieve `retrieve_n` then rank the best k (p50, p99, max over `requests`)."""
+    seconds = []
+    for request in requests:
+        tick = time.perf_counter()
+        found = retriever.retrieve(
+            [RetrievalRequest(request.history, request.context, request.user_id, [], retrieve_n)]
+        )[0]
+        if found.item_ids:
+            ranker.rank([RankRequest(request.history, found.item_ids, k)])
+        seconds.append(time.perf_counter() - tick)
+    ms = np.asarray(seconds) * 1e3
+    return {
+        "requests": len(seconds),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+    }

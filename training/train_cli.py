@@ -2,6 +2,7 @@
 
     recstack train --config configs/train/sasrec_ml100k.yaml
     recstack train --config configs/train/sasrec_ml100k.yaml --ckpt_path last   # resume
+    recstack train --config ... --init_from runs/old/checkpoints/best.ckpt        # warm start
     recstack train --config ... --trainer.devices 2 --trainer.strategy ddp    # several GPUs
 
 The config has LightningCLI's sections (`trainer`, `model` with a task class_path, `data`,
@@ -29,6 +30,7 @@ from recstack.training.data.datamodule import RecDataModule
 from recstack.training.quiet import LEAF_SPEC, LIGHTNING_TIP, log_lines_off, warnings_off
 from recstack.training.run_report import write_run_report
 from recstack.training.tasks.base import MONITOR, RecTask
+from recstack.training.warm_start import WarmStart
 
 LAST = "last"
 
@@ -132,6 +134,12 @@ class RecstackCLI(LightningCLI):
             help="resume from this checkpoint, or 'last'",
         )
         parser.add_argument(
+            "--init_from",
+            type=str | None,
+            default=None,
+            help="warm start: copy this checkpoint's weights first (new item rows start fresh)",
+        )
+        parser.add_argument(
             "--baselines",
             type=bool,
             default=True,
@@ -186,6 +194,8 @@ class RecstackCLI(LightningCLI):
             enable_version_counter=False,
         )
         trainer.callbacks.extend([last, StopOnNonFiniteLoss()])
+        if self.config.init_from:
+            trainer.callbacks.append(WarmStart(Path(self.config.init_from)))
         return trainer
 
     def before_instantiate_classes(self) -> None:

@@ -13,6 +13,7 @@
     recstack export --ckpt runs/sasrec-ml100k/checkpoints/best.ckpt --out artifacts/sasrec/v1
     recstack serve --config configs/serve_ml100k.yaml
     recstack events compact --log runs/serve/events
+    recstack retrain --config configs/loop/ml100k.yaml [--history | --rollback]
     recstack demo
 
 This package is the face: the one layer that may import every stage (tests/test_layers.py).
@@ -51,6 +52,7 @@ EPILOG = (
     "recstack train --config configs/train/<x>.yaml; "
     "recstack tune --config configs/train/<x>.yaml --search configs/search/<x>.yaml; "
     "recstack serve --config configs/serve_ml100k.yaml [--update]; "
+    "recstack retrain --config configs/loop/<x>.yaml [--history | --rollback]; "
     "recstack data forget --dataset DIR --user ID [--user ID ...] [--artifact DIR] "
     "(removes users from datasets and artifacts' user features)"
 )
@@ -93,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             from recstack.datasets.forget import forget_cli
 
             forget_cli(argv[2:])
+            return 0
+        if argv[:1] == ["retrain"]:  # --config is the loop YAML
+            from recstack.loop.retrain import retrain_cli
+
+            retrain_cli(argv[1:])
             return 0
         if argv[:1] == ["serve"]:  # --config is the Serve YAML, not jsonargparse's own --config
             from recstack.serving.serve_cmd import serve_cli
