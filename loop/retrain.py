@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+from rich.console import Console
 from rich.table import Table
 
 from recstack.artifact_manifest import read_artifact_manifest
@@ -367,7 +368,7 @@ def print_history(loop: Loop) -> list[dict]:
             pair(f"recall@{n}"),
             why,
         )
-    console.print(table if records else f"no retrain recorded yet in {loop.dir}")
+    Console(soft_wrap=True).print(table if records else f"no retrain recorded yet in {loop.dir}")
     return records
 
 

@@ -41,7 +41,13 @@ def _config_command(path: Path) -> list[str]:
 
 SEARCH_SPACES = sorted(ROOT.glob("configs/search/*.yaml"))  # see test_search_space.py
 SERVE_CONFIGS = sorted(ROOT.glob("configs/serve_*.yaml"))  # Ray Serve YAMLs, checked below
-CONFIGS = sorted(set(ROOT.glob("configs/**/*.yaml")) - set(SEARCH_SPACES) - set(SERVE_CONFIGS))
+LOOP_CONFIGS = sorted(ROOT.glob("configs/loop/*.yaml"))  # `recstack retrain`, checked below
+CONFIGS = sorted(
+    set(ROOT.glob("configs/**/*.yaml"))
+    - set(SEARCH_SPACES)
+    - set(SERVE_CONFIGS)
+    - set(LOOP_CONFIGS)
+)
 
 
 def test_configs_exist():
@@ -63,6 +69,16 @@ def test_every_serve_config_parses(config):
     assert config.read_text().startswith(f"# recstack serve --config {config.relative_to(ROOT)}")
     checked = read_serve_config(config)  # args, experiment arms, both deployments' models
     assert checked["args"].experiment is not None
+
+
+@pytest.mark.parametrize("config", LOOP_CONFIGS, ids=lambda p: p.name)
+def test_every_loop_config_parses(config, monkeypatch):
+    from recstack.loop.config import read_loop_config
+
+    monkeypatch.chdir(ROOT)  # its paths are relative to the checkout, as the README runs it
+    assert config.read_text().startswith(f"# recstack retrain --config {config.relative_to(ROOT)}")
+    loop = read_loop_config(config.relative_to(ROOT))
+    assert loop.events and loop.base_dataset and loop.config.train.ranker.config.is_file()
 
 
 @pytest.mark.parametrize("search", SEARCH_SPACES, ids=lambda p: p.name)

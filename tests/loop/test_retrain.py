@@ -10,6 +10,7 @@ are refused, and a retrain killed between steps resumes without repeating them.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +25,12 @@ from service_config import APP, MODELS_KEY, free_port, set_test_keys, user_in, w
 from recstack.cli import main
 from recstack.datasets.prepare import prepare
 from recstack.datasets.sources.tabular import ColumnMapping
+from recstack.errors import RecstackError
+from recstack.serving.model_slots import ModelSlots
+from recstack.serving.model_watch import ModelWatch
+from recstack.serving.ranking import Ranker
 from recstack.serving.serve_cmd import wait_ready
+from recstack.serving.store.embedded import EmbeddedStore
 
 pytestmark = pytest.mark.integration
 
@@ -145,7 +151,9 @@ def test_drift_is_learned_promoted_and_served(world, tmp_path):
             reply = requests.post(f"{url}/v1/recommend", json={"user_id": user, "k": 10},
                                   headers=APP, timeout=10).json()  # fmt: skip
             hits += new_next(item) in {i["item_id"] for i in reply["items"]}
-        assert hits >= 12, f"the new item after i was in the top 10 of {hits}/20 users"  # HR@10 0.79 offline
+        assert hits >= 12, (
+            f"the new item after i was in the top 10 of {hits}/20 users"
+        )  # HR@10 0.79 offline
         # nothing new since: a second run does nothing
         assert main(["retrain", "--config", str(config)]) == 0
         assert len(audit(tmp_path)) == 1
@@ -171,5 +179,67 @@ def test_noise_is_refused_and_the_old_model_keeps_serving(world, tmp_path):
         assert main(["retrain", "--config", str(config)]) == 0
         assert len(audit(tmp_path)) == 1
     finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_killed_retrain_resumes_without_repeating_finished_steps(world, tmp_path):
+    world_root, artifacts = world
+    server, url = start_service(tmp_path, artifacts)
+    try:
+        post_events(url, shifted_events(users=400, per_user=20, seed=3))
+        config = loop_config(tmp_path, world_root, url, tolerance=-0.03)
+        command = [sys.executable, "-m", "recstack.cli", "retrain", "--config", str(config)]
+        first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        runs = tmp_path / "loop" / "runs"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and first.poll() is None:
+            states = list(runs.glob("*/state.json"))
+            if states and "train_ranker" in json.loads(states[0].read_text())["steps"]:
+                break
+            time.sleep(0.2)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        [state] = list(runs.glob("*/state.json"))
+        steps = json.loads(state.read_text())["steps"]
+        assert "train_ranker" in steps and "decision" not in steps and audit(tmp_path) == []
+        ranker_ckpt = Path(steps["train_ranker"]["checkpoint"])
+        trained_at = ranker_ckpt.stat().st_mtime_ns
+        assert main(["retrain", "--config", str(config)]) == 0
+        [record] = audit(tmp_path)
+        assert record["run"] == state.parent.name and record["decision"] == "promoted"
+        assert ranker_ckpt.stat().st_mtime_ns == trained_at  # not trained again
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_replica_that_refuses_the_new_models_gets_the_old_ones_back(world, tmp_path):
+    world_root, artifacts = world
+    server, url = start_service(tmp_path, artifacts)
+    store = EmbeddedStore(tmp_path / "state" / "state.sqlite")
+
+    def load(path: Path) -> Ranker:  # a replica that cannot read what the loop exported
+        if "loop" in path.parts:
+            raise RecstackError("cannot read this artifact here")
+        return Ranker.load(path)
+
+    replica = ModelWatch(store, {"ranker": ModelSlots(load)}, replica="refusing-replica")
+    replica.load({"ranker": {"main": str(artifacts["ranker"])}})
+    try:
+        post_events(url, shifted_events(users=400, per_user=20, seed=4))
+        config = loop_config(tmp_path, world_root, url, tolerance=-0.03)
+        assert main(["retrain", "--config", str(config)]) == 2  # a fault: non-zero
+        [record] = audit(tmp_path)
+        assert record["decision"] == "rolled_back" and record["restored"] is True
+        assert any("refusing-replica" in reason for reason in record["reasons"])
+        served = requests.get(f"{url}/v1/admin/models",
+                              headers={"Authorization": f"Bearer {MODELS_KEY}"}, timeout=10).json()  # fmt: skip
+        assert served["published"]["ranker"]["main"] == str(artifacts["ranker"])
+        assert {
+            r["models"]["ranker"]["main"] for r in served["replicas"] if "ranker" in r["models"]
+        } == {record["serving"]["versions"]["ranker"]}
+    finally:
+        replica.stop()
         server.terminate()
         server.wait(timeout=30)
