@@ -24,6 +24,12 @@ class Check:
     detail: str
 
 
+def _at_least(name: str, new: float, old: float, tolerance: float) -> Check:
+    floor = old - tolerance
+    detail = f"new {new:.4f} vs serving {old:.4f} - tolerance {tolerance}"
+    return Check(name, new >= floor, new, floor, detail)
+
+
 def gate_checks(
     gate: Gate,
     old: dict,
@@ -33,26 +39,12 @@ def gate_checks(
 ) -> list[dict]:
     """Every check of the gate, passed or not (old and new: eval-artifacts reports)."""
     ndcg, recall = f"ndcg@{gate.k}", f"recall@{retrieve_n}"
-    floor_ndcg = old["pipeline"][ndcg] - gate.ndcg_tolerance
-    floor_recall = old["retrieval"][recall] - gate.recall_tolerance
     checks = [
-        Check(
-            f"pipeline {ndcg}",
-            new["pipeline"][ndcg] >= floor_ndcg,
-            new["pipeline"][ndcg],
-            floor_ndcg,
-            f"new {new['pipeline'][ndcg]:.4f} vs serving {old['pipeline'][ndcg]:.4f} "
-            f"- tolerance {gate.ndcg_tolerance}",
-        ),
-        Check(
-            f"retrieval {recall}",
-            new["retrieval"][recall] >= floor_recall,
-            new["retrieval"][recall],
-            floor_recall,
-            f"new {new['retrieval'][recall]:.4f} vs serving {old['retrieval'][recall]:.4f} "
-            f"- tolerance {gate.recall_tolerance}",
-        ),
-    ]
+        _at_least(f"pipeline {ndcg}", new["pipeline"][ndcg], old["pipeline"][ndcg],
+                  gate.ndcg_tolerance),
+        _at_least(f"retrieval {recall}", new["retrieval"][recall], old["retrieval"][recall],
+                  gate.recall_tolerance),
+    ]  # fmt: skip
     for side, manifest in manifests.items():
         parity = manifest.parity
         checks.append(

@@ -126,120 +126,108 @@ def audit(root: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_drift_is_learned_promoted_and_served(world, tmp_path):
+@pytest.fixture
+def served(world, tmp_path):
+    """The world's models served from tmp_path, and a loop config over that service."""
     world_root, artifacts = world
     server, url = start_service(tmp_path, artifacts)
     try:
-        post_events(url, shifted_events(users=400, per_user=20, seed=1))
-        config = loop_config(tmp_path, world_root, url, tolerance=-0.03)  # demand a real gain
-        assert main(["retrain", "--config", str(config)]) == 0
-        [record] = audit(tmp_path)
-        assert record["decision"] == "promoted", record
-        old, new = record["metrics"]["serving"], record["metrics"]["new"]
-        assert new["ndcg@10"] > old["ndcg@10"] + 0.03
-        assert record["data"]["counts"]["new_items"] == N_NEW
-        served = requests.get(f"{url}/v1/admin/models",
-                              headers={"Authorization": f"Bearer {MODELS_KEY}"}, timeout=10).json()  # fmt: skip
-        assert served["published"]["ranker"]["main"] == record["new"]["dirs"]["ranker"]
-        hits = 0
-        for item in range(3, 23):  # users whose histories point at the new item after `item`
-            user = user_in("model", prefix=f"drift-{item}-")
-            walk = [str(item - 2), new_next(item - 2), str(item - 1), new_next(item - 1), str(item)]
-            events = [{"user_id": user, "item_id": i, "type": "view", "ts": 1_800_000_000 + n}
-                      for n, i in enumerate(walk)]  # fmt: skip
-            requests.post(f"{url}/v1/events", json={"events": events}, headers=APP, timeout=10)
-            reply = requests.post(f"{url}/v1/recommend", json={"user_id": user, "k": 10},
-                                  headers=APP, timeout=10).json()  # fmt: skip
-            hits += new_next(item) in {i["item_id"] for i in reply["items"]}
-        assert hits >= 12, (
-            f"the new item after i was in the top 10 of {hits}/20 users"
-        )  # HR@10 0.79 offline
-        # nothing new since: a second run does nothing
-        assert main(["retrain", "--config", str(config)]) == 0
-        assert len(audit(tmp_path)) == 1
+        yield url, loop_config(tmp_path, world_root, url, tolerance=-0.03)  # demand a real gain
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
-def test_noise_is_refused_and_the_old_model_keeps_serving(world, tmp_path):
-    world_root, artifacts = world
-    server, url = start_service(tmp_path, artifacts)
-    try:
-        post_events(url, shifted_events(users=400, per_user=12, seed=2, noise=True))
-        config = loop_config(tmp_path, world_root, url, tolerance=-0.03)
-        assert main(["retrain", "--config", str(config)]) == 0
-        [record] = audit(tmp_path)
-        assert record["decision"] == "refused", record
-        assert any("ndcg@10" in reason for reason in record["reasons"])
-        served = requests.get(f"{url}/v1/admin/models",
-                              headers={"Authorization": f"Bearer {MODELS_KEY}"}, timeout=10).json()  # fmt: skip
-        assert served["published"]["ranker"]["main"] == str(artifacts["ranker"])
-        # the same events again: judged already, nothing to do
-        assert main(["retrain", "--config", str(config)]) == 0
-        assert len(audit(tmp_path)) == 1
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+def served_models(url: str) -> dict:
+    headers = {"Authorization": f"Bearer {MODELS_KEY}"}
+    return requests.get(f"{url}/v1/admin/models", headers=headers, timeout=10).json()
 
 
-def test_a_killed_retrain_resumes_without_repeating_finished_steps(world, tmp_path):
-    world_root, artifacts = world
-    server, url = start_service(tmp_path, artifacts)
-    try:
-        post_events(url, shifted_events(users=400, per_user=20, seed=3))
-        config = loop_config(tmp_path, world_root, url, tolerance=-0.03)
-        command = [sys.executable, "-m", "recstack.cli", "retrain", "--config", str(config)]
-        first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        runs = tmp_path / "loop" / "runs"
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and first.poll() is None:
-            states = list(runs.glob("*/state.json"))
-            if states and "train_ranker" in json.loads(states[0].read_text())["steps"]:
-                break
-            time.sleep(0.2)
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
-        [state] = list(runs.glob("*/state.json"))
-        steps = json.loads(state.read_text())["steps"]
-        assert "train_ranker" in steps and "decision" not in steps and audit(tmp_path) == []
-        ranker_ckpt = Path(steps["train_ranker"]["checkpoint"])
-        trained_at = ranker_ckpt.stat().st_mtime_ns
-        assert main(["retrain", "--config", str(config)]) == 0
-        [record] = audit(tmp_path)
-        assert record["run"] == state.parent.name and record["decision"] == "promoted"
-        assert ranker_ckpt.stat().st_mtime_ns == trained_at  # not trained again
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+def test_drift_is_learned_promoted_and_served(served, tmp_path):
+    url, config = served
+    post_events(url, shifted_events(users=400, per_user=20, seed=1))
+    assert main(["retrain", "--config", str(config)]) == 0
+    [record] = audit(tmp_path)
+    assert record["decision"] == "promoted", record
+    old, new = record["metrics"]["serving"], record["metrics"]["new"]
+    assert new["ndcg@10"] > old["ndcg@10"] + 0.03
+    assert record["data"]["counts"]["new_items"] == N_NEW
+    assert served_models(url)["published"]["ranker"]["main"] == record["new"]["dirs"]["ranker"]
+    hits = 0
+    for item in range(3, 23):  # users whose histories point at the new item after `item`
+        user = user_in("model", prefix=f"drift-{item}-")
+        walk = [str(item - 2), new_next(item - 2), str(item - 1), new_next(item - 1), str(item)]
+        events = [{"user_id": user, "item_id": i, "type": "view", "ts": 1_800_000_000 + n}
+                  for n, i in enumerate(walk)]  # fmt: skip
+        requests.post(f"{url}/v1/events", json={"events": events}, headers=APP, timeout=10)
+        reply = requests.post(f"{url}/v1/recommend", json={"user_id": user, "k": 10},
+                              headers=APP, timeout=10).json()  # fmt: skip
+        hits += new_next(item) in {i["item_id"] for i in reply["items"]}
+    assert hits >= 12, f"the new item after i was in the top 10 of {hits}/20 users"  # HR@10 0.79
+    # nothing new since: a second run does nothing
+    assert main(["retrain", "--config", str(config)]) == 0
+    assert len(audit(tmp_path)) == 1
 
 
-def test_a_replica_that_refuses_the_new_models_gets_the_old_ones_back(world, tmp_path):
-    world_root, artifacts = world
-    server, url = start_service(tmp_path, artifacts)
-    store = EmbeddedStore(tmp_path / "state" / "state.sqlite")
+def test_noise_is_refused_and_the_old_model_keeps_serving(served, world, tmp_path):
+    url, config = served
+    post_events(url, shifted_events(users=400, per_user=12, seed=2, noise=True))
+    assert main(["retrain", "--config", str(config)]) == 0
+    [record] = audit(tmp_path)
+    assert record["decision"] == "refused", record
+    assert any("ndcg@10" in reason for reason in record["reasons"])
+    assert served_models(url)["published"]["ranker"]["main"] == str(world[1]["ranker"])
+    # the same events again: judged already, nothing to do
+    assert main(["retrain", "--config", str(config)]) == 0
+    assert len(audit(tmp_path)) == 1
+
+
+def test_a_killed_retrain_resumes_without_repeating_finished_steps(served, tmp_path):
+    url, config = served
+    post_events(url, shifted_events(users=400, per_user=20, seed=3))
+    command = [sys.executable, "-m", "recstack.cli", "retrain", "--config", str(config)]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = tmp_path / "loop" / "runs"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None:
+        states = list(runs.glob("*/state.json"))
+        if states and "train_ranker" in json.loads(states[0].read_text())["steps"]:
+            break
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    [state] = list(runs.glob("*/state.json"))
+    steps = json.loads(state.read_text())["steps"]
+    assert "train_ranker" in steps and "decision" not in steps and audit(tmp_path) == []
+    ranker_ckpt = Path(steps["train_ranker"]["checkpoint"])
+    trained_at = ranker_ckpt.stat().st_mtime_ns
+    assert main(["retrain", "--config", str(config)]) == 0
+    [record] = audit(tmp_path)
+    assert record["run"] == state.parent.name and record["decision"] == "promoted"
+    assert ranker_ckpt.stat().st_mtime_ns == trained_at  # not trained again
+
+
+def test_a_replica_that_refuses_the_new_models_gets_the_old_ones_back(served, world, tmp_path):
+    url, config = served
+    old_ranker = world[1]["ranker"]
 
     def load(path: Path) -> Ranker:  # a replica that cannot read what the loop exported
         if "loop" in path.parts:
             raise RecstackError("cannot read this artifact here")
         return Ranker.load(path)
 
+    store = EmbeddedStore(tmp_path / "state" / "state.sqlite")
     replica = ModelWatch(store, {"ranker": ModelSlots(load)}, replica="refusing-replica")
-    replica.load({"ranker": {"main": str(artifacts["ranker"])}})
+    replica.load({"ranker": {"main": str(old_ranker)}})
     try:
         post_events(url, shifted_events(users=400, per_user=20, seed=4))
-        config = loop_config(tmp_path, world_root, url, tolerance=-0.03)
         assert main(["retrain", "--config", str(config)]) == 2  # a fault: non-zero
-        [record] = audit(tmp_path)
-        assert record["decision"] == "rolled_back" and record["restored"] is True
-        assert any("refusing-replica" in reason for reason in record["reasons"])
-        served = requests.get(f"{url}/v1/admin/models",
-                              headers={"Authorization": f"Bearer {MODELS_KEY}"}, timeout=10).json()  # fmt: skip
-        assert served["published"]["ranker"]["main"] == str(artifacts["ranker"])
-        assert {
-            r["models"]["ranker"]["main"] for r in served["replicas"] if "ranker" in r["models"]
-        } == {record["serving"]["versions"]["ranker"]}
     finally:
         replica.stop()
-        server.terminate()
-        server.wait(timeout=30)
+    [record] = audit(tmp_path)
+    assert record["decision"] == "rolled_back" and record["restored"] is True
+    assert any("refusing-replica" in reason for reason in record["reasons"])
+    served = served_models(url)
+    assert served["published"]["ranker"]["main"] == str(old_ranker)
+    serving = {r["models"]["ranker"]["main"] for r in served["replicas"] if "ranker" in r["models"]}
+    assert serving == {record["serving"]["versions"]["ranker"]}
