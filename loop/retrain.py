@@ -375,7 +375,11 @@ def print_history(loop: Loop) -> list[dict]:
 def retrain_cli(argv: list[str]) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="recstack retrain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="recstack retrain",
+        description="Retrain from the service's event log, judge against the serving pipeline, "
+        "gate, and promote or refuse, with an audit trail (README: Keeping models fresh).",
+    )
     parser.add_argument("--config", type=Path, required=True, help="loop YAML (configs/loop/)")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--history", action="store_true", help="print the audit trail and exit")

@@ -89,7 +89,7 @@ def start_service(root: Path, artifacts: dict) -> tuple[subprocess.Popen, str]:
     return server, url
 
 
-def loop_config(root: Path, world_root: Path, url: str, tolerance: float) -> Path:
+def loop_config(root: Path, world_root: Path, url: str, tolerance: float, **changes) -> Path:
     config = {
         "loop_dir": str(root / "loop"),
         "serve_config": str(root / "serve.yaml"),
@@ -102,7 +102,7 @@ def loop_config(root: Path, world_root: Path, url: str, tolerance: float) -> Pat
         "gate": {"ndcg_tolerance": tolerance, "recall_tolerance": 0.05,
                  "latency_budget_ms": 200, "latency_requests": 50},
         "promote": {"timeout_s": 30},
-    }  # fmt: skip
+    } | changes  # fmt: skip
     path = root / "loop.yaml"
     path.write_text(yaml.safe_dump(config))
     os.environ["LOOP_TEST_MODELS_KEY"] = MODELS_KEY
@@ -231,3 +231,28 @@ def test_a_replica_that_refuses_the_new_models_gets_the_old_ones_back(served, wo
     assert served["published"]["ranker"]["main"] == str(old_ranker)
     serving = {r["models"]["ranker"]["main"] for r in served["replicas"] if "ranker" in r["models"]}
     assert serving == {record["serving"]["versions"]["ranker"]}
+
+
+def test_models_from_another_dataset_or_a_holdout_without_events_stop_with_one_line(
+    served, world, tmp_path, capsys
+):
+    url, _ = served
+    post_events(url, shifted_events(users=400, per_user=4, seed=5))
+    other = prepare_other(tmp_path)
+    wrong = loop_config(tmp_path, world[0], url, -0.03, base_dataset=str(other))
+    assert main(["retrain", "--config", str(wrong)]) == 2
+    assert "set base_dataset" in capsys.readouterr().err
+    future = loop_config(tmp_path, world[0], url, -0.03, holdout_since=2_000_000_000)
+    assert main(["retrain", "--config", str(future)]) == 2
+    assert "no test targets after ts 2000000000" in capsys.readouterr().err.replace("\n", " ")
+    assert audit(tmp_path) == []
+    assert served_models(url)["published"]["ranker"]["main"] == str(world[1]["ranker"])
+
+
+def prepare_other(root: Path) -> Path:
+    """A dataset the served models did not come from."""
+    log = root / "other.csv"
+    log.write_text("user,item,ts\n1,1,10\n1,2,20\n2,1,30\n2,3,40\n")
+    out = root / "other"
+    prepare(f"csv:{log}", out, columns=ColumnMapping("user", "item", "ts"), quiet=True)
+    return out
