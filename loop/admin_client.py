@@ -9,6 +9,7 @@ import requests
 from recstack.errors import RecstackError
 
 MODELS = "/v1/admin/models"
+REPORT = "/v1/experiments/report"
 SIDES = ("retriever", "ranker")
 
 
@@ -27,11 +28,9 @@ class AdminClient:
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {key}"
 
-    def _call(self, method: str, body: dict | None = None) -> dict:
+    def _call(self, method: str, body: dict | None = None, path: str = MODELS) -> dict:
         try:
-            reply = self.session.request(
-                method, self.url + MODELS, json=body, timeout=self.timeout_s
-            )
+            reply = self.session.request(method, self.url + path, json=body, timeout=self.timeout_s)
         except requests.RequestException as exc:
             raise RecstackError(
                 f"the service at {self.url} does not answer ({type(exc).__name__}); start it "
@@ -47,13 +46,16 @@ class AdminClient:
             payload = {"error": reply.text[:200]}
         if reply.status_code >= 400:
             raise RecstackError(
-                f"{method} {self.url}{MODELS}: {reply.status_code} {payload.get('error', payload)}"
+                f"{method} {self.url}{path}: {reply.status_code} {payload.get('error', payload)}"
             )
         return payload
 
     def served(self) -> dict:
         """{"published": spec or None, "replicas": [...]} as GET /v1/admin/models returns it."""
         return self._call("GET")
+
+    def experiment_report(self) -> dict:
+        return self._call("GET", path=REPORT)
 
     def served_dirs(self, model: str) -> dict[str, str]:
         """side -> the artifact dir published for `model` (the config's until a publication)."""

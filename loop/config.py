@@ -44,6 +44,10 @@ class Gate(_Strict):
 class Promotion(_Strict):
     timeout_s: float = Field(60.0, gt=0)  # every replica swaps within this, or roll back
     request_timeout_s: float = Field(30.0, gt=0)
+    # publish a model that passed the gate under this model name instead (a serve-config model
+    # that an experiment arm sends a share of traffic to); `--promote-canary` makes it the
+    # default model later
+    canary_model: str | None = None
 
 
 class LoopConfig(_Strict):
@@ -83,6 +87,9 @@ class Loop:
         self.history_limit: int = args.history_limit
         self.base_dataset: Path = Path(base)
         self.service = str(config.service).rstrip("/")
+        self.canary: str | None = config.promote.canary_model
+        if self.canary is not None:
+            _check_canary(self.canary, self.model, serve, path)
 
     def key(self) -> str:
         key = os.environ.get(self.config.key_env, "")
@@ -92,6 +99,19 @@ class Loop:
                 "reads and publishes the service's models)"
             )
         return key
+
+
+def _check_canary(canary: str, model: str, serve: dict, path: Path) -> None:
+    """The canary model must be served on both sides and get traffic from an arm."""
+    experiment = serve["args"].experiment
+    arms = [arm.name for arm in (experiment.arms if experiment else []) if arm.model == canary]
+    sides = [side for side, models in serve["models"].items() if canary not in models.models]
+    if canary == model or sides or not arms:
+        raise RecstackError(
+            f"{path}: promote.canary_model {canary!r} must be a model of the serve config other "
+            f"than {model!r}, on both sides, with an experiment arm (missing on {sides}, arms "
+            f"{arms})"
+        )
 
 
 def read_loop_config(path: Path) -> Loop:

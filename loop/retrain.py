@@ -34,6 +34,7 @@ from filelock import FileLock, Timeout
 from rich.console import Console
 from rich.table import Table
 
+from recstack.artifact import artifact_version
 from recstack.artifact_manifest import read_artifact_manifest
 from recstack.dataset_dir import load_dataset
 from recstack.errors import DataError, RecstackError
@@ -48,6 +49,8 @@ from recstack.user_files import ORIGINAL_HASH
 
 TRAIN_STEP = {"ranker": "train_ranker", "retriever": "train_retriever"}
 PROMOTED, REFUSED, ROLLED_BACK, ROLLBACK = "promoted", "refused", "rolled_back", "rollback"
+CANARY = "canary"  # passed the gate, published under the canary model
+JUDGED = (REFUSED, CANARY)  # the events of such a run are not judged again
 
 
 def _now() -> str:
@@ -87,6 +90,9 @@ def _serving(loop: Loop, client: AdminClient) -> dict:
             f"({str(data.manifest.get(CONTENT_HASH))[:12]}); set base_dataset in {loop.path} "
             "to the dataset they were trained on"
         )
+    versions = {
+        side: artifact_version(Path(dirs[side]), m.content_hash) for side, m in manifests.items()
+    }
     checkpoints = {side: m.training.checkpoint for side, m in manifests.items()}
     if loop.config.train.warm_start:
         for side, checkpoint in checkpoints.items():
@@ -95,13 +101,29 @@ def _serving(loop: Loop, client: AdminClient) -> dict:
                     f"the serving {side}'s checkpoint {checkpoint} is gone; keep it for warm "
                     f"starts or set train.warm_start: false in {loop.path}"
                 )
+    # what the canary slot serves now: published back if a replica refuses the new models
+    canary = _served(client, loop.canary) if loop.canary else None
     return {
         "dirs": dirs,
+        "versions": versions,
+        "canary": canary,
         "content_hashes": {side: m.content_hash for side, m in manifests.items()},
         "dataset": str(dataset),
         "dataset_hash": data.manifest.get(CONTENT_HASH),
         "cutoff": int(data.interactions[TS].max()) if data.interactions.height else -1,
         "checkpoints": checkpoints,
+    }
+
+
+def _served(client: AdminClient, model: str) -> dict:
+    """{"dirs", "versions"} of what the service publishes for `model`."""
+    dirs = client.served_dirs(model)
+    return {
+        "dirs": dirs,
+        "versions": {
+            side: artifact_version(Path(path), read_artifact_manifest(Path(path)).content_hash)
+            for side, path in dirs.items()
+        },
     }
 
 
@@ -139,8 +161,11 @@ def _data(loop: Loop, run: RunState, serving: dict) -> dict:
     if counts["events_added"] < loop.config.min_new_events and not counts["base_users_erased"]:
         return {"nothing_new": f"{counts['events_added']} new event(s) < min_new_events"}
     for record in reversed(read_audit(loop.dir)):
-        if record.get("data", {}).get("identity") == identity and record["decision"] == REFUSED:
-            return {"nothing_new": f"these events were judged in run {record['run']} (refused)"}
+        if record.get("data", {}).get("identity") == identity and record["decision"] in JUDGED:
+            return {
+                "nothing_new": f"these events were judged in run {record['run']} "
+                f"({record['decision']})"
+            }
     return {
         "dataset": str(out),
         "dataset_hash": manifest[CONTENT_HASH],
@@ -232,21 +257,25 @@ def _gate(loop: Loop, judge: dict, new_dirs: dict) -> dict:
     }
 
 
-def _promote(loop: Loop, client: AdminClient, serving: dict, new_dirs: dict, versions) -> dict:
-    """Publish the new models; if a replica refuses them, publish the old ones back."""
+def _promote(loop: Loop, client: AdminClient, model: str, new: dict, old: dict) -> dict:
+    """Publish `new` (dirs, versions) under `model`; if a replica refuses, publish `old` back."""
     timeout = loop.config.promote.timeout_s
-    generation = client.publish(loop.model, new_dirs)
-    swap = client.wait_swapped(loop.model, generation, versions["new"], timeout)
+    generation = client.publish(model, new["dirs"])
+    swap = client.wait_swapped(model, generation, new["versions"], timeout)
+    decision = PROMOTED if model == loop.model else CANARY
     if swap.ok:
         console.print(
-            f"[green]promoted[/green]: generation {generation} on {swap.replicas} replicas"
+            f"[green]{decision}[/green] as {model!r}: generation {generation} on "
+            f"{swap.replicas} replicas"
         )
-        return {"decision": PROMOTED, "generation": generation, "replicas": swap.replicas}
-    console.print(f"[red]promotion failed[/red]: {'; '.join(swap.problems)}; rolling back")
-    back = client.publish(loop.model, serving["dirs"])
-    restored = client.wait_swapped(loop.model, back, versions["serving"], timeout)
+        return {"decision": decision, "model": model, "generation": generation,
+                "replicas": swap.replicas}  # fmt: skip
+    console.print(f"[red]publication failed[/red]: {'; '.join(swap.problems)}; rolling back")
+    back = client.publish(model, old["dirs"])
+    restored = client.wait_swapped(model, back, old["versions"], timeout)
     return {
         "decision": ROLLED_BACK,
+        "model": model,
         "generation": back,
         "reasons": swap.problems,
         "restored": restored.ok,
@@ -264,8 +293,11 @@ def _finish(loop: Loop, run: RunState, record: dict) -> dict:
 
 def _print_verdict(record: dict, loop: Loop) -> None:
     where = loop.dir / "audit.jsonl"
-    if record["decision"] == PROMOTED:
-        console.print(f"[green]promoted[/green] run {record['run']}; audit: {where}")
+    if record["decision"] in (PROMOTED, CANARY):
+        model = record.get("model", loop.model)
+        console.print(
+            f"[green]{record['decision']}[/green] run {record['run']} as {model!r}; audit: {where}"
+        )
     else:
         console.print(f"[yellow]{record['decision']}[/yellow] run {record['run']}:")
         for reason in record.get("reasons", []):
@@ -291,7 +323,10 @@ def run_retrain(loop: Loop) -> dict | None:
     metrics = gate["metrics"]
     versions = {name: metrics[name]["versions"] for name in ("serving", "new")}
     if gate["passed"]:
-        outcome = _step(run, "promote", lambda: _promote(loop, client, serving, new_dirs, versions))
+        model = loop.canary or loop.model
+        old = serving["canary"] if loop.canary else serving
+        new = {"dirs": new_dirs, "versions": versions["new"]}
+        outcome = _step(run, "promote", lambda: _promote(loop, client, model, new, old))
     else:
         outcome = {"decision": REFUSED, "reasons": failed(gate["checks"])}
     record = {
@@ -344,6 +379,40 @@ def roll_back(loop: Loop) -> dict:
     return record
 
 
+def promote_canary(loop: Loop) -> dict:
+    """Make the latest canary the default model (after its experiment arm has been watched)."""
+    if not loop.canary:
+        raise RecstackError(f"{loop.path} has no promote.canary_model; there is no canary")
+    records = read_audit(loop.dir)
+    done = {r.get("from_canary") for r in records}
+    canaries = [r for r in records if r.get("decision") == CANARY and r["run"] not in done]
+    if not canaries:
+        raise RecstackError(f"no canary waits in {loop.dir / 'audit.jsonl'}")
+    canary = canaries[-1]
+    client = AdminClient(loop.service, loop.key(), loop.config.promote.request_timeout_s)
+    arms = client.experiment_report().get("arms", {})
+    for name, arm in arms.items():
+        if arm.get("model") in (loop.model, loop.canary):
+            console.print(f"arm {name} ({arm['model']}): {arm.get('impressions', 0)} "
+                          f"impressions, {arm.get('clicks', 0)} clicks, CTR {arm.get('ctr')}")  # fmt: skip
+    serving = _served(client, loop.model)
+    new = {k: canary["new"][k] for k in ("dirs", "versions")}
+    outcome = _promote(loop, client, loop.model, new, serving)
+    record = {
+        "run": canary["run"],
+        "at": _now(),
+        **outcome,
+        "from_canary": canary["run"],
+        "serving": {**serving, "dataset": canary["serving"]["dataset"]},
+        "new": canary["new"],
+        "metrics": canary.get("metrics"),
+        "experiment": arms,
+    }
+    append_audit(loop.dir, record)
+    _print_verdict(record, loop)
+    return record
+
+
 def print_history(loop: Loop) -> list[dict]:
     records = read_audit(loop.dir)
     k, n = loop.config.gate.k, loop.retrieve_n
@@ -386,6 +455,11 @@ def retrain_cli(argv: list[str]) -> None:
     what.add_argument(
         "--rollback", action="store_true", help="publish the models the last promotion replaced"
     )
+    what.add_argument(
+        "--promote-canary",
+        action="store_true",
+        help="make the latest canary (promote.canary_model) the default model",
+    )
     args = parser.parse_args(argv)
     loop = read_loop_config(args.config)
     if args.history:
@@ -394,7 +468,12 @@ def retrain_cli(argv: list[str]) -> None:
     loop.dir.mkdir(parents=True, exist_ok=True)
     try:
         with FileLock(loop.dir / "retrain.lock", timeout=0):
-            record = roll_back(loop) if args.rollback else run_retrain(loop)
+            if args.rollback:
+                record = roll_back(loop)
+            elif args.promote_canary:
+                record = promote_canary(loop)
+            else:
+                record = run_retrain(loop)
     except Timeout:
         raise RecstackError(f"another retrain of {loop.dir} is running") from None
     if record and record["decision"] == ROLLED_BACK:  # a refusal is an answer; this is a fault

@@ -122,6 +122,13 @@ class Catalog:
         return known, len(item_ids) - len(known)
 
 
+def artifact_version(path: Path, content_hash: str) -> str:
+    """What a replica reports serving: `<name>/<version>` from the dir layout plus the content
+    hash prefix."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}@{content_hash[:8]}"
+
+
 @dataclass
 class Artifact:
     """One exported model, ready to encode histories into query vectors."""
@@ -140,8 +147,7 @@ class Artifact:
 
     @property
     def version(self) -> str:
-        """`<name>/<version>` from the dir layout plus the content hash prefix."""
-        return f"{self.path.parent.name}/{self.path.name}@{self.manifest.content_hash[:8]}"
+        return artifact_version(self.path, self.manifest.content_hash)
 
     @property
     def dim(self) -> int:

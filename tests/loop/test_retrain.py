@@ -77,10 +77,24 @@ def world(tmp_path_factory):
     return root, artifacts
 
 
-def start_service(root: Path, artifacts: dict) -> tuple[subprocess.Popen, str]:
+def start_service(
+    root: Path, artifacts: dict, canary: bool = False
+) -> tuple[subprocess.Popen, str]:
+    """The uvicorn engine on the test serve config; with `canary`, a second model set
+    "candidate" (the same artifacts at first) that an experiment arm sends traffic to."""
     set_test_keys()
     port = free_port()
     config = write_serve_config(root / "serve.yaml", artifacts, root / "state", port)
+    if canary:
+        document = yaml.safe_load(config.read_text())
+        app = document["applications"][0]
+        for deployment in app["deployments"][1:]:
+            models = deployment["user_config"]["models"]
+            models["candidate"] = models["main"]
+        app["args"]["experiment"]["arms"].append(
+            {"name": "canary", "kind": "model", "model": "candidate", "weight": 0.2}
+        )
+        config.write_text(yaml.safe_dump(document))
     command = [sys.executable, "-m", "recstack.cli", "serve", "--config", str(config),
                "--engine", "uvicorn", "--workers", "1"]  # fmt: skip
     server = subprocess.Popen(command)
@@ -256,3 +270,30 @@ def prepare_other(root: Path) -> Path:
     out = root / "other"
     prepare(f"csv:{log}", out, columns=ColumnMapping("user", "item", "ts"), quiet=True)
     return out
+
+
+def test_a_canary_takes_an_arm_first_then_is_promoted_and_rolled_back(world, tmp_path):
+    world_root, artifacts = world
+    server, url = start_service(tmp_path, artifacts, canary=True)
+    try:
+        post_events(url, shifted_events(users=400, per_user=20, seed=6))
+        canary = {"timeout_s": 30, "canary_model": "candidate"}
+        config = str(loop_config(tmp_path, world_root, url, -0.03, promote=canary))
+        assert main(["retrain", "--config", config]) == 0
+        [record] = audit(tmp_path)
+        assert record["decision"] == "canary", record
+        published = served_models(url)["published"]["ranker"]
+        assert published == {"main": str(artifacts["ranker"]),
+                             "candidate": record["new"]["dirs"]["ranker"]}  # fmt: skip
+        assert main(["retrain", "--config", config]) == 0  # judged already: nothing to do
+        assert main(["retrain", "--config", config, "--promote-canary"]) == 0
+        promoted = audit(tmp_path)[-1]
+        assert promoted["decision"] == "promoted" and promoted["from_canary"] == record["run"]
+        assert served_models(url)["published"]["ranker"]["main"] == record["new"]["dirs"]["ranker"]
+        assert main(["retrain", "--config", config, "--rollback"]) == 0
+        assert audit(tmp_path)[-1]["decision"] == "rollback"
+        assert served_models(url)["published"]["ranker"]["main"] == str(artifacts["ranker"])
+        assert main(["retrain", "--config", config, "--history"]) == 0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
