@@ -138,7 +138,7 @@ class RankerDeployment(_Side):
         return self.replica.popular(model, k, exclude, explain)
 
     async def similar(self, model: str, item_id: str, k: int) -> Ranked | None:
-        return self.replica.similar(model, item_id, k)
+        return await self.replica.similar_off_loop(model, item_id, k)
 
     async def unknown_items(self, model: str, item_ids: list[str]) -> int:
         return self.replica.unknown_items(model, item_ids)

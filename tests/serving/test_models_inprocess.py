@@ -144,3 +144,27 @@ def test_deployment_options_reach_serve_and_an_unknown_one_is_refused(ml100k_art
         RecstackError, match=r"deployment Ingress has unknown options \['max_replicas_per_nodes'\]"
     ):
         application(read_serve_config(config), config)
+
+
+def test_similar_items_of_a_large_catalogue_are_searched_off_the_event_loop(
+    ml100k_artifacts, monkeypatch
+):
+    import asyncio
+    import threading
+
+    from recstack.serving import backend
+
+    replica = backend.RankerReplica({"main": str(ml100k_artifacts["ranker"])})
+    inline = replica.similar("main", "50", 5)
+    threads = []
+    searched = replica.similar
+
+    def similar(*args):
+        threads.append(threading.current_thread())
+        return searched(*args)
+
+    monkeypatch.setattr(replica, "similar", similar)
+    assert asyncio.run(replica.similar_off_loop("main", "50", 5)) == inline  # 1,682 items: inline
+    monkeypatch.setattr(backend, "OFF_LOOP_ITEMS", 1000)  # now "large": a worker thread
+    assert asyncio.run(replica.similar_off_loop("main", "50", 5)) == inline
+    assert threads[0] is threading.main_thread() and threads[1] is not threading.main_thread()
