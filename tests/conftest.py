@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
-from ray_modules import RAY_MODULES
+from ray_modules import SERIAL_MODULES
 
 
 def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Path], None]) -> Path:
@@ -28,15 +28,16 @@ def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Pat
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown where xdist is not loaded
 def pytest_xdist_make_scheduler(config, log):
-    """xdist's load scheduling, with RAY_MODULES as one unit of work (xdist's own
-    `--dist loadgroup` cannot group here: it renames node ids, which pytest 9 ignores)."""
+    """xdist's load scheduling, with SERIAL_MODULES (tests/ray_modules.py) as one unit of
+    work (xdist's own `--dist loadgroup` cannot group here: it renames node ids, which pytest
+    9 ignores)."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class OneRayAtATime(LoadScopeScheduling):
+    class SerialUnit(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "ray" if nodeid.split("::", 1)[0] in RAY_MODULES else nodeid
+            return "serial" if nodeid.split("::", 1)[0] in SERIAL_MODULES else nodeid
 
-    return OneRayAtATime(config, log)
+    return SerialUnit(config, log)
 
 
 @pytest.fixture(scope="session")

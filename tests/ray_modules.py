@@ -15,3 +15,8 @@ RAY_MODULES = {
     "tests/serving/test_service_redis.py",
     "tests/serving/test_store_outage_load.py",
 }
+
+# What runs as that one unit: the Ray modules, and the retrain loop's tests, which train models
+# beside a running service; beside a Ray module they starve its replicas of the cores (its
+# online-store calls time out into fallbacks).
+SERIAL_MODULES = RAY_MODULES | {"tests/loop/test_retrain.py"}

@@ -21,8 +21,8 @@ fi
 # The lock against PyPI's vulnerability advisories: a finding fails the run unless
 # scripts/audit-ignore.txt accepts it; where the service cannot be reached it says "NOT RUN".
 bash scripts/audit.sh
-# One pytest-xdist worker per core; the modules that start a local Ray run on one worker, in
-# turn (tests/conftest.py). One BLAS/OpenMP thread per process: the workers, the training runs
+# One pytest-xdist worker per core; the modules that start a local Ray, and the retrain loop's,
+# run on one worker, in turn (tests/ray_modules.py). One BLAS/OpenMP thread per process: the workers, the training runs
 # they start and a test's Ray replicas would otherwise each take every core.
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 SCHEMATHESIS=tests/serving/test_schemathesis.py
