@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from recstack import __version__
@@ -220,8 +220,9 @@ def make_api() -> FastAPI:
         response_class=Response,
         responses=_ERRORS | _PROMETHEUS_TEXT,
     )
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus() -> Response:  # reading every process's files: off the loop
+        text = await asyncio.to_thread(metrics.exposition)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/healthz")
     async def healthz() -> dict:

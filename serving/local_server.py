@@ -17,12 +17,15 @@ which seals each worker's event-log segment (api.py's lifespan).
 import ctypes
 import gc
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from fastapi import FastAPI
 
+from recstack.serving import metrics
 from recstack.serving.api import attach, make_api
 from recstack.serving.auth import ApiKeys
 from recstack.serving.backend import LocalBackend, use_onnxruntime
@@ -80,13 +83,22 @@ def run_uvicorn(config: Path, workers: int = 1) -> None:
     os.environ[CONFIG_ENV] = str(Path(config).resolve())
     os.environ[WORKERS_ENV] = str(workers)
     os.environ[PARENT_ENV] = str(os.getpid())
-    uvicorn.run(
-        "recstack.serving.local_server:build_local_app",
-        host=http.get("host", "127.0.0.1"),
-        port=int(http.get("port", 8000)),
-        workers=workers,
-        **uvicorn_options(),
-    )
+    users = os.environ.get(metrics.SHARED_ENV)  # a folder the user chose is kept at the end
+    shared = None
+    if workers > 1:  # one /metrics for all workers: their values in one folder (metrics.py)
+        shared = Path(users or tempfile.mkdtemp(prefix="recstack-metrics-"))
+        metrics.share_across_processes(shared)
+    try:
+        uvicorn.run(
+            "recstack.serving.local_server:build_local_app",
+            host=http.get("host", "127.0.0.1"),
+            port=int(http.get("port", 8000)),
+            workers=workers,
+            **uvicorn_options(),
+        )
+    finally:
+        if shared is not None and not users:
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 def uvicorn_options() -> dict:

@@ -39,6 +39,8 @@ class Ranked:
     reasons: list[dict] | None
     model_version: str
     titles: list[str] = field(default_factory=list)
+    popularity: float = 0.0  # mean popularity percentile of the items (1 = the most popular)
+    catalogue_size: int = 0  # items the model knows (served-list coverage, metrics.py)
 
 
 class Ranker:
@@ -50,6 +52,9 @@ class Ranker:
         ann = AnnIndex.load(artifact.path, spec.model_dump(), self.unit) if cosine else None
         self.similar_index = ItemIndex(self.unit, ann)
         self.popular_order = np.argsort(-artifact.catalog.popularity[1:], kind="stable") + 1
+        n_items = len(self.popular_order)
+        self.percentile = np.zeros(n_items + 1, dtype=np.float32)  # by item_idx; 0 at PAD
+        self.percentile[self.popular_order] = 1 - np.arange(n_items) / max(n_items - 1, 1)
 
     @classmethod
     def load(cls, path: Path) -> "Ranker":
@@ -81,6 +86,8 @@ class Ranker:
             reasons=reasons,
             model_version=self.artifact.version,
             titles=[catalog.titles[i] for i in idx],
+            popularity=float(self.percentile[idx].mean()) if len(idx) else 0.0,
+            catalogue_size=len(self.popular_order),
         )
 
     def rank(self, requests: list[RankRequest]) -> list[Ranked]:

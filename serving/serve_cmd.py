@@ -15,6 +15,7 @@ in the temp dir, not the home directory; docs/security.md). Once the app answers
 settings and the listening sockets are checked on the running processes.
 """
 
+import contextlib
 import inspect
 import logging
 import os
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from recstack.artifact_manifest import read_artifact_manifest
 from recstack.errors import RecstackError, first_line
-from recstack.serving import ray_runtime
+from recstack.serving import metrics, ray_runtime
 from recstack.serving.auth import ApiKeys
 from recstack.serving.config import INGRESS, RANKER, RETRIEVER, read_serve_config
 
@@ -64,6 +65,19 @@ def start_ray(temp_dir: Path = Path("runs/ray"), address: str | None = None) -> 
         _temp_dir=str(temp_dir),
         configure_logging=False,
     )
+
+
+@contextlib.contextmanager
+def _shared_metrics(folder: Path):
+    """While a local Ray starts: its processes get a metrics folder (one /metrics sums every
+    replica, metrics.py), and this process's environment is left as it was."""
+    before = os.environ.get(metrics.SHARED_ENV)
+    metrics.share_across_processes(Path(before) if before else folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(metrics.SHARED_ENV, None)
 
 
 def _check_artifacts(models: dict) -> None:
@@ -143,7 +157,11 @@ def start(
     app = application(checked, config)
     from ray import serve
 
-    start_ray(temp_dir, address)
+    if address is None and not ray.is_initialized():
+        with _shared_metrics(Path(temp_dir).resolve() / "metrics"):  # inherited by Ray's processes
+            start_ray(temp_dir, address)
+    else:
+        start_ray(temp_dir, address)
     if on_ray_started:
         on_ray_started()
     proxy_location = checked["document"].get("proxy_location", "HeadOnly")  # EveryNode: cluster

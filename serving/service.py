@@ -10,6 +10,7 @@ online histories, so the next recommendation sees them on any replica sharing th
 """
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,15 +31,18 @@ from recstack.schema import (
     REQUEST_ID,
     TS,
     USER_ID,
+    VALUE,
 )
 from recstack.serving import metrics, schemas
 from recstack.serving.backend import Backend
 from recstack.serving.config import AppArgs
 from recstack.serving.event_log import INTERACTION_TYPES, EventLog, read_events, tombstone
-from recstack.serving.experiments import Arm, Experiment, assign, experiment_report
+from recstack.serving.experiment_report import experiment_report
+from recstack.serving.experiments import Arm, Experiment, assign
 from recstack.serving.model_watch import publish
 from recstack.serving.ranking import Ranked, Ranker, RankRequest
 from recstack.serving.retrieval import RetrievalRequest, Retriever
+from recstack.serving.served_window import ServedWindow
 from recstack.serving.store import open_store
 from recstack.serving.store.base import OnlineStore, StoreUnavailable
 from recstack.serving.store.guard import GuardSettings, StoreGuard
@@ -81,6 +85,8 @@ class RecommendService:
         self.guard = StoreGuard(store, settings.store_guard)
         self.seed_watch = seed_watch  # with seed_histories_from: keeps the store seeded
         self.experiment, self.settings = experiment, settings
+        self.versions_served: set[str] = set()  # model versions of this replica's responses
+        self.served = ServedWindow()  # its lists of the last minutes: catalogue coverage
         self.default_arm = Arm(
             name=settings.default_model, kind="model", model=settings.default_model, weight=1.0
         )
@@ -139,6 +145,7 @@ class RecommendService:
     # ---- recommend ------------------------------------------------------------------------
 
     async def recommend(self, req: schemas.RecommendRequest) -> schemas.RecommendResponse:
+        start = time.perf_counter()
         request_id = uuid.uuid4().hex
         arm = self.arm_of(req.user_id)
         model = arm.model or self.settings.default_model
@@ -183,14 +190,21 @@ class RecommendService:
             with stage("popular"):
                 exclude = [*history, *req.exclude]
                 ranked = await self.backend.popular(model, req.k, exclude, req.explain)
+        version = (
+            ranked.model_version if arm.kind == "model" else f"popularity@{ranked.model_version}"
+        )
+        self.versions_served.add(version)
+        self.served.add(ranked.item_ids)
+        metrics.SERVED_COVERAGE.set(self.served.coverage(ranked.catalogue_size))
+        if ranked.item_ids:
+            metrics.SERVED_POPULARITY.labels(arm.name).observe(ranked.popularity)
         metrics.UNKNOWN_ITEMS.inc(unknown)
         metrics.RECOMMENDATIONS.labels(arm.name, fallback or "none").inc()
+        metrics.RECOMMEND_LATENCY.labels(arm.name).observe(time.perf_counter() - start)
         return schemas.RecommendResponse(
             items=_items(ranked),
             arm=arm.name,
-            model_version=ranked.model_version
-            if arm.kind == "model"
-            else f"popularity@{ranked.model_version}",
+            model_version=version,
             fallback=fallback,
             personalised_from=source if fallback is None and arm.kind == "model" else None,
             unknown_items=unknown,
@@ -225,6 +239,14 @@ class RecommendService:
             cache[user_id] = consent is None or consent.get("tracking", True)
         return cache[user_id]
 
+    def _version_label(self, row: dict) -> str:
+        """An event's model version as a metric label: one this replica has served, "none",
+        or "other" (a client's free text must not grow the metric's series)."""
+        version = row[MODEL_VERSION]
+        if version is None:
+            return "none"
+        return version if version in self.versions_served else "other"
+
     async def events(self, req: schemas.EventsRequest) -> schemas.EventsResponse:
         allowed: dict[str | None, bool] = {}
         rows, deadline = [], self.guard.deadline()
@@ -240,6 +262,7 @@ class RecommendService:
                     ARM: self.arm_of(event.user_id).name,
                     MODEL_VERSION: event.model_version,
                     REQUEST_ID: event.request_id,
+                    VALUE: event.value,
                     CONTEXT: event.context,
                 }
             )
@@ -249,7 +272,7 @@ class RecommendService:
         dropped = len(req.events) - len(rows)
         metrics.EVENTS_DROPPED.inc(dropped)
         for row in rows:
-            metrics.EVENTS.labels(row[EVENT_TYPE]).inc()
+            metrics.EVENTS.labels(row[EVENT_TYPE], row[ARM], self._version_label(row)).inc()
         updated = not allowed.get(None)  # no second timeout once the store is known down
         if updated:
             try:
@@ -351,8 +374,17 @@ class RecommendService:
         )
 
     async def experiment_report(self) -> dict:
+        """The A/B report of the whole log, with guardrails from this service's metrics
+        (every process's sums where metrics.exposition() aggregates them)."""
         events = await asyncio.to_thread(read_events, self.log.directory)
-        return experiment_report(events, self.experiment)
+        exposition = await asyncio.to_thread(metrics.exposition)
+        return await asyncio.to_thread(
+            experiment_report,
+            events,
+            self.experiment,
+            guardrails=exposition,
+            guardrails_source="this service's /metrics",
+        )
 
 
 def build_service(

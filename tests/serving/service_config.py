@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from recstack.serving.experiments import Experiment, assign
@@ -180,3 +181,31 @@ def uvicorn_service(root: Path, artifacts: dict[str, Path], workers: int) -> Ite
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def scraped(url: str, name: str, **labels: str) -> float:
+    """The sum of metric `name`'s samples with `labels`, from one scrape of `url`/metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{url}/metrics", headers=MODELS, timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def served_by(url: str) -> int:
+    """How many processes report a served-list coverage in one scrape (one per replica)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{url}/metrics", headers=MODELS, timeout=10).text
+    return len(
+        {
+            sample.labels["pid"]
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "recstack_served_coverage"
+        }
+    )

@@ -16,6 +16,8 @@ from service_config import (
     APP,
     free_port,
     ray_temp_dir,
+    scraped,
+    served_by,
     set_test_keys,
     user_in,
     write_serve_config,
@@ -67,6 +69,16 @@ def test_both_replicas_serve_personalised_results_and_see_events_at_once(service
         after = recommend(service, user)
         assert after["personalised_from"] == "history" and after["fallback"] is None
         assert after["model_version"].startswith("NextItemTask/v1@")
+
+
+def test_one_scrape_through_haproxy_counts_the_requests_of_both_replicas(service):
+    url = service["url"]
+    before = scraped(url, "recstack_requests_total", route="/v1/recommend", status="200")
+    for n in range(40):  # HAProxy spreads them over both Ingress replicas
+        assert recommend(service, str(n + 1))["items"]
+    after = scraped(url, "recstack_requests_total", route="/v1/recommend", status="200")
+    assert after - before == 40
+    assert served_by(url) == 2  # one scrape saw both replicas' values
 
 
 def test_hot_update_through_the_ingress_user_config_and_the_admin_api(service):

@@ -3,7 +3,7 @@ the embedded store and the event log."""
 
 import pytest
 import requests
-from service_config import APP, user_in, uvicorn_service
+from service_config import APP, scraped, served_by, user_in, uvicorn_service
 
 pytestmark = pytest.mark.integration
 
@@ -44,3 +44,13 @@ def test_an_event_on_one_worker_is_seen_by_every_worker(url):
         assert after["personalised_from"] == "history" and "50" not in {
             i["item_id"] for i in after["items"]
         }
+
+
+def test_one_scrape_counts_the_requests_of_both_workers(url):
+    before = scraped(url, "recstack_requests_total", route="/v1/recommend", status="200")
+    for n in range(40):  # new connections: the kernel spreads them over both workers
+        body = {"user_id": str(n + 1), "k": 5}
+        assert requests.post(f"{url}/v1/recommend", json=body, headers=APP, timeout=10).ok
+    after = scraped(url, "recstack_requests_total", route="/v1/recommend", status="200")
+    assert after - before == 40
+    assert served_by(url) == 2  # both workers served some of them, and one scrape saw both

@@ -1,0 +1,79 @@
+"""Metrics that add up across processes (serving/metrics.py) and the served-list window."""
+
+import os
+import subprocess
+import sys
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from recstack.serving.served_window import ServedWindow
+
+WORKER = """
+import os, sys
+from prometheus_client import Counter
+from recstack.serving import metrics
+Counter("another_library", "not recstack's").inc()  # in the folder too, left out of /metrics
+for _ in range(int(sys.argv[1])):
+    metrics.REQUESTS.labels("/v1/recommend", "200").inc()
+metrics.SERVED_COVERAGE.set(0.25)
+if sys.argv[2] == "report":
+    sys.stdout.buffer.write(metrics.exposition())
+"""
+
+
+def _run(folder, count: int, report: bool = False) -> str:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    command = [sys.executable, "-c", WORKER, str(count), "report" if report else "-"]
+    return subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def _samples(text: str, name: str) -> list:
+    return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+
+def test_one_scrape_sums_every_process_and_forgets_the_gauges_of_dead_ones(tmp_path):
+    from recstack.serving import metrics
+
+    metrics.share_across_processes(tmp_path)  # as `recstack serve` does, before its workers
+    try:
+        _run(tmp_path, 3)
+        _run(tmp_path, 4)
+        text = _run(tmp_path, 5, report=True)
+    finally:
+        os.environ.pop(metrics.SHARED_ENV)
+    (requests,) = _samples(text, "recstack_requests_total")
+    assert requests.value == 3 + 4 + 5 and requests.labels["route"] == "/v1/recommend"
+    coverage = _samples(text, "recstack_served_coverage")
+    assert len(coverage) == 1  # the two processes that exited are gone, the reporter is not
+    assert not _samples(text, "another_library_total")
+    assert all(f.name.startswith("recstack_") for f in text_string_to_metric_families(text))
+
+
+def test_a_new_service_starts_its_counters_at_zero(tmp_path):
+    from recstack.serving import metrics
+
+    _run(tmp_path, 7)
+    metrics.share_across_processes(tmp_path)
+    try:
+        text = _run(tmp_path, 1, report=True)
+    finally:
+        os.environ.pop(metrics.SHARED_ENV)
+    assert _samples(text, "recstack_requests_total")[0].value == 1
+
+
+def test_a_process_without_the_folder_reports_its_own_registry():
+    from recstack.serving import metrics
+
+    assert metrics.shared_folder() is None
+    assert b"recstack_requests_total" in metrics.exposition()
+
+
+def test_the_window_counts_distinct_items_of_recent_lists():
+    window = ServedWindow(window_s=10)
+    window.add(["a", "b"], now=0)
+    window.add(["b", "c", "c"], now=5)
+    assert window.coverage(10) == 0.3
+    window.add(["d"], now=12)  # the list of t=0 leaves the window; "b" stays (t=5)
+    assert window.coverage(10) == 0.3
+    window.add([], now=30)
+    assert window.coverage(10) == 0.0 and window.coverage(0) == 0.0
