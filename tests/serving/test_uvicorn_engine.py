@@ -3,7 +3,16 @@ the embedded store and the event log."""
 
 import pytest
 import requests
-from service_config import APP, scraped, served_by, user_in, uvicorn_service
+from service_config import (
+    APP,
+    APP_KEY,
+    MODELS,
+    MODELS_KEY,
+    scraped,
+    served_by,
+    user_in,
+    uvicorn_service,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +58,10 @@ def test_an_event_on_one_worker_is_seen_by_every_worker(url):
 def test_one_scrape_counts_the_requests_of_both_workers(url):
     before = scraped(url, "recstack_requests_total", route="/v1/recommend", status="200")
     for n in range(40):  # new connections: the kernel spreads them over both workers
-        body = {"user_id": str(n + 1), "k": 5}
+        body = {"user_id": f"metrics-user-{n}", "k": 5}
         assert requests.post(f"{url}/v1/recommend", json=body, headers=APP, timeout=10).ok
     after = scraped(url, "recstack_requests_total", route="/v1/recommend", status="200")
     assert after - before == 40
     assert served_by(url) == 2  # both workers served some of them, and one scrape saw both
+    text = requests.get(f"{url}/metrics", headers=MODELS, timeout=10).text
+    assert "metrics-user-" not in text and MODELS_KEY not in text and APP_KEY not in text
