@@ -10,6 +10,8 @@ A log directory holds:
                              record batches to it (each fsynced); a crash leaves a readable
                              prefix (a cut last batch is ignored)
     <stem>.parquet           a sealed segment (written to a temp name, fsynced, renamed)
+                             Segments written before a column was added (ADDED_COLUMNS) lack
+                             it; readers fill it with nulls, so the format version stays "1"
     tombstones/*.parquet     erased users: sha256(user_id) and the erasure time; rows of that
                              user received at or before it are dropped by every reader
     .*.tmp, .compact.lock    work files, ignored by readers
@@ -42,11 +44,13 @@ from recstack.schema import (
     REQUEST_ID,
     TS,
     USER_ID,
+    VALUE,
 )
 
 EVENT_TYPES = ("view", "click", "purchase", "impression", "rating")
 INTERACTION_TYPES = ("view", "click", "purchase", "rating")  # feed histories and training
-LOG_FORMAT_VERSION = "1"
+LOG_FORMAT_VERSION = "1"  # unchanged by `value`: old segments read with it null (conform)
+MAX_EVENT_VALUE = 1e9  # an event's `value` (purchase amount, watch time) is finite, 0..this
 EVENT_SCHEMA = pa.schema(
     [
         pa.field(USER_ID, pa.string(), nullable=False),
@@ -58,9 +62,11 @@ EVENT_SCHEMA = pa.schema(
         pa.field(MODEL_VERSION, pa.string()),
         pa.field(REQUEST_ID, pa.string()),
         pa.field(CONTEXT, pa.string()),  # JSON object text
+        pa.field(VALUE, pa.float64()),  # optional amount, 0..MAX_EVENT_VALUE
     ],
     metadata={"recstack_event_log": LOG_FORMAT_VERSION},
 )
+ADDED_COLUMNS = (VALUE,)  # nullable columns added after format "1" was first written
 USER_HASH, ERASED_AT = "user_hash", "erased_at"  # tombstone columns (hex sha256, ms)
 TOMBSTONE_SCHEMA = pa.schema([(USER_HASH, pa.string()), (ERASED_AT, pa.int64())])
 TOMBSTONES_DIR = "tombstones"
@@ -146,7 +152,12 @@ def segment_files(directory: Path) -> tuple[list[Path], list[Path]]:
 
 
 def conform(table: pa.Table, where: Path) -> pa.Table:
-    """A segment's table in exactly EVENT_SCHEMA (column order and types)."""
+    """A segment's table in exactly EVENT_SCHEMA (column order and types); a segment from
+    before an ADDED_COLUMNS column gets that column as nulls."""
+    for name in ADDED_COLUMNS:
+        if name not in table.column_names:
+            field = EVENT_SCHEMA.field(name)
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     missing = [n for n in EVENT_SCHEMA.names if n not in table.column_names]
     if missing:
         raise DataError(

@@ -22,6 +22,7 @@ ARM = "arm"  # experiment arm that produced the recommendation, null if none
 MODEL_VERSION = "model_version"
 REQUEST_ID = "request_id"
 CONTEXT = "context"  # JSON text of the request's context dict
+VALUE = "value"  # float64, optional: a purchase's amount, a watch time (>= 0, bounded)
 
 # --- prepared dataset columns ---
 USER_IDX = "user_idx"  # int32, dense 0..n_users-1

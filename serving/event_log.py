@@ -48,6 +48,7 @@ from recstack.event_log_format import (
     EVENT_SCHEMA,
     EVENT_TYPES,
     INTERACTION_TYPES,
+    MAX_EVENT_VALUE,
     OPEN_SUFFIX,
     SEALED_SUFFIX,
     TOMBSTONE_SCHEMA,
@@ -76,6 +77,7 @@ from recstack.schema import (
     REQUEST_ID,
     TS,
     USER_ID,
+    VALUE,
 )
 from recstack.serving.store.base import OnlineStore
 from recstack.serving.timing import disk
@@ -132,6 +134,19 @@ def _text(row: Mapping[str, Any], name: str, i: int, required: bool) -> str | No
     return value
 
 
+def _value(row: Mapping[str, Any], i: int) -> float | None:
+    """An optional amount: a finite number 0..MAX_EVENT_VALUE (the API checks it first)."""
+    value = row.get(VALUE)
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if 0 <= value <= MAX_EVENT_VALUE:  # NaN fails this too
+            return float(value)
+    raise DataError(
+        f"event {i}: value must be a finite number 0..{MAX_EVENT_VALUE:g}, got {value!r}"
+    )
+
+
 def event_batch(rows: Sequence[Mapping[str, Any]], received_at: int) -> pa.RecordBatch:
     """Validated rows -> one record batch in EVENT_SCHEMA (context dicts become JSON text)."""
     columns: dict[str, list] = {name: [] for name in EVENT_SCHEMA.names}
@@ -160,6 +175,7 @@ def event_batch(rows: Sequence[Mapping[str, Any]], received_at: int) -> pa.Recor
         elif context is not None and not isinstance(context, str):
             raise DataError(f"event {i}: context must be an object, got {context!r}")
         columns[CONTEXT].append(context)
+        columns[VALUE].append(_value(row, i))
     try:
         return pa.RecordBatch.from_pydict(columns, schema=EVENT_SCHEMA)
     except (pa.ArrowInvalid, OverflowError) as exc:

@@ -16,7 +16,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from recstack.event_log_format import EVENT_TYPES
+from recstack.event_log_format import EVENT_TYPES, MAX_EVENT_VALUE
 from recstack.schema import TS
 
 MAX_K = 1000
@@ -141,8 +141,19 @@ class Event(Strict):
     type: EventType
     ts: int = Field(ge=0, le=MAX_TS, description="event time, seconds since the epoch (UTC)")
     context: Context | None = None
-    request_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    request_id: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        None,
+        description="the request_id of the recommend response whose list was shown: ties an "
+        "impression and its clicks and purchases to that list (the A/B report's attribution)",
+    )
     model_version: Annotated[str, StringConstraints(max_length=128)] | None = None
+    value: (
+        Annotated[float, Field(ge=0, le=MAX_EVENT_VALUE, allow_inf_nan=False, strict=True)] | None
+    ) = Field(
+        None,
+        description="optional amount (a purchase's value, a watch time): a finite "
+        "number 0..1e9; NaN, infinities, negatives and true/false get a 422",
+    )
 
 
 class EventsRequest(Strict):

@@ -313,15 +313,17 @@ def test_user_data_export_and_erasure(service):
 
 def test_experiment_report_and_metrics(service):
     user = user_in("model", start=400)
-    events = [
-        {"user_id": user, "item_id": str(i), "type": "impression", "ts": 1_900_000_000}
-        for i in range(1, 5)
-    ] + [{"user_id": user, "item_id": "1", "type": "click", "ts": 1_900_000_001}]
+    served = post(service, "/v1/recommend", {"user_id": user, "k": 4}).json()
+    shown = {"user_id": user, "type": "impression", "ts": 1_900_000_000}
+    shown["request_id"] = served["request_id"]  # ties the click below to this list
+    events = [{**shown, "item_id": item["item_id"]} for item in served["items"]]
+    events.append({**events[0], "type": "click", "ts": 1_900_000_001})
     assert post(service, "/v1/events", {"events": events}).status_code == 202
     report = get(service, "/v1/experiments/report", headers=ADMIN).json()
     arms = report["arms"]
     assert set(arms) >= {"model", "popularity"}
     assert arms["model"]["impressions"] >= 4 and arms["model"]["clicks"] >= 1
+    assert report["guardrails"]["available"] and report["srm"]["users"]["model"] >= 1
     text = get(service, "/metrics", headers=ADMIN).text
     assert "recstack_requests_total" in text and "recstack_recommendations_total" in text
 
