@@ -42,8 +42,10 @@ from recstack.datasets.prepare import (
     check_out,
     publish_dataset,
     temporal_cuts,
+    time_block,
     vocab_block,
 )
+from recstack.datasets.sources import TS_ORDINAL, TS_SECONDS
 from recstack.errors import DataError
 from recstack.event_log_format import check_log_dir, read_tombstones, tombstoned_ids
 from recstack.manifest import CONTENT_HASH, read_manifest
@@ -224,6 +226,11 @@ def extend(
     check_log_dir(events)
     with step.step("read the base dataset"):
         data = load_dataset(base)
+    if data.manifest.get("time", {}).get("ts_unit") == TS_ORDINAL:
+        raise DataError(
+            f"{base} has ordinal times (sequence positions, e.g. a seqlines: source), and the "
+            "event log has seconds: extend a base prepared from a source with timestamps"
+        )
     config = data.manifest.get("config") or {}
     spec = parse_feedback(feedback, config.get("min_rating"))
     cutoff = int(data.interactions[TS].max()) if data.interactions.height else -1
@@ -282,6 +289,7 @@ def extend(
         step,
         _build(combined, splits, report, step),
         source=f"dataset {base} extended with the event log {events}",
+        time=time_block(TS_SECONDS),
         raw_files=[str(events / s["file"]) for s in new.segments],
         config={
             "base": str(base),

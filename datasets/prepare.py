@@ -26,9 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.text import Text
 
+from recstack.data_profile import profile_interactions
 from recstack.dataset_dir import DATASET_KIND
 from recstack.datasets.quality import QualityConfig, QualityLog, clean, k_core_pass
-from recstack.datasets.sources import RawLog
+from recstack.datasets.sources import TS_ORDINAL, TS_SECONDS, RawLog
 from recstack.datasets.sources.resolve import open_source
 from recstack.datasets.sources.tabular import (
     ColumnMapping,
@@ -37,7 +38,7 @@ from recstack.datasets.sources.tabular import (
 )
 from recstack.datasets.splits import check_fractions, global_temporal, leave_one_out
 from recstack.errors import DataError
-from recstack.manifest import write_manifest
+from recstack.manifest import file_sha256, write_manifest
 from recstack.progress import StepLog, console
 from recstack.schema import (
     INTERACTIONS_FILE,
@@ -166,19 +167,23 @@ def temporal_cuts(parts: list[Path], splits: SplitConfig) -> tuple[int, int]:
 
 class SplitWriter:
     """Writes interactions.parquet from frames sorted by (user_idx, ts, raw order), each holding
-    whole users: adds both split columns (docs/architecture.md §5) and counts rows per split."""
+    whole users: adds both split columns (docs/architecture.md §5) and counts rows per split.
 
-    def __init__(self, path: Path, valid_from: int, test_from: int):
+    Without cuts (ordinal ts, no times) split_temporal is null on every row and not counted."""
+
+    def __init__(self, path: Path, valid_from: int | None, test_from: int | None):
         self.path, self.valid_from, self.test_from = path, valid_from, test_from
-        self.counts = {
-            name: dict.fromkeys(SPLIT_NAMES.values(), 0) for name in (SPLIT_LOO, SPLIT_TEMPORAL)
-        }
+        names = (SPLIT_LOO, SPLIT_TEMPORAL) if valid_from is not None else (SPLIT_LOO,)
+        self.counts = {name: dict.fromkeys(SPLIT_NAMES.values(), 0) for name in names}
         self._writer: pq.ParquetWriter | None = None
 
     def write(self, frame: pl.DataFrame) -> None:
-        frame = frame.with_columns(
-            leave_one_out(frame), global_temporal(frame[TS], self.valid_from, self.test_from)
+        temporal = (
+            global_temporal(frame[TS], self.valid_from, self.test_from)
+            if self.valid_from is not None
+            else pl.lit(None, pl.Int8).alias(SPLIT_TEMPORAL)
         )
+        frame = frame.with_columns(leave_one_out(frame), temporal)
         for name in self.counts:
             for code, n in frame[name].value_counts().iter_rows():
                 self.counts[name][SPLIT_NAMES[code]] += n
@@ -256,6 +261,12 @@ def build_dataset(
     file sorted by user_idx.
     """
     log = QualityLog()
+    ordinal = raw.ts_unit == TS_ORDINAL
+    if ordinal and (quality.max_events_per_second is not None or quality.min_rating is not None):
+        raise DataError(
+            f"{raw.source}: has no timestamps and no ratings, so max_events_per_second and "
+            "min_rating do not apply; drop them"
+        )
     with step.step("count users"):
         ranges = _user_ranges(raw, rows_per_part, log)
     parts_dir = tmp / "_partitions"
@@ -275,7 +286,8 @@ def build_dataset(
         items = items.select(
             (pl.int_range(pl.len(), dtype=pl.Int32) + PAD_IDX + 1).alias(ITEM_IDX), ITEM_ID
         )
-        valid_from, test_from = temporal_cuts(parts, splits)
+        # ordinal ts (no times): no temporal split (docs/architecture.md §3)
+        valid_from, test_from = (None, None) if ordinal else temporal_cuts(parts, splits)
 
     with step.step("index, sort, split, write interactions", total=len(parts)) as advance:
         writer = SplitWriter(tmp / INTERACTIONS_FILE, valid_from, test_from)
@@ -303,6 +315,7 @@ def build_dataset(
             (~raw.items[ITEM_ID].is_in(items[ITEM_ID].implode())).sum()
         )
     report["partitions"] = len(parts)
+    report["ts_unit"] = raw.ts_unit
     return {
         "report": report,
         "counts": {
@@ -342,6 +355,11 @@ def publish_dataset(
         with step.step("quality report + manifest"):
             (tmp / QUALITY_FILE).write_text(json.dumps(built["report"], indent=2) + "\n")
             schema = pq.read_schema(tmp / INTERACTIONS_FILE)
+            # the reference `recstack monitor` compares traffic with (docs/architecture.md §3)
+            ts_seconds = (fields.get("time") or {}).get("ts_unit", TS_SECONDS) == TS_SECONDS
+            profile = profile_interactions(
+                tmp / INTERACTIONS_FILE, built["counts"]["items"], ts_seconds
+            )
             manifest = write_manifest(
                 tmp,
                 DATASET_KIND,
@@ -350,6 +368,7 @@ def publish_dataset(
                 vocab=built["vocab"],
                 splits=built["splits"],
                 interaction_columns=schema.names,
+                profile=profile.model_dump(),
             )
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -358,6 +377,22 @@ def publish_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest, built["report"]
+
+
+def time_block(ts_unit: str) -> dict:
+    """The manifest's `time` block: what `ts` means in this dataset (docs/architecture.md §3)."""
+    if ts_unit == TS_SECONDS:
+        return {"ts_unit": TS_SECONDS}
+    return {
+        "ts_unit": TS_ORDINAL,
+        "note": (
+            "the source has no timestamps: ts is each interaction's 0-based position in its "
+            "user's sequence, so the order is exact (leave-one-out holds out each user's last "
+            "item) but ts is not seconds. There is no temporal split (split_temporal is null), "
+            "the profile's per-day user activity counts a whole sequence as one day, and "
+            "hour/weekday context features read from ts are constant (no signal)"
+        ),
+    }
 
 
 def write_dataset(
@@ -378,7 +413,9 @@ def write_dataset(
         lambda tmp: build_dataset(raw, quality, splits, tmp, step, rows_per_part),
         source=raw.source,
         raw_files=[str(p) for p in raw.files],
+        raw_sha256={str(p): file_sha256(p) for p in raw.files if Path(p).is_file()},
         config=config,
+        time=time_block(raw.ts_unit),
     )
 
 
@@ -398,6 +435,8 @@ def _summary_table(manifest: dict, report: dict, seconds: float):
     table.add_row("users / items", f"{counts['users']:,} / {counts['items']:,}")
     density = counts["interactions"] / (counts["users"] * counts["items"])
     table.add_row("density", f"{density:.4%}")
+    if manifest.get("time", {}).get("ts_unit") == TS_ORDINAL:
+        table.add_row("ts", "sequence positions, not times")
     for name, split in manifest["splits"]["counts"].items():
         table.add_row(f"{name} ({' / '.join(split)})", " / ".join(f"{v:,}" for v in split.values()))
     table.add_row("seconds", f"{seconds:.1f}")
@@ -427,7 +466,9 @@ def prepare(
 
     Args:
         source: ml-100k | ml-1m | ml-20m | ml-25m | recbole:PATH | csv:PATH | parquet:PATH |
-            synth:DIR | events:DIR (the service's event log, the feedback loop)
+            synth:DIR | events:DIR (the service's event log, the feedback loop) |
+            seqlines:FILE (one user per line, `user item item ...` in time order, integer ids,
+            no timestamps: ts is the position, and there is no temporal split)
         out: dataset directory to write (written to a temp dir, then renamed into place).
         columns: column mapping for csv:/parquet: sources (user, item, timestamp, rating, context).
         items: optional item catalogue file (csv/parquet) for csv:/parquet:/synth:/events:

@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
 
 from recstack.errors import RecstackError
+from recstack.loop.monitor_config import MonitorConfig, read_monitor_config, window_seconds
 from recstack.serving.config import read_serve_config
 
 
@@ -50,6 +51,23 @@ class Promotion(_Strict):
     canary_model: str | None = None
 
 
+class Trigger(_Strict):
+    # a `recstack monitor` config (configs/monitor/): retrain only when one of its thresholds
+    # is breached on the serving model's artifact and dataset (loop/monitor.py)
+    monitor: Path
+    window: str | None = None  # default: the monitor config's
+
+    @field_validator("window")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                window_seconds(value)
+            except RecstackError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
 class LoopConfig(_Strict):
     loop_dir: Path  # runs, dataset versions, artifacts, audit.jsonl
     serve_config: Path  # the running service's config
@@ -62,6 +80,7 @@ class LoopConfig(_Strict):
     train: Training
     gate: Gate = Gate()
     promote: Promotion = Promotion()
+    trigger: Trigger | None = None  # none: every run retrains when there are new events
 
 
 class Loop:
@@ -88,6 +107,9 @@ class Loop:
         self.base_dataset: Path = Path(base)
         self.service = str(config.service).rstrip("/")
         self.canary: str | None = config.promote.canary_model
+        self.monitor: MonitorConfig | None = None
+        if config.trigger is not None:
+            self.monitor = read_monitor_config(config.trigger.monitor)
         if self.canary is not None:
             _check_canary(self.canary, self.model, serve, path)
 

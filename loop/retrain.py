@@ -10,6 +10,9 @@ was in; finished steps are not repeated):
 
 1. serving: what the service publishes for its default model (GET /v1/admin/models), the
    artifacts' checkpoints, and the dataset they were exported from (checked by hash).
+   trigger (only with a `trigger` in the config): `recstack monitor` on the serving ranker's
+   artifact and dataset; no threshold breached (or no event in its window): the run ends here,
+   "no drift", and nothing is written but the monitor's report in <loop_dir>/monitor/<run>.
 2. data: `recstack data extend` of that dataset with the event log since its cut-off (vocab
    kept, new ids appended). Nothing new, or only what an earlier refused run already judged:
    the run ends here and nothing is written.
@@ -134,6 +137,26 @@ def _dataset_of(loop: Loop, dirs: dict[str, str]) -> Path:
         if record.get("decision") == PROMOTED and record["new"]["dirs"] == dirs:
             return Path(record["new"]["dataset"])
     return loop.base_dataset
+
+
+def drift_trigger(loop: Loop, serving: dict, out: Path) -> dict:
+    """`recstack monitor` of the serving ranker against the event log; what it breached."""
+    from recstack.loop.monitor import EmptyWindow, run_monitor
+    from recstack.loop.monitor_config import MonitorConfig
+
+    trigger = loop.config.trigger
+    try:
+        report = run_monitor(
+            loop.events,
+            Path(serving["dirs"]["ranker"]),
+            loop.monitor or MonitorConfig(),
+            out,
+            dataset=Path(serving["dataset"]),
+            window=trigger.window if trigger else None,
+        )
+    except EmptyWindow as exc:
+        return {"breached": [], "why": str(exc)}
+    return {"breached": report["breached"], "report": report["files"]["json"]}
 
 
 def _identity(parents: dict) -> str:
@@ -310,6 +333,14 @@ def run_retrain(loop: Loop) -> dict | None:
     client = AdminClient(loop.service, loop.key(), loop.config.promote.request_timeout_s)
     run = open_run(loop.dir)
     serving = _step(run, "serving", lambda: _serving(loop, client))
+    trigger = None
+    if loop.monitor is not None:
+        out = loop.dir / "monitor" / run.id
+        trigger = _step(run, "trigger", lambda: drift_trigger(loop, serving, out))
+        if not trigger["breached"]:
+            console.print(f"no drift: {trigger.get('why', 'no monitor threshold breached')}")
+            shutil.rmtree(run.dir, ignore_errors=True)
+            return None
     data = _step(run, "data", lambda: _data(loop, run, serving))
     if "nothing_new" in data:
         console.print(f"nothing to do: {data['nothing_new']}")
@@ -342,6 +373,8 @@ def run_retrain(loop: Loop) -> dict | None:
         "metrics": metrics,
         "checks": gate["checks"],
     }
+    if trigger is not None:
+        record["trigger"] = trigger
     _finish(loop, run, record)
     _print_verdict(record, loop)
     return record

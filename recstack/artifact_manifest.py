@@ -5,7 +5,7 @@ fills the fields of `ExportedModel` (its ONNX graphs, embeddings, dims, history 
 parity); `recstack export` adds the item vocab, popularity, the training run's figures and the
 optional ANN index, and `write_artifact_manifest` hashes the files and writes them together.
 Serving reads the manifest only through `read_artifact_manifest`, which refuses a malformed
-one in one line. numpy- and torch-free: both sides import it.
+one in one line. torch-free: both sides import it.
 """
 
 from enum import StrEnum
@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from recstack.data_profile import DataProfile
 from recstack.errors import DataError
 from recstack.manifest import read_manifest, write_manifest
 from recstack.schema import MANIFEST_FILE
@@ -144,6 +145,9 @@ class ArtifactManifest(ExportedModel):
     training: TrainingRun
     torch_version: str
     ann: AnnIndexSpec | None = None  # large catalogues
+    # the training data's histograms that `recstack monitor` compares traffic with
+    # (recstack/data_profile.py); absent in artifacts exported before it existed
+    profile: DataProfile | None = None
     original_content_hash: str | None = None  # `recstack data forget`: before any erasure
     erasures: list[Erasure] | None = None  # `recstack data forget`: the ledger
 
@@ -156,9 +160,11 @@ def write_artifact_manifest(
     training: TrainingRun,
     torch_version: str,
     ann: AnnIndexSpec | None = None,
+    profile: DataProfile | None = None,
 ) -> ArtifactManifest:
     """Hash the files in `directory` and write its manifest.json; returns it, checked."""
     parts = {"vocab": vocab, "popularity": popularity, "training": training, "ann": ann}
+    parts |= {"profile": profile}
     fields = model.model_dump(mode="json", exclude_none=True)
     fields |= {k: v.model_dump(mode="json") for k, v in parts.items() if v is not None}
     written = write_manifest(directory, ARTIFACT_KIND, **fields, torch_version=torch_version)

@@ -108,6 +108,12 @@ def stored_split(interactions: pl.DataFrame, split: str) -> pl.DataFrame:
         raise DataError(
             f"interactions have no {SPLITS[split]!r} column; re-run `recstack data prepare`"
         )
+    codes = interactions[SPLITS[split]]
+    if codes.len() and codes.null_count() == codes.len():  # ordinal ts: no times to cut
+        raise DataError(
+            f"this dataset has no {split} split: its ts are positions in each sequence, not "
+            "times (the manifest's `time`, docs/architecture.md §3); use split loo"
+        )
     return interactions.with_columns(pl.col(SPLITS[split]).alias(SPLIT))
 
 

@@ -5,8 +5,8 @@ as a big-endian uint64 `h`, and `h / 2**64` bucketed by the arms' cumulative nor
 weights. Any process (any language) that repeats this gets the same arm; changing the salt
 reshuffles every user. The thresholds are integers computed once per experiment.
 
-The report (attribution by request_id, user-level intervals, SRM, guardrails) lives in
-serving/experiment_report.py; `experiment_report` here forwards to it.
+The report (attribution by request_id, user-level intervals, SRM, guardrails) is
+serving/experiment_report.py.
 """
 
 import bisect
@@ -130,14 +130,3 @@ def load_experiment(config: Path) -> Experiment:
             for err in exc.errors()
         )
         raise RecstackError(f"{config}: invalid experiment: {problems}") from None
-
-
-# --- report -------------------------------------------------------------------------------
-
-
-def experiment_report(*args, **kwargs) -> dict:
-    """The A/B report; see `recstack.serving.experiment_report.experiment_report` (imported
-    when called: that module imports this one)."""
-    from recstack.serving.experiment_report import experiment_report as report
-
-    return report(*args, **kwargs)

@@ -128,6 +128,8 @@ STORE_ERRORS = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+for _kind in ("error", "timeout", "circuit_open"):  # series at 0 from the start: rate() sees
+    STORE_ERRORS.labels(_kind)  # the first failures after a restart
 STORE_CIRCUIT_OPEN = Gauge(
     "recstack_store_circuit_open",
     "1 while store calls are skipped after failures in a row (serving/store/guard.py)",

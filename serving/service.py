@@ -10,11 +10,13 @@ online histories, so the next recommendation sees them on any replica sharing th
 """
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import pyarrow.compute as pc
 
@@ -49,6 +51,8 @@ from recstack.serving.store.guard import GuardSettings, StoreGuard
 from recstack.serving.store.seed import SeedWatch
 from recstack.serving.timing import stage
 from recstack.user_files import forget_hint, holds_user
+
+MAX_OTHER_VERSIONS = 16  # model versions named by events that this replica did not serve
 
 
 class NotFound(RecstackError):
@@ -86,6 +90,7 @@ class RecommendService:
         self.seed_watch = seed_watch  # with seed_histories_from: keeps the store seeded
         self.experiment, self.settings = experiment, settings
         self.versions_served: set[str] = set()  # model versions of this replica's responses
+        self.versions_seen: set[str] = set()  # others named by events (_version_label)
         self.served = ServedWindow()  # its lists of the last minutes: catalogue coverage
         self.default_arm = Arm(
             name=settings.default_model, kind="model", model=settings.default_model, weight=1.0
@@ -93,6 +98,9 @@ class RecommendService:
         if experiment is not None:
             model_arms = [a for a in experiment.arms if a.kind == "model"]
             self.default_arm = model_arms[0] if model_arms else self.default_arm
+        arms = experiment.arms if experiment is not None else [self.default_arm]
+        for arm, fallback in itertools.product(arms, ["none", *get_args(schemas.Fallback)]):
+            metrics.RECOMMENDATIONS.labels(arm.name, fallback)  # series at 0 from the start
 
     def arm_of(self, user_id: str | None) -> Arm:
         if user_id is None or self.experiment is None:
@@ -240,12 +248,18 @@ class RecommendService:
         return cache[user_id]
 
     def _version_label(self, row: dict) -> str:
-        """An event's model version as a metric label: one this replica has served, "none",
-        or "other" (a client's free text must not grow the metric's series)."""
+        """An event's model version as a metric label: "none", one this replica served, one of
+        the first MAX_OTHER_VERSIONS others it saw (another replica's lists), else "other": a
+        client's free text must not grow the metric's series without bound."""
         version = row[MODEL_VERSION]
         if version is None:
             return "none"
-        return version if version in self.versions_served else "other"
+        if version in self.versions_served or version in self.versions_seen:
+            return version
+        if len(self.versions_seen) < MAX_OTHER_VERSIONS:
+            self.versions_seen.add(version)
+            return version
+        return "other"
 
     async def events(self, req: schemas.EventsRequest) -> schemas.EventsResponse:
         allowed: dict[str | None, bool] = {}

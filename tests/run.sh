@@ -5,12 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --editable --extras dev --quiet .venv  # the venv with $PYTHON (python3.11)
-# PostgreSQL (multi-worker tuning test) and redis-server (online store, multi-replica serving):
-# the tests start their own throwaway servers on free loopback ports, and are skipped where
-# the binaries are missing and cannot be installed.
+# PostgreSQL (multi-worker tuning test), redis-server (online store, multi-replica serving) and
+# Prometheus with promtool (alert rules and dashboard, tests/ops): the tests start their own
+# throwaway servers on free loopback ports, and are skipped where the binaries are missing and
+# cannot be installed.
 missing=()
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
+{ command -v prometheus && command -v promtool; } >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") \
     >/dev/null 2>&1 || echo "note: could not install ${missing[*]}; their tests will be skipped"

@@ -42,11 +42,13 @@ def _config_command(path: Path) -> list[str]:
 SEARCH_SPACES = sorted(ROOT.glob("configs/search/*.yaml"))  # see test_search_space.py
 SERVE_CONFIGS = sorted(ROOT.glob("configs/serve_*.yaml"))  # Ray Serve YAMLs, checked below
 LOOP_CONFIGS = sorted(ROOT.glob("configs/loop/*.yaml"))  # `recstack retrain`, checked below
+MONITOR_CONFIGS = sorted(ROOT.glob("configs/monitor/*.yaml"))  # `recstack monitor`, below
 CONFIGS = sorted(
     set(ROOT.glob("configs/**/*.yaml"))
     - set(SEARCH_SPACES)
     - set(SERVE_CONFIGS)
     - set(LOOP_CONFIGS)
+    - set(MONITOR_CONFIGS)
 )
 
 
@@ -79,6 +81,15 @@ def test_every_loop_config_parses(config, monkeypatch):
     assert config.read_text().startswith(f"# recstack retrain --config {config.relative_to(ROOT)}")
     loop = read_loop_config(config.relative_to(ROOT))
     assert loop.events and loop.base_dataset and loop.config.train.ranker.config.is_file()
+
+
+@pytest.mark.parametrize("config", MONITOR_CONFIGS, ids=lambda p: p.name)
+def test_every_monitor_config_parses(config):
+    from recstack.loop.monitor_config import MonitorConfig, read_monitor_config
+
+    assert config.read_text().startswith("# recstack monitor --events ")
+    assert f"--config {config.relative_to(ROOT)}" in config.read_text().splitlines()[0]
+    assert read_monitor_config(config) == MonitorConfig()  # the defaults, written out
 
 
 @pytest.mark.parametrize("search", SEARCH_SPACES, ids=lambda p: p.name)

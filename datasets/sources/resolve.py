@@ -6,7 +6,8 @@ or a glob, with a `ColumnMapping`), `synth:<dir>` (our synthetic generator's out
 `<dir>/events/*.parquet` + `<dir>/items.parquet` + `<dir>/users.parquet`), `events:<dir>` (the
 service's event log: its view/click/purchase/rating events, erased users left out; the
 feedback loop. Read through `recstack.event_log_format`, the log's contract, which datasets/
-shares with serving/ without importing serving/).
+shares with serving/ without importing serving/), `seqlines:<file>` (one user per line,
+`user item item ...` in time order, integer ids, no timestamps: ts is the position).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import polars as pl
 from recstack.datasets.sources import RawLog
 from recstack.datasets.sources.atomic import DEFAULT_FIELDS, load_atomic
 from recstack.datasets.sources.movielens import MOVIELENS_NAMES, load_movielens
+from recstack.datasets.sources.seqlines import load_seqlines
 from recstack.datasets.sources.synth_log import load_synth_log
 from recstack.datasets.sources.tabular import (
     ColumnMapping,
@@ -49,6 +51,7 @@ SPEC_FORMS = " | ".join(
         "parquet:<path>",
         "synth:<dir>",
         "events:<dir>",
+        "seqlines:<file>",
     ]
 )
 
@@ -164,4 +167,11 @@ def open_source(
                 "columns/min_rating (items/users tables are allowed)"
             )
         return load_event_log(Path(where), items=items, users=users)
+    if kind == "seqlines":
+        if columns is not None or items is not None or users is not None or min_rating is not None:
+            raise DataError(
+                f"{spec}: a sequence-per-line file has a fixed layout (`user item item ...`) and "
+                "no ratings; drop columns/items/users/min_rating"
+            )
+        return load_seqlines(Path(where))
     raise DataError(f"unknown source {spec!r}; use one of: {SPEC_FORMS}")

@@ -14,6 +14,8 @@
     recstack serve --config configs/serve_ml100k.yaml
     recstack events compact --log runs/serve/events
     recstack retrain --config configs/loop/ml100k.yaml [--history | --rollback]
+    recstack monitor --events runs/serve/events --artifact artifacts/sasrec/v1 [--window 1d] \
+        [--config configs/monitor/default.yaml]     # exit 3: a drift threshold breached
     recstack demo
 
 This package is the face: the one layer that may import every stage (tests/test_layers.py).
@@ -53,6 +55,8 @@ EPILOG = (
     "recstack tune --config configs/train/<x>.yaml --search configs/search/<x>.yaml; "
     "recstack serve --config configs/serve_ml100k.yaml [--update]; "
     "recstack retrain --config configs/loop/<x>.yaml [--history | --rollback]; "
+    "recstack monitor --events DIR --artifact DIR [--window 1d] [--config YAML] [--out DIR] "
+    "(drift report; exit 3 when a threshold is breached); "
     "recstack data forget --dataset DIR --user ID [--user ID ...] [--artifact DIR] "
     "(removes users from datasets and artifacts' user features)"
 )
@@ -101,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
 
             retrain_cli(argv[1:])
             return 0
+        if argv[:1] == ["monitor"]:  # its own parser; exit 3 when a threshold is breached
+            from recstack.loop.monitor import monitor_cli
+
+            return monitor_cli(argv[1:])
         if argv[:1] == ["serve"]:  # --config is the Serve YAML, not jsonargparse's own --config
             from recstack.serving.serve_cmd import serve_cli
 

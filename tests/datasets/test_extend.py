@@ -14,6 +14,7 @@ from recstack.dataset_dir import load_dataset
 from recstack.datasets.extend import PARENTS, extend
 from recstack.datasets.prepare import prepare
 from recstack.datasets.sources.tabular import ColumnMapping
+from recstack.errors import DataError
 from recstack.schema import (
     ITEM_ID,
     ITEM_IDX,
@@ -287,3 +288,13 @@ def test_context_columns_and_the_base_min_rating_carry_over(tmp_path):
         (50, 5.0, "tv"),
         (70, None, None),
     ]
+
+
+def test_a_base_with_ordinal_times_is_refused_in_one_line(world):
+    seqs = world["root"] / "seqs.txt"
+    seqs.write_text("1 10 11 12\n2 11 12 13\n")
+    base = world["root"] / "ordinal"
+    prepare(f"seqlines:{seqs}", base, quiet=True)
+    with pytest.raises(DataError, match="ordinal times"):
+        extend(base, world["events"], world["root"] / "v2", quiet=True)
+    assert not (world["root"] / "v2").exists()

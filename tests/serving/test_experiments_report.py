@@ -12,7 +12,6 @@ from rich.console import Console
 
 from recstack.errors import RecstackError
 from recstack.serving.experiment_report import NO_IMPRESSIONS, experiment_report, user_arrays
-from recstack.serving.experiments import experiment_report as forwarded
 from recstack.serving.experiments_cmd import render_report
 
 Z95 = 1.959963984540054  # standard normal 97.5 % quantile
@@ -182,7 +181,6 @@ def test_arms_from_the_log_control_choice_and_bad_input():
     # a log from before request ids and values: only the three required columns
     bare = table(rows).select(["user_id", "type", "arm"])
     assert experiment_report(bare)["arms"]["a"]["impressions"] == 1
-    assert forwarded(table(rows))["arms"] == report["arms"]  # the old import path still works
 
 
 def test_sample_ratio_mismatch_is_flagged_in_the_report():

@@ -77,3 +77,21 @@ def test_the_window_counts_distinct_items_of_recent_lists():
     assert window.coverage(10) == 0.3
     window.add([], now=30)
     assert window.coverage(10) == 0.0 and window.coverage(0) == 0.0
+
+
+def test_event_model_versions_are_labels_up_to_a_bound():
+    from types import SimpleNamespace
+
+    from recstack.schema import MODEL_VERSION
+    from recstack.serving.service import MAX_OTHER_VERSIONS, RecommendService
+
+    replica = SimpleNamespace(versions_served={"sasrec@v1"}, versions_seen=set())
+
+    def label(version):
+        return RecommendService._version_label(replica, {MODEL_VERSION: version})
+
+    assert label(None) == "none" and label("sasrec@v1") == "sasrec@v1"
+    assert label("sasrec@v2") == "sasrec@v2"  # served by another replica: kept as a label
+    junk = [label(f"junk-{n}") for n in range(3 * MAX_OTHER_VERSIONS)]
+    assert junk.count("other") == 3 * MAX_OTHER_VERSIONS - (MAX_OTHER_VERSIONS - 1)
+    assert label("sasrec@v1") == "sasrec@v1" and label("sasrec@v2") == "sasrec@v2"

@@ -14,8 +14,9 @@ the dataset's item vocab (items.parquet: item_id <-> item_idx, titles and featur
 popularity of every item (popularity.npy: events per item over the whole log) and
 manifest.json (`recstack.artifact_manifest.ArtifactManifest`: model kind, ONNX input/output
 names and shapes, opset, dims, history window, the parity check's figures, the run's
-validation and test metrics, the dataset's manifest hash, sha256 of every file). It is
-written to a temp dir and renamed, so a failed export leaves nothing behind.
+validation and test metrics, the dataset's manifest hash, the data's profile for `recstack
+monitor`, sha256 of every file). It is written to a temp dir and renamed, so a failed export
+leaves nothing behind.
 
 Large catalogues (`--ann auto`: more than 100,000 items; `on` / `off` force it) also get an
 ANN index (ann_index.py): item_index.faiss and its sample queries ann_queries.npy, with the
@@ -48,6 +49,7 @@ from recstack.artifact_manifest import (
     read_artifact_manifest,
     write_artifact_manifest,
 )
+from recstack.data_profile import dataset_profile
 from recstack.dataset_dir import PreparedDataset, load_dataset
 from recstack.errors import DataError, RecstackError, first_line
 from recstack.item_index import unit_rows
@@ -205,6 +207,9 @@ def export(
                 test=metrics.get("test"),
             ),
             "torch_version": torch.__version__,
+            # the training data's histograms for `recstack monitor` (from the dataset manifest,
+            # or computed when it predates them)
+            "profile": dataset_profile(data.path, data.manifest, data.n_items),
         }
         write_artifact_manifest(staging, model, **fields)
         if with_ann:  # the index's files join the artifact: hash them all again
