@@ -15,7 +15,8 @@ import numpy as np
 from recstack.errors import RecstackError
 
 HOUR_OF_DAY, WEEKDAY_KIND, VOCAB, BUCKETS = "hour_of_day", "weekday", "vocab", "buckets"
-TS_KINDS = (HOUR_OF_DAY, WEEKDAY_KIND)  # read the event / request time, not a named value
+UNTIMED = "untimed"  # hour/weekday of a model whose data had ordinal times (§3): always 0
+TS_KINDS = (HOUR_OF_DAY, WEEKDAY_KIND, UNTIMED)  # from the request time, not a named value
 AGE_EDGES = (18, 25, 35, 45, 50, 56)  # ML-1M age codes 1, 18, 25, 35, 45, 50, 56
 _DAY = 86_400
 
@@ -45,6 +46,8 @@ def encode(entry: dict, values) -> np.ndarray:
     0 = unknown or missing: a vocab value not listed, a non-number for buckets.
     """
     kind = entry["kind"]
+    if kind == UNTIMED:  # trained on sequence positions: no clock to read, code 0 (unknown)
+        return np.zeros(len(values), dtype=np.int64)
     if kind in TS_KINDS:
         ts = np.asarray(values, dtype=np.int64)
         return (ts % _DAY) // 3600 + 1 if kind == HOUR_OF_DAY else ((ts // _DAY) + 3) % 7 + 1

@@ -264,3 +264,32 @@ def test_unknown_task_classes_are_refused_before_loading(tmp_path, capsys):
     assert main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "out")]) == 2
     assert "export of RecTask is not built yet" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_ordinal_times_train_and_serve_without_hour_or_weekday(tmp_path):
+    """Sequence positions (a seqlines: source) are not seconds: the two-tower's hour and
+    weekday codes are 0 in training, and the artifact reads no clock at serving."""
+    from recstack.artifact import load_artifact
+    from recstack.query import encode as serve_encode
+
+    lines = [f"{u} " + " ".join(str(1 + (u + j) % 12) for j in range(6)) for u in range(1, 31)]
+    (tmp_path / "seqs.txt").write_text("\n".join(lines) + "\n")
+    prepare(source=f"seqlines:{tmp_path / 'seqs.txt'}", out=tmp_path / "ds", quiet=True)
+    config = write_config(tmp_path / "train", tmp_path / "ds", RETRIEVAL, max_epochs=1)
+    assert main(["train", "--config", str(config)]) == 0
+    out = tmp_path / "artifact"
+    ckpt = tmp_path / "train" / "run" / "checkpoints" / "best.ckpt"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 0
+    context = json.loads((out / "features.json").read_text())["context"]
+    assert [(c["name"], c["kind"]) for c in context[:2]] == [
+        ("hour", "untimed"),
+        ("weekday", "untimed"),
+    ]
+    artifact = load_artifact(out)
+    noon, midnight = {"ts": 1_700_000_000 + 12 * 3600}, {"ts": 1_700_000_000}
+    a = serve_encode(artifact, [[1, 2]], [noon], [None])
+    b = serve_encode(artifact, [[1, 2]], [midnight], [None])
+    assert np.array_equal(a, b)  # the request's clock changes nothing
+    vocab = FeatureVocab(time_of_day=False)
+    frame = pl.DataFrame({TS: [0, 5, 90_000]})
+    assert not context_codes(frame, vocab)[:, :2].any()

@@ -112,7 +112,8 @@ class RecDataModule(LightningDataModule):
         train = self.frame.filter(pl.col(SPLIT) == TRAIN)
         if train.height == 0:
             raise DataError(f"{self.dataset_dir}: the {self.split!r} split has no training events")
-        self.vocab = build_vocab(train, self.data.users, self.data.items)
+        seconds = (self.data.manifest.get("time") or {}).get("ts_unit", "seconds") == "seconds"
+        self.vocab = build_vocab(train, self.data.users, self.data.items, time_of_day=seconds)
         self.user_codes = user_codes(self.data.users, self.vocab)
         self.item_tags, self.item_cats = item_features(self.data.items, self.vocab)
         counts = np.bincount(train[ITEM_IDX].to_numpy(), minlength=self.n_items + 1)

@@ -33,6 +33,9 @@ class FeatureVocab:
     context: dict[str, list[str]] = field(default_factory=dict)
     user: dict[str, list[str]] = field(default_factory=dict)
     item_tags: list[str] = field(default_factory=list)
+    # hour and weekday codes from ts; False where ts are sequence positions (ordinal times,
+    # docs/architecture.md §3): both codes are then 0 in training and at serving
+    time_of_day: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,7 +76,9 @@ def _user_attributes(users: pl.DataFrame) -> dict[str, list[str]]:
     return out
 
 
-def build_vocab(train: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame) -> FeatureVocab:
+def build_vocab(
+    train: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame, time_of_day: bool = True
+) -> FeatureVocab:
     """Vocabularies from the training events (context) and the user / item tables."""
     tags = []
     if GENRES in items.columns and items.schema[GENRES] == pl.List(pl.String):
@@ -82,6 +87,7 @@ def build_vocab(train: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame) -
         context={c: _values(train[c]) for c in context_columns(train)},
         user=_user_attributes(users),
         item_tags=tags,
+        time_of_day=time_of_day,
     )
 
 
@@ -97,6 +103,8 @@ def context_codes(frame: pl.DataFrame, vocab: FeatureVocab) -> np.ndarray:
     ts = frame[TS].to_numpy().astype(np.int64)
     hour = (ts % _SECONDS_PER_DAY) // 3600 + 1
     weekday = ((ts // _SECONDS_PER_DAY) + 3) % 7 + 1  # 1970-01-01 was a Thursday; Monday = 1
+    if not vocab.time_of_day:  # positions, not seconds: no hour or weekday to learn
+        hour, weekday = np.zeros_like(ts), np.zeros_like(ts)
     columns = [hour, weekday]
     for name, values in vocab.context.items():
         if name in frame.columns:

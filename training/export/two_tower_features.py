@@ -23,6 +23,7 @@ from recstack.feature_codes import (
     BUCKETS,
     HOUR_OF_DAY,
     TS_KINDS,
+    UNTIMED,
     VOCAB,
     WEEKDAY_KIND,
     encode,
@@ -45,7 +46,7 @@ CODES = (
     "Entry i of 'context' / 'user' is column i of the user tower's input of that name; every "
     "code is int64 and 0 means unknown or missing. hour_of_day: (ts % 86400) // 3600 + 1, "
     "weekday: ((ts // 86400) + 3) % 7 + 1 (Monday = 1), with ts = the request time in int64 "
-    "seconds UTC. vocab: the value as a string (ints in decimal, booleans 'true'/'false') at "
+    "seconds UTC; untimed: always 0 (the training data's times were sequence positions). vocab: the value as a string (ints in decimal, booleans 'true'/'false') at "
     "position i of 'values' -> i + 1, any other value or missing -> 0. buckets: a number v -> "
     "searchsorted(edges, v, side='right') + 1, missing or NaN -> 0. 'size' = number of codes, "
     "0 included; codes outside 0..size-1 are read as 0. Known users: take their 'user' codes "
@@ -60,6 +61,8 @@ HISTORY = (
 
 
 def _context_entry(name: str, size: int, vocab: FeatureVocab) -> dict:
+    if name in (HOUR, WEEKDAY) and not vocab.time_of_day:
+        return {"name": name, "kind": UNTIMED, "source": TS, "size": size}
     if name == HOUR:
         return {"name": name, "kind": HOUR_OF_DAY, "source": TS, "size": size}
     if name == WEEKDAY:
