@@ -19,10 +19,11 @@ never a class. Logits are promoted to float32 before any softmax or sigmoid.
   would give a rare in-batch item the unbounded weight 1 / (N p_j). Popular items have larger q_j,
   so their logits are lowered more: a popular negative is pushed down less than without the
   correction, and a rare positive gets a boost relative to popular negatives.
-- `gbce_loss`: gBCE of Petrov & Macdonald 2023 (gSASRec) over k uniform negatives.
+- `gbce_loss`: gBCE of Petrov & Macdonald 2023 (gSASRec) over k uniform negatives per row.
 
-Negatives are shared by all rows of a batch and drawn with replacement (duplicates stay). An
-accidental hit, a negative equal to the row's own target, is masked out of that row.
+Sampled-softmax negatives are shared by all rows of a batch; gBCE's are drawn per row, as in
+gSASRec. Both are drawn with replacement (duplicates stay). An accidental hit, a negative equal
+to the row's own target, is masked out of that row.
 """
 
 import math
@@ -169,6 +170,26 @@ def sampled_softmax(
     return _reduce(torch.logsumexp(logits, dim=1) - logits[:, 0], reduction)
 
 
+def row_negatives(
+    n_rows: int, n_items: int, k: int, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
+    """k item_idx per row, drawn uniformly with replacement from 1..n_items -> [n_rows, k]."""
+    draw_device = generator.device if generator is not None else device
+    shape = (n_rows, k)
+    return torch.randint(1, n_items + 1, shape, generator=generator, device=draw_device).to(device)
+
+
+def _row_scores(
+    query: torch.Tensor, item_idx: torch.Tensor, item_vectors: ItemVectors, n_items: int
+) -> torch.Tensor:
+    """query [N, d] . item_vectors(item_idx [N, k]) -> [N, k]: through the [N, n_items] logits
+    for a small catalogue (cheaper than N x k gathered vectors), else gathered row by row."""
+    if n_items * query.shape[0] <= item_idx.numel() * query.shape[1]:
+        every = query @ item_vectors(torch.arange(n_items + 1, device=query.device)).T
+        return every.gather(1, item_idx)
+    return torch.einsum("nd,nkd->nk", query, item_vectors(item_idx))
+
+
 def gbce_loss(
     query: torch.Tensor,
     target: torch.Tensor,
@@ -180,24 +201,28 @@ def gbce_loss(
     negatives: torch.Tensor | None = None,
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
-    """gBCE (gSASRec): -log σ(s+)^β - Σ_neg log(1 - σ(s-)), over k uniform negatives.
+    """gBCE (gSASRec): -log σ(s+)^β - Σ_neg log(1 - σ(s-)), over k uniform negatives per row.
 
-    α = k / (n_items - 1), β = α (t (1 - 1/α) + 1/α): t = 0 gives β = 1 (plain BCE), t = 1 gives
-    β = α (calibrated). query [N, d], target [N] -> scalar (or [N]); `negatives` [k] long
-    replaces the uniform draw.
+    Each row (a position of a sequence) draws its own k negatives, as gSASRec does: negatives
+    shared by a whole batch were each pushed down by every position of it at once, and SASRec
+    stayed at random level on ML-100K while the loss fell. α = k / (n_items - 1),
+    β = α (t (1 - 1/α) + 1/α): t = 0 gives β = 1 (plain BCE), t = 1 gives β = α (calibrated).
+    query [N, d], target [N] -> scalar (or [N]); `negatives` [N, k] (or [k], shared) replaces
+    the draw.
     """
     if n_items < 2:
         raise RecstackError(f"gbce needs n_items >= 2 (got {n_items}); use kind='ce'")
-    if negatives is None:
-        negatives = uniform_negatives(n_items, n_negatives, query.device, generator)
-    alpha = negatives.shape[0] / (n_items - 1)
-    beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
     n = target.shape[0]
-    vectors = item_vectors(torch.cat([target, negatives]))  # [N + k, d]
-    positive = (query * vectors[:n]).sum(-1).float()  # [N]
-    negative = (query @ vectors[n:].T).float()  # [N, k]
+    if negatives is None:
+        negatives = row_negatives(n, n_items, n_negatives, query.device, generator)
+    elif negatives.dim() == 1:
+        negatives = negatives[None, :].expand(n, -1)
+    alpha = negatives.shape[1] / (n_items - 1)
+    beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
+    positive = (query * item_vectors(target)).sum(-1).float()  # [N]
+    negative = _row_scores(query, negatives, item_vectors, n_items).float()  # [N, k]
     log_not_negative = F.logsigmoid(-negative)  # log(1 - σ(s-)), [N, k]
-    log_not_negative = log_not_negative.masked_fill(negatives[None, :] == target[:, None], 0.0)
+    log_not_negative = log_not_negative.masked_fill(negatives == target[:, None], 0.0)
     return _reduce(-beta * F.logsigmoid(positive) - log_not_negative.sum(1), reduction)
 
 

@@ -10,9 +10,11 @@ from recstack.errors import RecstackError
 from recstack.training.losses import (
     LossConfig,
     RecLoss,
+    _row_scores,
     full_cross_entropy,
     gbce_loss,
     pool_log_q,
+    row_negatives,
     sampled_softmax,
 )
 
@@ -235,3 +237,16 @@ def test_item_counts_are_checked_and_not_saved():
     assert "item_counts" not in loss_fn.state_dict()
     # PAD is ignored, a zero count is raised to 1: p = [1, 1, 3] / 5
     assert loss_fn.item_log_q()[1:].exp().tolist() == pytest.approx([0.2, 0.2, 0.6])
+
+
+def test_gbce_draws_negatives_per_row_and_scores_them_either_way():
+    generator = torch.Generator().manual_seed(0)
+    drawn = row_negatives(64, 1000, 8, torch.device("cpu"), generator)
+    assert drawn.shape == (64, 8) and len({tuple(r) for r in drawn.tolist()}) == 64
+    assert drawn.min() >= 1 and drawn.max() <= 1000
+    for dim, k in ((64, 32), (4, 8)):  # through the [N, n_items] logits, then gathered
+        table, query = torch.randn(1001, dim), torch.randn(64, dim)
+        negatives = torch.randint(1, 1001, (64, k), generator=generator)
+        expected = torch.einsum("nd,nkd->nk", query, table[negatives])
+        got = _row_scores(query, negatives, torch.nn.Embedding.from_pretrained(table), 1000)
+        assert torch.allclose(got, expected, atol=1e-5)

@@ -4,7 +4,8 @@ Input is right-padded with PAD_IDX (real items first, then zeros). Positions are
 count from the first item of the window, so with causal attention a position never sees the
 padding after it: appending PAD columns changes nothing (the ONNX export relies on this,
 docs/architecture.md §7). The next-item scores are the hidden state at a position times the
-item embedding table (the output layer is tied to the input embeddings).
+item embedding table (the output layer is tied to the input embeddings unless `tie_output` is
+false).
 
 Blocks are pre-norm: x + Attn(LN(x)), x + FFN(LN(x)), with attention from
 `F.scaled_dot_product_attention(is_causal=True)`; a final LayerNorm follows the last block.
@@ -31,6 +32,9 @@ class SASRecConfig:
     ffn_mult: int = 4  # feed-forward width = ffn_mult * dim
     dropout: float = 0.2  # on embeddings, attention output and feed-forward
     attn_dropout: float = 0.0
+    # output item vectors: the input embeddings (True), or a table of their own, as gSASRec
+    # trains gBCE (a sampled sigmoid loss pushing negatives' input embeddings apart stalls it)
+    tie_output: bool = True
 
     def __post_init__(self) -> None:
         if self.n_items < 0:
@@ -96,6 +100,11 @@ class SASRec(nn.Module):
         self.config = config
         self.item_emb = nn.Embedding(config.n_items + 1, config.dim, padding_idx=PAD_IDX)
         self.pos_emb = nn.Embedding(config.history_len, config.dim)
+        self.out_emb = (
+            None
+            if config.tie_output
+            else nn.Embedding(config.n_items + 1, config.dim, padding_idx=PAD_IDX)
+        )
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(config.dim)
@@ -114,9 +123,14 @@ class SASRec(nn.Module):
             x = block(x)
         return self.norm(x)
 
+    @property
+    def output_table(self) -> nn.Embedding:
+        """The item vectors scores are dot products with (the input table when tied)."""
+        return self.item_emb if self.out_emb is None else self.out_emb
+
     def item_vectors(self, item_idx: torch.Tensor) -> torch.Tensor:
-        """item_idx [*] -> output vectors [*, d] (the tied input embeddings)."""
-        return self.item_emb(item_idx)
+        """item_idx [*] -> output vectors [*, d]."""
+        return self.output_table(item_idx)
 
     def last_hidden(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """items [B, L] right-padded, lengths [B] (>= 1) -> state at the last real item [B, d]."""
@@ -126,4 +140,4 @@ class SASRec(nn.Module):
 
     def score_all(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """items [B, L] right-padded, lengths [B] -> next-item scores [B, n_items + 1]."""
-        return self.last_hidden(items, lengths) @ self.item_emb.weight.T
+        return self.last_hidden(items, lengths) @ self.output_table.weight.T

@@ -99,3 +99,16 @@ def test_bad_configs_are_refused():
     for bad in ({"dim": -4}, {"dim": 10, "n_heads": 3}, {"dropout": 1.5}, {"history_len": 0}):
         with pytest.raises(RecstackError):
             SASRecConfig(n_items=5, **bad)
+
+
+def test_sasrec_scores_with_its_own_output_table_when_untied():
+    torch.manual_seed(0)
+    net = SASRec(SASRecConfig(n_items=N_ITEMS, history_len=HISTORY_LEN, dim=16, tie_output=False))
+    net.eval()  # no dropout
+    items, lengths = torch.tensor([[1, 2, 3]]), torch.tensor([3])
+    assert net.output_table is not net.item_emb
+    expected = net.last_hidden(items, lengths) @ net.out_emb.weight.T
+    assert torch.allclose(net.score_all(items, lengths), expected)
+    assert torch.equal(net.item_vectors(torch.tensor([2])), net.out_emb.weight[2:3])
+    tied = SASRec(SASRecConfig(n_items=N_ITEMS, history_len=HISTORY_LEN, dim=16))
+    assert tied.output_table is tied.item_emb and tied.out_emb is None
