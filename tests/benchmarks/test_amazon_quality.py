@@ -1,0 +1,99 @@
+"""benchmarks/amazon_quality.py: its bookkeeping, and the prepared Amazon data when it is here.
+
+The tests that read ../shared/data/amazon skip without it; none of them trains (seconds).
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "amazon_quality.py"
+
+
+@pytest.fixture(scope="module")
+def amazon():
+    spec = importlib.util.spec_from_file_location("amazon_quality", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_missing_data_is_a_one_line_error(amazon, tmp_path):
+    with pytest.raises(SystemExit, match="no Amazon data at"):
+        amazon.amazon_quality(data=tmp_path / "absent", stages=["baselines"])
+    with pytest.raises(SystemExit, match=r"Beauty\.txt not found"):
+        amazon.amazon_quality(data=tmp_path, datasets=["beauty"], stages=["baselines"])
+
+
+def test_epochs_targets_and_truncated_runs(amazon):
+    history = [
+        {"epoch": 0, "wall_s": 10.0, "val/ndcg@10": 0.02},
+        {"epoch": 1, "wall_s": 25.0, "val/ndcg@10": 0.03},
+    ]
+    epochs = amazon.epoch_table(history)
+    assert [e["epoch_s"] for e in epochs] == [10.0, 15.0]
+    assert epochs[1]["ndcg@10"] == 0.03
+    runs = {
+        "sasrec-seed0": {"key": "sasrec-seed0", "model": "sasrec", "truncated": False,
+                         "test": {"ndcg@10": 0.065}},
+        "sasrec-seed1": {"key": "sasrec-seed1", "model": "sasrec", "truncated": False,
+                         "test": {"ndcg@10": 0.045}},
+        "sasrec-seed0-short": {"key": "sasrec-seed0-short", "model": "sasrec",
+                               "truncated": True, "test": {"ndcg@10": 0.01}},
+    }  # fmt: skip
+    summary = amazon.summarise_models(runs)["sasrec"]
+    assert summary["truncated_runs"] == ["sasrec-seed0-short"]  # never in the mean
+    assert summary["mean"]["ndcg@10"] == pytest.approx(0.055)
+    entry = {
+        "anchor": amazon.DATASETS["beauty"]["anchor"],
+        "baselines": {
+            "models": {
+                "Markov": {"metrics": {"ndcg@10": 0.05}},
+                "EASE": {"metrics": {"ndcg@10": 0.04}},
+                "MostPop": {"metrics": {"ndcg@10": 0.006}},
+            }
+        },
+        "summary": {"sasrec": summary},
+    }
+    targets = amazon.targets(entry)
+    assert targets["anchor_target"] == pytest.approx(0.0524)
+    assert targets["best_baseline"] == "Markov" and targets["baseline_target"] == 0.0575
+    model = targets["models"]["sasrec"]
+    assert model["meets_anchor_target"] and not model["meets_baseline_target"]
+
+
+def _data() -> Path:
+    return Path(__file__).resolve().parents[3] / "shared" / "data" / "amazon"
+
+
+@pytest.mark.skipif(not (_data() / "Beauty.txt").exists(), reason="no ../shared/data/amazon")
+def test_beauty_prepares_to_the_published_counts(amazon, tmp_path):
+    """seqlines: reads the literature's file as is: the README's users, items and events."""
+    entry = amazon.dataset_entry("beauty", _data(), tmp_path)
+    assert entry["counts"] == {"interactions": 198_502, "users": 22_363, "items": 12_101}
+    assert entry["time"]["ts_unit"] == "ordinal"
+    assert entry["history_lengths"]["events"]["p50"] >= 5  # 5-core, short histories
+    written = (tmp_path / "beauty" / "manifest.json").stat().st_mtime_ns
+    again = amazon.dataset_entry("beauty", _data(), tmp_path)  # reused, not prepared again
+    assert again["manifest_hash"] == entry["manifest_hash"]
+    assert (tmp_path / "beauty" / "manifest.json").stat().st_mtime_ns == written
+
+
+def test_table_labels_truncated_runs(amazon):
+    run = {
+        "key": "sasrec-seed0-short", "model": "sasrec", "truncated": True, "epochs_trained": 2,
+        "best_epoch": 1, "mean_epoch_s": 40.0, "process": {"peak_rss_mib": 900},
+        "time_to_quality": {"threshold": 0.0403, "epoch": None, "wall_s": None},
+        "epochs": [{"epoch": 0, "ndcg@10": 0.01}, {"epoch": 1, "ndcg@10": 0.02}],
+        "test": {"ndcg@10": 0.02, "hr@10": 0.04},
+    }  # fmt: skip
+    entry = {
+        "dataset": {"name": "beauty", "counts": {}, "manifest_hash": "ab" * 32},
+        "anchor": amazon.DATASETS["beauty"]["anchor"],
+        "runs": {run["key"]: run},
+        "summary": amazon.summarise_models({run["key"]: run}),
+    }
+    table = amazon.markdown(entry)
+    assert "**truncated** at 2 epochs" in table and "0.0100 → 0.0200" in table
+    assert "| sasrec | " not in table  # no mean row from truncated runs alone
