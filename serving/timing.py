@@ -17,6 +17,7 @@ import json
 import os
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -91,11 +92,17 @@ def watch_event_loop() -> None:
             await asyncio.sleep(LOOP_INTERVAL_S)
             lag = max(0.0, time.perf_counter() - start - LOOP_INTERVAL_S)
             observe(metrics.LOOP_LAG, "loop_lag", lag)
+            record_gc_pauses()
 
     _probes[id(loop)] = loop.create_task(probe(), name="recstack-loop-lag")
 
 
 _gc_started: dict[int, float] = {}
+# Pauses wait here until the lag probe (or the next watch_gc caller) records them: a collection
+# can start inside any allocation, also one made while this thread holds a lock that recording
+# takes (prometheus_client's one lock in multiprocess mode, the stall log's), and taking it again
+# from the callback would deadlock the thread. deque.append takes no lock of ours.
+_gc_pauses: deque[tuple[str, float]] = deque(maxlen=10_000)
 
 
 def _on_gc(phase: str, info: dict) -> None:
@@ -104,8 +111,13 @@ def _on_gc(phase: str, info: dict) -> None:
         return
     start = _gc_started.pop(threading.get_ident(), None)
     if start is not None:
-        generation = str(info.get("generation"))
-        pause = time.perf_counter() - start
+        _gc_pauses.append((str(info.get("generation")), time.perf_counter() - start))
+
+
+def record_gc_pauses() -> None:
+    """Observe the GC pauses noted since the last call (outside any collection)."""
+    while _gc_pauses:
+        generation, pause = _gc_pauses.popleft()
         observe(metrics.GC_PAUSE.labels(generation), f"gc{generation}", pause)
 
 

@@ -95,3 +95,32 @@ def test_event_model_versions_are_labels_up_to_a_bound():
     junk = [label(f"junk-{n}") for n in range(3 * MAX_OTHER_VERSIONS)]
     assert junk.count("other") == 3 * MAX_OTHER_VERSIONS - (MAX_OTHER_VERSIONS - 1)
     assert label("sasrec@v1") == "sasrec@v1" and label("sasrec@v2") == "sasrec@v2"
+
+
+GC_WHILE_LOCKED = """
+import threading
+from prometheus_client import values
+from recstack.serving import metrics, timing
+closure = [c.cell_contents for c in values.ValueClass.inc.__closure__]
+lock = next(c for c in closure if isinstance(c, type(threading.Lock())))
+with lock:  # a collection starting while this thread updates a metric
+    timing._on_gc("start", {})
+    timing._on_gc("stop", {"generation": 2})
+timing.record_gc_pauses()
+print(sum(bucket.get() for bucket in metrics.GC_PAUSE.labels("2")._buckets))
+"""
+
+
+def test_a_collection_during_a_metric_update_does_not_deadlock(tmp_path):
+    """prometheus_client's multiprocess mode has one lock for every value: recording a GC pause
+    from inside the collection hung the replica whenever one began during an update."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", GC_WHILE_LOCKED],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    assert done.stdout.strip() == "1.0"
