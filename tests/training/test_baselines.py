@@ -98,6 +98,9 @@ def test_ease_matches_closed_form():
     np.testing.assert_allclose(scores[0, 1:].numpy(), expected[0] + expected[2], atol=1e-5)
     np.testing.assert_allclose(scores[1, 1:].numpy(), expected[7], atol=1e-5)
     assert model.hyperparameters() == {"l2": 5.0}
+    repeated = model(batch_of([[1, 3, 1, 3], [8, 8], []]))  # a history is a set of items
+    np.testing.assert_allclose(repeated[:2].numpy(), scores.numpy(), atol=1e-6)
+    assert not repeated[2].any()
 
 
 def test_ease_refuses_large_catalogues_with_one_line():

@@ -132,11 +132,21 @@ class EASE:
         if self._weights is None:
             raise RecstackError("EASE is not fitted; call fit(history, n_items) first")
         weights = self._weights.to(batch.history.device)
-        n_rows, n_cols = batch.history.shape[0], weights.shape[0] + 1
-        x = torch.zeros(n_rows, n_cols, device=weights.device, dtype=weights.dtype)
-        x.scatter_(1, batch.history, 1.0)
-        scores = torch.zeros_like(x)
-        scores[:, 1:] = x[:, 1:] @ weights  # column 0 (PAD) stays 0 and is masked anyway
+        n_rows, n_items = batch.history.shape[0], weights.shape[0]
+        # score = (binary history row) @ weights, with the history as a sparse matrix: the sum
+        # of the weight rows of a user's distinct items, B x H x n instead of B x n x n
+        rows = torch.arange(n_rows, device=weights.device).repeat_interleave(batch.history.shape[1])
+        items = batch.history.flatten().to(weights.device)
+        real = items != PAD_IDX
+        index = torch.stack([rows[real], items[real] - 1])
+        x = torch.sparse_coo_tensor(
+            index,
+            torch.ones(index.shape[1], dtype=weights.dtype, device=weights.device),
+            (n_rows, n_items),
+        ).coalesce()  # a repeated item sums to > 1: set it back to 1 (binary, as in the fit)
+        x = torch.sparse_coo_tensor(x.indices(), torch.ones_like(x.values()), x.shape)
+        scores = torch.zeros(n_rows, n_items + 1, device=weights.device, dtype=weights.dtype)
+        scores[:, 1:] = torch.sparse.mm(x, weights)  # column 0 (PAD) stays 0, masked anyway
         return scores
 
 
