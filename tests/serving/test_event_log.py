@@ -91,10 +91,15 @@ def test_sealing_by_size_and_age(tmp_path):
     with EventLog(tmp_path / "size", segment_max_events=3, segment_max_age_s=0) as log:
         for i in range(7):
             log.append([ev("u", f"i{i}", i)])
-        # full segments are sealed in the background
-        eventually(lambda: len(files(log.directory, ".parquet")) >= 2, timeout_s=5)
+        # full segments are sealed in the background (Parquet written, then the .arrow removed)
+        eventually(
+            lambda: (
+                len(files(log.directory, ".parquet")) >= 2
+                and len(files(log.directory, ".arrow")) == 1
+            ),
+            timeout_s=5,
+        )
         assert len(files(log.directory, ".parquet")) == 2
-        assert len(files(log.directory, ".arrow")) == 1
         assert read_events(log.directory).column(ITEM_ID).to_pylist() == [f"i{i}" for i in range(7)]
         assert read_events(log.directory, include_open=False).num_rows == 6
     with EventLog(tmp_path / "age", segment_max_age_s=0.2) as log:
