@@ -14,13 +14,12 @@ with kill -9 must not leave them holding the port. SIGTERM or Ctrl-C stops them 
 which seals each worker's event-log segment (api.py's lifespan).
 """
 
+import contextlib
 import ctypes
 import gc
 import os
-import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -83,12 +82,9 @@ def run_uvicorn(config: Path, workers: int = 1) -> None:
     os.environ[CONFIG_ENV] = str(Path(config).resolve())
     os.environ[WORKERS_ENV] = str(workers)
     os.environ[PARENT_ENV] = str(os.getpid())
-    users = os.environ.get(metrics.SHARED_ENV)  # a folder the user chose is kept at the end
-    shared = None
-    if workers > 1:  # one /metrics for all workers: their values in one folder (metrics.py)
-        shared = Path(users or tempfile.mkdtemp(prefix="recstack-metrics-"))
-        metrics.share_across_processes(shared)
-    try:
+    # one /metrics for all workers: their values in one folder (metrics.py)
+    shared = metrics.shared_across_processes() if workers > 1 else contextlib.nullcontext()
+    with shared:
         uvicorn.run(
             "recstack.serving.local_server:build_local_app",
             host=http.get("host", "127.0.0.1"),
@@ -96,9 +92,6 @@ def run_uvicorn(config: Path, workers: int = 1) -> None:
             workers=workers,
             **uvicorn_options(),
         )
-    finally:
-        if shared is not None and not users:
-            shutil.rmtree(shared, ignore_errors=True)
 
 
 def uvicorn_options() -> dict:

@@ -1,7 +1,7 @@
 """Prometheus metrics of the service (prometheus_client; scraped at GET /metrics).
 
 One scrape reports the whole node: `recstack serve` gives the processes it starts (uvicorn
-workers, Ray's replicas) a shared folder (`share_across_processes`), where prometheus_client's
+workers, Ray's replicas) a shared folder (`shared_across_processes`), where prometheus_client's
 multiprocess mode keeps every process's values in memory-mapped files, and `exposition()` sums
 them, whichever worker or ingress replica answers. Counters of a process that died stay in the
 sums; its per-process gauges go. A process started without the folder (one uvicorn worker in
@@ -9,8 +9,12 @@ sums; its per-process gauges go. A process started without the folder (one uvico
 See docs/architecture.md §8.
 """
 
+import contextlib
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -30,13 +34,25 @@ PREFIX = "recstack_"  # what /metrics reports of the folder (nothing another lib
 _LIVE_GAUGE = re.compile(r"gauge_live\w*_(\d+)\.db")
 
 
-def share_across_processes(folder: Path) -> None:
-    """Processes started from now on (they inherit the environment) write their metrics into
-    `folder`, emptied first: a new service starts its counters at zero."""
+@contextlib.contextmanager
+def shared_across_processes(default: Path | None = None) -> Iterator[Path]:
+    """While open, processes started from here (they inherit the environment) write their
+    metrics into one folder, emptied first so a new service starts its counters at zero: the
+    user's PROMETHEUS_MULTIPROC_DIR (kept), else `default` (kept), else a temp dir (removed
+    at the end). This process's environment is left as it was."""
+    users = os.environ.get(SHARED_ENV)
+    folder = Path(users or default or tempfile.mkdtemp(prefix="recstack-metrics-"))
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):
         stale.unlink()
     os.environ[SHARED_ENV] = str(folder)
+    try:
+        yield folder
+    finally:
+        if users is None:
+            os.environ.pop(SHARED_ENV, None)
+            if default is None:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def shared_folder() -> str | None:

@@ -67,19 +67,6 @@ def start_ray(temp_dir: Path = Path("runs/ray"), address: str | None = None) -> 
     )
 
 
-@contextlib.contextmanager
-def _shared_metrics(folder: Path):
-    """While a local Ray starts: its processes get a metrics folder (one /metrics sums every
-    replica, metrics.py), and this process's environment is left as it was."""
-    before = os.environ.get(metrics.SHARED_ENV)
-    metrics.share_across_processes(Path(before) if before else folder)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(metrics.SHARED_ENV, None)
-
-
 def _check_artifacts(models: dict) -> None:
     for side, config in models.items():
         for model, path in config.models.items():
@@ -150,17 +137,20 @@ def start(
     checked = read_serve_config(config)
     http = checked["document"].get("http_options") or {}
     host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
-    if address is None and not ray.is_initialized():  # a new local Ray
+    new_local = address is None and not ray.is_initialized()
+    if new_local:
         ApiKeys.from_environment()  # new replicas read the keys too: say what is missing once
         # before Ray's processes start (read once)
         ray_runtime.apply(checked["ray"], port, Path(temp_dir).resolve())
     app = application(checked, config)
     from ray import serve
 
-    if address is None and not ray.is_initialized():
-        with _shared_metrics(Path(temp_dir).resolve() / "metrics"):  # inherited by Ray's processes
-            start_ray(temp_dir, address)
-    else:
+    shared = (  # one /metrics sums every replica: a folder the new Ray's processes inherit
+        metrics.shared_across_processes(Path(temp_dir).resolve() / "metrics")
+        if new_local
+        else contextlib.nullcontext()
+    )
+    with shared:
         start_ray(temp_dir, address)
     if on_ray_started:
         on_ray_started()

@@ -98,7 +98,7 @@ def watch_event_loop() -> None:
 
 
 _gc_started: dict[int, float] = {}
-# Pauses wait here until the lag probe (or the next watch_gc caller) records them: a collection
+# Pauses wait here until the event-loop lag probe records them (record_gc_pauses): a collection
 # can start inside any allocation, also one made while this thread holds a lock that recording
 # takes (prometheus_client's one lock in multiprocess mode, the stall log's), and taking it again
 # from the callback would deadlock the thread. deque.append takes no lock of ours.

@@ -34,13 +34,11 @@ def _samples(text: str, name: str) -> list:
 def test_one_scrape_sums_every_process_and_forgets_the_gauges_of_dead_ones(tmp_path):
     from recstack.serving import metrics
 
-    metrics.share_across_processes(tmp_path)  # as `recstack serve` does, before its workers
-    try:
+    with metrics.shared_across_processes(tmp_path):  # as `recstack serve` does for its workers
         _run(tmp_path, 3)
         _run(tmp_path, 4)
         text = _run(tmp_path, 5, report=True)
-    finally:
-        os.environ.pop(metrics.SHARED_ENV)
+    assert metrics.SHARED_ENV not in os.environ and tmp_path.is_dir()  # given: kept
     (requests,) = _samples(text, "recstack_requests_total")
     assert requests.value == 3 + 4 + 5 and requests.labels["route"] == "/v1/recommend"
     coverage = _samples(text, "recstack_served_coverage")
@@ -53,11 +51,8 @@ def test_a_new_service_starts_its_counters_at_zero(tmp_path):
     from recstack.serving import metrics
 
     _run(tmp_path, 7)
-    metrics.share_across_processes(tmp_path)
-    try:
+    with metrics.shared_across_processes(tmp_path):
         text = _run(tmp_path, 1, report=True)
-    finally:
-        os.environ.pop(metrics.SHARED_ENV)
     assert _samples(text, "recstack_requests_total")[0].value == 1
 
 
@@ -124,3 +119,11 @@ def test_a_collection_during_a_metric_update_does_not_deadlock(tmp_path):
         check=True,
     )
     assert done.stdout.strip() == "1.0"
+
+
+def test_without_a_folder_given_a_temporary_one_is_used_and_removed():
+    from recstack.serving import metrics
+
+    with metrics.shared_across_processes() as folder:
+        assert os.environ[metrics.SHARED_ENV] == str(folder) and folder.is_dir()
+    assert not folder.exists() and metrics.SHARED_ENV not in os.environ
