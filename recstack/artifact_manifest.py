@@ -89,15 +89,18 @@ class TrainingRun(_Block):
 class AnnIndexSpec(_Block):
     """The ANN index built at export (training/export/ann_index.py), re-checked at load."""
 
-    kind: str
+    kind: str  # faiss_ivf_sq8 (faiss_ivf_flat from earlier exports) or faiss_pq_fastscan
     metric: Literal["inner_product", "cosine"]
     n_items: Count
     dim: Positive
-    nlist: Positive
-    nprobe: Positive
+    nlist: Positive | None = None  # IVF
+    nprobe: Positive | None = None  # IVF
+    pq_m: Positive | None = None  # PQ fast-scan: sub-quantisers of 4 bits
+    refine: Positive = 1  # candidates re-scored exactly per item wanted
     recall_at_100: float
     recall_k: Positive
-    recall_by_nprobe: dict[str, float]
+    recall_by_nprobe: dict[str, float] | None = None  # earlier exports
+    tried: list[dict] = []  # each candidate: setting, recall, batch-1 search ms
     target_recall: float
     queries: Positive
     query_source: str

@@ -4,13 +4,15 @@
         (item_idx int64 [B, n], scores float32 [B, n]), best first
 
 `exact` (ann None) is a matmul + argpartition: fast up to ~10^5 items on a CPU. Larger
-catalogues get an IVF-Flat index at export (`recstack export --ann`, built by
-training/export/ann_index.py); serving never builds one. `AnnIndex.load` reads it and re-checks
-it: recall@100 of the index against exact search, on the sample queries saved beside it, must
-match the manifest's figure, so an index that belongs to other vectors is refused. The ANN path
-over-fetches to make room for exclusions. PAD_IDX and each row's excluded items never come
-back; when fewer than n items remain the row is padded with item_idx -1 and score -inf. The
-scores are always exact: the ANN's finds are re-scored with the vectors.
+catalogues get a FAISS index at export (`recstack export --ann`, built by
+training/export/ann_index.py: IVF-SQ8, or a flat 4-bit PQ fast-scan when the vectors have too
+little cluster structure for IVF); serving never builds one. `AnnIndex.load` reads it and
+re-checks it: recall@100 of the search against exact search, on the sample queries saved beside
+it, must match the manifest's figure, so an index that belongs to other vectors is refused. The
+ANN path over-fetches to make room for exclusions, and by the index's `refine` factor: it
+fetches refine × n candidates, re-scores them with the exact vectors and keeps the best n.
+PAD_IDX and each row's excluded items never come back; when fewer than n items remain the row
+is padded with item_idx -1 and score -inf. The scores are always exact.
 """
 
 from dataclasses import dataclass
@@ -89,18 +91,24 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(hits.mean()) if hits.size else 1.0
 
 
+IVF_KINDS = ("faiss_ivf_sq8", "faiss_ivf_flat")  # faiss_ivf_flat: earlier exports
+PQ_KIND = "faiss_pq_fastscan"
+
+
 @dataclass
 class AnnIndex:
-    """A FAISS IVF index (IVF-SQ8; IVF-Flat from earlier exports) over items 1..n_items (FAISS
-    ids = item_idx), loaded from an artifact.
+    """A FAISS index over items 1..n_items, loaded from an artifact: IVF (FAISS ids =
+    item_idx) or a flat PQ fast-scan (FAISS ids = item_idx - 1, shifted back by `search`).
 
     spec: the manifest's "ann" block (written by training/export/ann_index.py).
     recall: recall@100 this process measured at load, on the saved sample queries.
+    refine: candidates fetched per wanted item, re-scored exactly (1: none beyond n).
     """
 
-    index: object  # faiss.IndexIVF
+    index: object  # faiss.IndexIVF or faiss.IndexPQFastScan
     spec: dict
     recall: float
+    refine: int = 1
 
     @classmethod
     def load(cls, directory: Path, spec: dict, vectors: np.ndarray) -> "AnnIndex":
@@ -108,13 +116,14 @@ class AnnIndex:
         rows it must index (row PAD unused); DataError says what is wrong, in one line."""
         try:
             path, queries_path = directory / spec["file"], directory / spec["queries_file"]
-            nprobe, expected = int(spec["nprobe"]), float(spec["recall_at_100"])
-            target = float(spec["target_recall"])
+            kind, expected = str(spec["kind"]), float(spec["recall_at_100"])
+            target, refine = float(spec["target_recall"]), int(spec.get("refine") or 1)
+            nprobe = int(spec["nprobe"]) if kind in IVF_KINDS else None
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(
                 f"{directory}/manifest.json: the ann block lacks {exc}; re-export the artifact"
             ) from None
-        index = _read_ivf(path)
+        index = _read_index(path, kind)
         n_items, dim = vectors.shape[0] - 1, vectors.shape[1]
         if (index.d, index.ntotal) != (dim, n_items):
             raise DataError(
@@ -122,28 +131,41 @@ class AnnIndex:
                 f"{n_items} items of dim {dim}: it belongs to another artifact; re-export"
             )
         queries = _read_queries(queries_path, dim)
-        index.nprobe = nprobe
-        ann = cls(index=index, spec=spec, recall=0.0)
-        k = recall_k(n_items)
-        ann.recall = recall(ann.search(queries, k)[0], exact_top(vectors, queries, k))
+        if nprobe is not None:
+            index.nprobe = nprobe
+        ann = cls(index=index, spec=spec, recall=0.0, refine=max(refine, 1))
+        ann.recall = ann.measured_recall(vectors, queries)
         if ann.recall < max(expected - RECALL_TOLERANCE, target):
             raise DataError(
-                f"{path}: recall@{k} {ann.recall:.3f} on its {len(queries)} sample queries, "
+                f"{path}: recall@{recall_k(n_items)} {ann.recall:.3f} on its {len(queries)} sample queries, "
                 f"the manifest says {expected:.3f} (target {target}): the index does not match "
                 "this artifact's item vectors; re-export the artifact"
             )
         return ann
 
+    def measured_recall(
+        self, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray | None = None
+    ) -> float:
+        """recall@100 of serving's search through this index (refinement included) against
+        exact search (`truth`, exact_top's answer, when already known), over `queries`: what
+        export records and load re-checks."""
+        k = recall_k(vectors.shape[0] - 1)
+        truth = exact_top(vectors, queries, k) if truth is None else truth
+        return recall(ItemIndex(vectors, self).search(queries, k)[0], truth)
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """-> (item_idx int64 [B, k], -1 where none; scores float32 [B, k]), best first."""
+        """-> (item_idx int64 [B, k], -1 where none; approximate scores float32 [B, k]),
+        best first."""
         import faiss
 
         faiss.omp_set_num_threads(_search_threads)  # per calling thread (see above)
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        if isinstance(self.index, faiss.IndexPQFastScan):  # sequential ids 0..n-1
+            ids = np.where(ids >= 0, ids + 1, -1)
         return ids, scores
 
 
-def _read_ivf(path: Path):
+def _read_index(path: Path, kind: str):
     import faiss  # only artifacts with an ANN index need it
 
     if not path.is_file():
@@ -156,8 +178,11 @@ def _read_ivf(path: Path):
         raise DataError(
             f"{path} is not a readable FAISS index ({why}); re-export the artifact"
         ) from None
-    if not isinstance(index, faiss.IndexIVF) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise DataError(f"{path} is not an inner-product IVF index; re-export the artifact")
+    wanted = faiss.IndexPQFastScan if kind == PQ_KIND else faiss.IndexIVF
+    if kind not in (*IVF_KINDS, PQ_KIND):
+        raise DataError(f"{path}: unknown ANN index kind {kind!r}; re-export the artifact")
+    if not isinstance(index, wanted) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise DataError(f"{path} is not an inner-product {kind} index; re-export the artifact")
     return index
 
 
@@ -209,10 +234,12 @@ class ItemIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         exclude = exclude or [set()] * len(queries)
         if self.ann is not None:
-            fetch = n + max(len(items) for items in exclude)
+            wanted = n * self.ann.refine
+            fetch = wanted + max(len(items) for items in exclude)
             idx, approximate = self.ann.search(queries, fetch)  # quantised scores
-            allowed, _ = _keep_allowed(idx, approximate, exclude, n)
-            return self._rescored(queries, allowed)
+            allowed, _ = _keep_allowed(idx, approximate, exclude, wanted)
+            idx, scores = self._rescored(queries, allowed)
+            return idx[:, :n], scores[:, :n]
         scores = queries.astype(np.float32) @ self.vectors.T  # [B, n_items + 1]
         scores[:, PAD_IDX] = -np.inf
         counts = [len(items) for items in exclude]

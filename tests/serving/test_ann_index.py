@@ -33,13 +33,16 @@ def clustered(n_items: int, dim: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ann_artifacts(tmp_path_factory, ml100k_artifacts) -> dict[str, Path]:
-    """The ML-100K checkpoints exported again with `--ann on` (1,682 items: forced)."""
+    """The ML-100K checkpoints exported again with `--ann on` (1,682 items: forced), IVF
+    only (the faster candidate is chosen by timing; these tests need one kind)."""
     root = tmp_path_factory.mktemp("ann-artifacts")
     out = {}
-    for role in ("retriever", "ranker"):
-        ckpt = read_manifest(ml100k_artifacts[role], ARTIFACT_KIND)["training"]["checkpoint"]
-        out[role] = root / role / "v1"
-        assert main(["export", "--ckpt", ckpt, "--out", str(out[role]), "--ann", "on"]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ann_index, "PQ_MIN_ITEMS", 10**9)
+        for role in ("retriever", "ranker"):
+            ckpt = read_manifest(ml100k_artifacts[role], ARTIFACT_KIND)["training"]["checkpoint"]
+            out[role] = root / role / "v1"
+            assert main(["export", "--ckpt", ckpt, "--out", str(out[role]), "--ann", "on"]) == 0
     return out
 
 
@@ -49,14 +52,18 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
     return message
 
 
-def test_an_index_built_from_vectors_loads_and_searches_like_exact(tmp_path):
+def test_an_index_built_from_vectors_loads_and_searches_like_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(ann_index, "PQ_MIN_ITEMS", 10**9)  # IVF only
     vectors = clustered(5000, 16)
     queries = vectors[1:257] + 0.1
     block = build_ann(vectors, queries, "inner_product", None, tmp_path, "test")
+    assert block["kind"] == ann_index.IVF_KIND and block["refine"] == 1
     assert block["nlist"] == ann_index.default_nlist(5000) == 128
     assert block["recall_at_100"] >= 0.95 and block["nprobe"] in ann_index.NPROBE_LADDER
-    assert block["recall_by_nprobe"][str(block["nprobe"])] == block["recall_at_100"]
-    assert all(r < 0.95 for p, r in block["recall_by_nprobe"].items() if int(p) < block["nprobe"])
+    (ivf,) = block["tried"]
+    by_probe = {int(s.split()[1]): r for s, r in ivf["recall_by_setting"].items()}
+    assert by_probe[block["nprobe"]] == block["recall_at_100"] and ivf["search_ms"] > 0
+    assert all(r < 0.95 for p, r in by_probe.items() if p < block["nprobe"])
     ann = AnnIndex.load(tmp_path, block, vectors)
     assert abs(ann.recall - block["recall_at_100"]) < 1e-4  # the same queries, same index
 
@@ -83,13 +90,50 @@ def test_ann_rows_are_padded_when_exclusions_leave_too_few(tmp_path):
     assert (idx[1] == -1).all() and np.isneginf(scores[1]).all()
 
 
+def unclustered(n_items: int, dim: int, seed: int = 0) -> np.ndarray:
+    """[n_items + 1, d] unit vectors with no structure (row PAD zero): barely trained item
+    vectors look like this, and IVF needs most of its lists to find their neighbours."""
+    rng = np.random.default_rng(seed)
+    return np.vstack([np.zeros((1, dim)), unit_rows(rng.normal(size=(n_items, dim)))]).astype(
+        np.float32
+    )
+
+
+def test_vectors_without_structure_get_the_pq_fast_scan(tmp_path, monkeypatch):
+    monkeypatch.setattr(ann_index, "NPROBE_LADDER", (1, 2))  # IVF cannot reach the target
+    vectors = unclustered(20_000, 32)
+    queries = vectors[1:257]
+    block = build_ann(vectors, queries, "cosine", None, tmp_path, "test")
+    assert block["kind"] == "faiss_pq_fastscan" and block["nlist"] is None
+    assert block["pq_m"] in (16, 32) and block["refine"] * 100 <= 20_000 // 8
+    ivf, pq = block["tried"]
+    assert ivf["search_ms"] is None and ivf["recall"] < 0.95  # not eligible
+    assert pq["recall"] == block["recall_at_100"] >= 0.95 and pq["search_ms"] > 0
+    ann = AnnIndex.load(tmp_path, block, vectors)
+    assert abs(ann.recall - block["recall_at_100"]) < 1e-4 and ann.refine == block["refine"]
+
+    index = ItemIndex(vectors, ann)
+    exclude = [set(range(1, 400)), {5, 6, 7}, set()]
+    idx, scores = index.search(queries[:3], 50, exclude)
+    exact_idx = ItemIndex(vectors).search(queries[:3], 50, exclude)[0]
+    assert idx.shape == (3, 50) and 0 not in idx and not set(idx[0].tolist()) & exclude[0]
+    assert recall(idx, exact_idx) >= 0.9 and np.all(np.diff(scores, axis=1) <= 0)
+    np.testing.assert_allclose(scores, np.einsum("bnd,bd->bn", vectors[idx], queries[:3]), 1e-5)
+
+    other = unclustered(20_000, 32, seed=1)  # same shape, other vectors: the check refuses
+    with pytest.raises(DataError, match="does not match this artifact's item vectors") as exc:
+        AnnIndex.load(tmp_path, block, other)
+    one_line(exc)
+
+
 def test_an_unreachable_recall_target_fails_the_build_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(ann_index, "NPROBE_LADDER", (1,))
-    rng = np.random.default_rng(0)
-    vectors = np.vstack([np.zeros((1, 32)), rng.normal(size=(4000, 32))]).astype(np.float32)
-    with pytest.raises(RecstackError, match=r"below the target 0\.95.*--ann_nlist") as exc:
+    monkeypatch.setattr(ann_index, "REFINE_LADDER", (1,))
+    vectors = unclustered(4000, 32)
+    with pytest.raises(RecstackError, match=r"no ANN index reaches.*--ann_nlist") as exc:
         build_ann(vectors, vectors[1:129], "inner_product", 64, tmp_path, "test")
     one_line(exc)
+    assert "faiss_ivf_sq8 0." in str(exc.value) and "faiss_pq_fastscan 0." in str(exc.value)
     assert not (tmp_path / INDEX_FILE).exists()
 
 
@@ -121,7 +165,7 @@ def test_export_writes_the_index_only_when_asked(ann_artifacts, ml100k_artifacts
         manifest = read_manifest(ann_artifacts[role], ARTIFACT_KIND)  # hashes cover the index
         ann = manifest["ann"]
         assert {INDEX_FILE, QUERIES_FILE} <= set(manifest["files"])
-        assert ann["metric"] == metric and ann["kind"] == ann_index.INDEX_KIND
+        assert ann["metric"] == metric and ann["kind"] == ann_index.IVF_KIND
         assert ann["recall_at_100"] >= ann["target_recall"] == 0.95
         assert ann["n_items"] == 1682 and ann["nlist"] == 43 and ann["queries"] == 256
         queries = np.load(ann_artifacts[role] / QUERIES_FILE, allow_pickle=False)

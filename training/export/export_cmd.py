@@ -20,7 +20,7 @@ leaves nothing behind.
 
 Large catalogues (`--ann auto`: more than 100,000 items; `on` / `off` force it) also get an
 ANN index (ann_index.py): item_index.faiss and its sample queries ann_queries.npy, with the
-manifest's "ann" block (nprobe, measured recall@100, build time). A two-tower index serves
+manifest's "ann" block (the kind chosen, its setting, measured recall@100, build time). A two-tower index serves
 retrieval (inner product, queries from the exported user tower on the dataset's histories); a
 SASRec index serves similar items (cosine, queries are popular items).
 """
@@ -225,6 +225,12 @@ def export(
     return out
 
 
+def _ann_setting(index: AnnIndexSpec) -> str:
+    if index.nlist is not None:
+        return f"{index.kind} nlist {index.nlist}, nprobe {index.nprobe}"
+    return f"{index.kind} {index.pq_m} sub-quantisers, refine {index.refine}"
+
+
 def _summary(manifest: ArtifactManifest, out: Path) -> str:
     parity = manifest.parity
     summary = (
@@ -233,7 +239,7 @@ def _summary(manifest: ArtifactManifest, out: Path) -> str:
     )
     if index := manifest.ann:
         summary += (
-            f"; ANN index nlist {index.nlist}, nprobe {index.nprobe}, recall@100 "
+            f"; ANN index {_ann_setting(index)}, recall@100 "
             f"{index.recall_at_100:.3f}, built in {index.build_s:.1f} s"
         )
     return summary
