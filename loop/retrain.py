@@ -189,6 +189,7 @@ def _data(loop: Loop, run: RunState, serving: dict) -> dict:
                 "nothing_new": f"these events were judged in run {record['run']} "
                 f"({record['decision']})"
             }
+    _holdout_or_stop(loop, out, serving)  # before any training: the judge needs one
     return {
         "dataset": str(out),
         "dataset_hash": manifest[CONTENT_HASH],
@@ -229,11 +230,22 @@ def _export(loop: Loop, run: RunState, data: dict) -> dict:
     return {"dirs": {side: str(Path(path).resolve()) for side, path in dirs.items()}}
 
 
+def _holdout_since(loop: Loop, serving: dict) -> int:
+    since = loop.config.holdout_since
+    return serving["cutoff"] if since is None else since
+
+
+def _holdout_or_stop(loop: Loop, dataset: Path, serving: dict) -> None:
+    """DataError (one line) when the new dataset has no holdout users to judge on."""
+    from recstack.serving.pipeline_eval import holdout
+
+    holdout(load_dataset(dataset), "loo", "test", _holdout_since(loop, serving))
+
+
 def _judge(loop: Loop, run: RunState, data: dict, serving: dict, new_dirs: dict) -> dict:
     from recstack.serving.pipeline_eval import eval_artifacts
 
-    since = loop.config.holdout_since
-    since = serving["cutoff"] if since is None else since
+    since = _holdout_since(loop, serving)
     reports = {}
     for name, dirs in (("serving", serving["dirs"]), ("new", new_dirs)):
         console.print(f"[bold]{name} pipeline[/bold] on the holdout after ts {since}")

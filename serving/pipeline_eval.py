@@ -88,6 +88,24 @@ def recent_targets(frame: pl.DataFrame, target: str, since: int) -> pl.DataFrame
     return frame.filter((pl.col(SPLIT) != code) | pl.col(USER_IDX).is_in(recent.implode()))
 
 
+def holdout(
+    data: PreparedDataset, split: str, target: str, since: int | None
+) -> tuple[pl.DataFrame, EvalSet]:
+    """The split's events (recent targets only when `since` is given) and the users evaluated
+    on them; DataError when there are none."""
+    frame = stored_split(data.interactions, split)
+    if since is not None:
+        frame = recent_targets(frame, target, since)
+    eval_set = build_eval_set(frame, target, data.n_items)
+    if eval_set.n_users == 0:
+        after = "" if since is None else f" after ts {since}"
+        raise DataError(
+            f"{data.path}: the {split!r} split has no {target} targets{after} with a history; "
+            "choose another split or target"
+        )
+    return frame, eval_set
+
+
 def user_requests(
     dataset: PreparedDataset,
     frame: pl.DataFrame,
@@ -197,16 +215,7 @@ def eval_artifacts(
     check_same_vocab(loaded_retriever.artifact, loaded_ranker.artifact)
     data = load_dataset(Path(dataset))
     check_dataset(data, loaded_retriever.artifact, loaded_ranker.artifact)
-    frame = stored_split(data.interactions, split)
-    if since is not None:
-        frame = recent_targets(frame, target, since)
-    eval_set = build_eval_set(frame, target, data.n_items)
-    if eval_set.n_users == 0:
-        after = "" if since is None else f" after ts {since}"
-        raise DataError(
-            f"{data.path}: the {split!r} split has no {target} targets{after} with a history; "
-            "choose another split or target"
-        )
+    frame, eval_set = holdout(data, split, target, since)
     requests = user_requests(data, frame, eval_set, loaded_retriever, history_limit)
     seconds = {"load_s": time.perf_counter() - started}
 

@@ -103,17 +103,30 @@ def start_service(
     return server, url
 
 
-def loop_config(root: Path, world_root: Path, url: str, tolerance: float, **changes) -> Path:
+# For tests of the loop's mechanics (resume, rollback, canary), not of what it learns: short
+# warm-started training and a gate that passes any model that runs.
+MECHANICS = {"tolerance": 1.0, "recall_tolerance": 1.0, "epochs": (2, 1)}
+
+
+def loop_config(
+    root: Path,
+    world_root: Path,
+    url: str,
+    tolerance: float,
+    recall_tolerance: float = 0.05,
+    epochs: tuple[int, int] = (15, 8),
+    **changes,
+) -> Path:
     config = {
         "loop_dir": str(root / "loop"),
         "serve_config": str(root / "serve.yaml"),
         "service": url,
         "key_env": "LOOP_TEST_MODELS_KEY",
         "train": {
-            "ranker": {"config": str(world_root / "ranker.yaml"), "max_epochs": 15},
-            "retriever": {"config": str(world_root / "retriever.yaml"), "max_epochs": 8},
+            "ranker": {"config": str(world_root / "ranker.yaml"), "max_epochs": epochs[0]},
+            "retriever": {"config": str(world_root / "retriever.yaml"), "max_epochs": epochs[1]},
         },
-        "gate": {"ndcg_tolerance": tolerance, "recall_tolerance": 0.05,
+        "gate": {"ndcg_tolerance": tolerance, "recall_tolerance": recall_tolerance,
                  "latency_budget_ms": 200, "latency_requests": 50},
         "promote": {"timeout_s": 30},
     } | changes  # fmt: skip
@@ -196,8 +209,9 @@ def test_noise_is_refused_and_the_old_model_keeps_serving(served, world, tmp_pat
     assert len(audit(tmp_path)) == 1
 
 
-def test_a_killed_retrain_resumes_without_repeating_finished_steps(served, tmp_path):
-    url, config = served
+def test_a_killed_retrain_resumes_without_repeating_finished_steps(served, world, tmp_path):
+    url, _ = served
+    config = loop_config(tmp_path, world[0], url, **MECHANICS)
     post_events(url, shifted_events(users=400, per_user=20, seed=3))
     command = [sys.executable, "-m", "recstack.cli", "retrain", "--config", str(config)]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -222,7 +236,8 @@ def test_a_killed_retrain_resumes_without_repeating_finished_steps(served, tmp_p
 
 
 def test_a_replica_that_refuses_the_new_models_gets_the_old_ones_back(served, world, tmp_path):
-    url, config = served
+    url, _ = served
+    config = loop_config(tmp_path, world[0], url, **MECHANICS)
     old_ranker = world[1]["ranker"]
 
     def load(path: Path) -> Ranker:  # a replica that cannot read what the loop exported
@@ -278,7 +293,7 @@ def test_a_canary_takes_an_arm_first_then_is_promoted_and_rolled_back(world, tmp
     try:
         post_events(url, shifted_events(users=400, per_user=20, seed=6))
         canary = {"timeout_s": 30, "canary_model": "candidate"}
-        config = str(loop_config(tmp_path, world_root, url, -0.03, promote=canary))
+        config = str(loop_config(tmp_path, world_root, url, **MECHANICS, promote=canary))
         assert main(["retrain", "--config", config]) == 0
         [record] = audit(tmp_path)
         assert record["decision"] == "canary", record
