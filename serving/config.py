@@ -124,6 +124,10 @@ class RaySettings(Strict):
     # no Ray metrics export, no per-request HAProxy metric lines, a slower controller loop:
     # background work a small node cannot spare
     lean: bool = True
+    # niceness of Ray's worker processes, the replicas among them. Ray's default, 15, lets
+    # every other process on the node (a log shipper, a load client, a batch job) take the
+    # replicas' CPU first; 0 runs them at the priority of the raylet and of a uvicorn worker
+    worker_niceness: int = Field(0, ge=0, le=19)
     # seconds an Ingress replica keeps serving after it is told to stop (Ray's default, 30 s,
     # is for cloud load balancers; HAProxy on the node drops a replica within a second)
     drain_s: float = Field(2.0, ge=0.0, le=600.0)

@@ -56,6 +56,7 @@ def haproxy_threads(settings: RaySettings, cores: int | None = None) -> int:
 def ray_env(settings: RaySettings, cores: int | None = None) -> dict[str, str]:
     """The environment variables that give Ray's processes these settings."""
     env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if settings.throughput_optimized else "0"}
+    env["RAY_worker_niceness"] = str(settings.worker_niceness)  # read by the raylet
     if settings.proxy == "haproxy":
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         env["RAY_SERVE_HAPROXY_NBTHREAD"] = str(haproxy_threads(settings, cores))
@@ -361,6 +362,12 @@ def _verify(settings: RaySettings, port: int) -> dict:
                 "start again with `recstack serve`, or export the lines of `recstack serve "
                 "--config <yaml> --ray-env` before `ray start`"
             )
+        if process.nice() != settings.worker_niceness:
+            raise RecstackError(
+                f"Ray's replica {process.pid} runs at niceness {process.nice()}, not the "
+                f"configured {settings.worker_niceness}: Ray was started with other settings"
+            )
+    facts["replica_niceness"] = sorted({p.nice() for p in replicas})
     if settings.proxy == "python":
         return facts
     if holder.name() == "haproxy":

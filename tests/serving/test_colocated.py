@@ -116,7 +116,9 @@ def test_the_ray_settings_reached_rays_processes(service):
     assert facts["haproxy_threads"] == ray_runtime.haproxy_threads(RaySettings())
     assert facts["ingress_replicas"] == 2
     assert len(facts["replica_ports"]) == facts["replica_ports_answering"] == 2
+    assert facts["replica_niceness"] == [0]  # not Ray's default 15
     for replica in ray_runtime.ingress_replicas():
+        assert replica.nice() == 0
         environ = replica.environ()
         assert environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
         assert environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"

@@ -34,6 +34,8 @@ def test_the_default_is_haproxy_throughput_mode_and_a_lean_node():
     assert env["RAY_enable_metrics_collection"] == "0"
     assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "2"
     assert env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] == "10"  # headers: 10 s, as on uvicorn
+    assert env["RAY_worker_niceness"] == "0"  # Ray's default 15 puts replicas behind the rest
+    assert ray_runtime.ray_env(RaySettings(worker_niceness=10))["RAY_worker_niceness"] == "10"
 
 
 def test_haproxy_threads_follow_the_cores_unless_given():
