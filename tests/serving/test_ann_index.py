@@ -219,7 +219,7 @@ def test_similar_items_come_from_the_rankers_index(ann_artifacts, ml100k_artifac
     assert ranker.similar("not-an-item", 5) is None
 
 
-def test_an_index_of_another_artifact_is_refused(ann_artifacts, tmp_path):
+def test_an_index_of_another_artifact_is_refused(ann_artifacts, tmp_path, monkeypatch):
     """Same dim and item count (both models have dim 32 on ML-100K): only the recall check
     at load can tell that the retriever's index does not index the ranker's vectors."""
     source = ann_artifacts["retriever"] / INDEX_FILE
@@ -235,6 +235,7 @@ def test_an_index_of_another_artifact_is_refused(ann_artifacts, tmp_path):
 
     scratch = tmp_path / "scratch"
     scratch.mkdir()
+    monkeypatch.setattr(ann_index, "PQ_MIN_ITEMS", 10**9)  # an IVF index, as the manifest says
     vectors = clustered(1682, 8)
     build_ann(vectors, vectors[1:65], "inner_product", None, scratch, "test")
 
