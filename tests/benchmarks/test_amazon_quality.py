@@ -3,20 +3,15 @@
 The tests that read ../shared/data/amazon skip without it; none of them trains (seconds).
 """
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "amazon_quality.py"
+from bench_script import load_script
 
 
 @pytest.fixture(scope="module")
 def amazon():
-    spec = importlib.util.spec_from_file_location("amazon_quality", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("amazon_quality")
 
 
 def test_missing_data_is_a_one_line_error(amazon, tmp_path):

@@ -1,23 +1,19 @@
 """benchmarks/inference_bench.py end to end at its --quick sizes (CPU, ~30 s)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from bench_script import load_script
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "inference_bench.py"
 TIMING = {"p50_ms", "mean_ms", "min_ms", "calls", "other_load_cores"}
 METHODS = {"exact-numpy", "exact-ort", "exact-torch", "faiss-flat", "faiss-ivf", "faiss-hnsw"}
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("inference_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("inference_bench")
 
 
 @pytest.fixture(scope="module")

@@ -1,24 +1,19 @@
 """benchmarks/large_catalogue.py: its configs pass recstack's own checks; the whole chain at a
 small size (slow: ~1 min)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from bench_script import load_script
 
 from recstack.serving.config import read_serve_config
 from recstack.training.train_cli import check_config
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "large_catalogue.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("large_catalogue", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("large_catalogue")
 
 
 def test_the_serve_config_is_the_colocated_pipeline_on_this_runs_files(bench, tmp_path):

@@ -1,12 +1,11 @@
 """benchmarks/train_bench.py end to end on its tiny synthetic size (CPU, one epoch)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from bench_script import load_script
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "train_bench.py"
 RUN_FIELDS = {
     "size", "model", "settings", "dataset", "batches_measured", "batches_per_epoch",
     "per_batch_s", "samples_per_s", "data_wait_share", "val_users", "val_users_measured",
@@ -16,10 +15,7 @@ RUN_FIELDS = {
 
 @pytest.fixture(scope="module")
 def train_bench():
-    spec = importlib.util.spec_from_file_location("train_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_bench")
 
 
 @pytest.fixture(scope="module")
