@@ -136,8 +136,9 @@ class AnnIndex:
         ann = cls(index=index, spec=spec, recall=0.0, refine=max(refine, 1))
         ann.recall = ann.measured_recall(vectors, queries)
         if ann.recall < max(expected - RECALL_TOLERANCE, target):
+            k = recall_k(n_items)
             raise DataError(
-                f"{path}: recall@{recall_k(n_items)} {ann.recall:.3f} on its {len(queries)} sample queries, "
+                f"{path}: recall@{k} {ann.recall:.3f} on its {len(queries)} sample queries, "
                 f"the manifest says {expected:.3f} (target {target}): the index does not match "
                 "this artifact's item vectors; re-export the artifact"
             )
@@ -178,9 +179,9 @@ def _read_index(path: Path, kind: str):
         raise DataError(
             f"{path} is not a readable FAISS index ({why}); re-export the artifact"
         ) from None
-    wanted = faiss.IndexPQFastScan if kind == PQ_KIND else faiss.IndexIVF
     if kind not in (*IVF_KINDS, PQ_KIND):
         raise DataError(f"{path}: unknown ANN index kind {kind!r}; re-export the artifact")
+    wanted = faiss.IndexPQFastScan if kind == PQ_KIND else faiss.IndexIVF
     if not isinstance(index, wanted) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise DataError(f"{path} is not an inner-product {kind} index; re-export the artifact")
     return index

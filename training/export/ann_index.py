@@ -8,8 +8,9 @@ Two FAISS candidates over item rows 1..n_items, inner product (a cosine index ho
   TARGET_RECALL. Fast when the vectors cluster (a trained two-tower's do).
 - a flat 4-bit PQ fast-scan (d/2 sub-quantisers, then d): every item is scanned, in a
   sixteenth of float32's bytes, and serving re-scores `refine` × n candidates exactly
-  (REFINE_LADDER, at most an eighth of the catalogue). It does not depend on cluster structure: at 1M barely trained 64-d vectors,
-  where IVF needed half its lists for recall 0.92, it reached 0.995 in 2.1 ms (exact: 13 ms).
+  (REFINE_LADDER, at most an eighth of the catalogue). It does not depend on cluster
+  structure: on 1M barely trained SASRec vectors, where IVF reached 0.916 at 1,024 of 4,000
+  lists, it reached 0.963 at refine 16 in 1.7 ms (benchmarks/results/large_catalogue.json).
 Recall is recall@100 against exact search over the sample queries, through serving's own
 search (recstack.item_index.ItemIndex: refinement and exact re-scoring included). Each
 candidate that reaches the target is timed at batch 1 on one thread; the faster one is kept
@@ -26,7 +27,14 @@ from typing import Literal
 import numpy as np
 
 from recstack.errors import RecstackError
-from recstack.item_index import EXACT_MAX_ITEMS, PQ_KIND, AnnIndex, exact_top, recall_k
+from recstack.item_index import (
+    EXACT_MAX_ITEMS,
+    PQ_KIND,
+    AnnIndex,
+    ItemIndex,
+    exact_top,
+    recall_k,
+)
 
 AnnMode = Literal["auto", "on", "off"]  # auto: an index above EXACT_MAX_ITEMS items
 Metric = Literal["inner_product", "cosine"]  # cosine: inner product of unit rows
@@ -91,8 +99,6 @@ def _sample(n: int, size: int) -> np.ndarray:
 
 def _batch1_ms(ann: AnnIndex, vectors: np.ndarray, queries: np.ndarray) -> float:
     """Median ms of one serving search (top-100, one query, one thread)."""
-    from recstack.item_index import ItemIndex
-
     search, k = ItemIndex(vectors, ann), recall_k(vectors.shape[0] - 1)
     times = []
     for query in queries[:TIMED_QUERIES]:
