@@ -119,9 +119,14 @@ class AnnIndex:
             kind, expected = str(spec["kind"]), float(spec["recall_at_100"])
             target, refine = float(spec["target_recall"]), int(spec.get("refine") or 1)
             nprobe = int(spec["nprobe"]) if kind in IVF_KINDS else None
-        except (KeyError, TypeError, ValueError) as exc:
+        except KeyError as exc:
             raise DataError(
                 f"{directory}/manifest.json: the ann block lacks {exc}; re-export the artifact"
+            ) from None
+        except (TypeError, ValueError):
+            raise DataError(
+                f"{directory}/manifest.json: the ann block's values do not fit its kind "
+                f"{spec.get('kind')!r}; re-export the artifact"
             ) from None
         index = _read_index(path, kind)
         n_items, dim = vectors.shape[0] - 1, vectors.shape[1]

@@ -120,6 +120,11 @@ def test_vectors_without_structure_get_the_pq_fast_scan(tmp_path, monkeypatch):
     assert recall(idx, exact_idx) >= 0.9 and np.all(np.diff(scores, axis=1) <= 0)
     np.testing.assert_allclose(scores, np.einsum("bnd,bd->bn", vectors[idx], queries[:3]), 1e-5)
 
+    for kind, message in (("faiss_ivf_sq8", "do not fit its kind"), ("hnsw", "unknown ANN")):
+        with pytest.raises(DataError, match=message) as exc:  # a PQ block relabelled: no nprobe
+            AnnIndex.load(tmp_path, {**block, "kind": kind}, vectors)
+        one_line(exc)
+
     other = unclustered(20_000, 32, seed=1)  # same shape, other vectors: the check refuses
     with pytest.raises(DataError, match="does not match this artifact's item vectors") as exc:
         AnnIndex.load(tmp_path, block, other)
