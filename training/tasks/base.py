@@ -59,6 +59,25 @@ def batch_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, batch_idx, rank]).generate_state(1)[0])
 
 
+class RunningLoss:
+    """A weighted sum of step losses, kept on the loss's device: adding never syncs the host."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.weight = 0
+
+    def add(self, loss: torch.Tensor, weight: int) -> None:
+        weighted = loss.detach() * weight
+        self.total = weighted if self.total is None else self.total + weighted
+        self.weight += weight
+
+    def take_mean(self) -> float | None:
+        """The weighted mean so far (one host sync), and a fresh start."""
+        mean = None if self.total is None else float(self.total) / self.weight
+        self.total, self.weight = None, 0
+        return mean
+
+
 class RecTask(pl.LightningModule):
     """Subclasses define `build_from_data` (the net from the data facts, then `attach_ema`),
     `train_samples`, `training_step` and `score_fn` (scoring with `self.scoring_net`).
@@ -79,6 +98,7 @@ class RecTask(pl.LightningModule):
         self.ema: AveragedModel | None = None
         self.history: list[dict[str, Any]] = []  # per-epoch validation metrics with wall time
         self._fit_started: float | None = None
+        self._loss_window, self._loss_epoch = RunningLoss(), RunningLoss()
 
     def attach_ema(self) -> None:
         """An exponential moving average of the weights (Polyak averaging), when configured.
@@ -137,12 +157,29 @@ class RecTask(pl.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update_parameters(self.net)
+        if batch_idx + 1 >= self.trainer.num_training_batches:  # before validation and callbacks
+            self._log_epoch_loss()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Dropout and negative sampling depend only on (seed, epoch, batch, rank), not on what
         # drew random numbers before (DataLoader iterators do): a run resumed from a checkpoint
-        # replays exactly what an uninterrupted run would have done.
-        torch.manual_seed(batch_seed(self.seed, self.current_epoch, batch_idx, self.global_rank))
+        # replays exactly what an uninterrupted run would have done. Only the generators this
+        # process draws from are reseeded: torch.manual_seed would also queue a seed for every
+        # CUDA device where CUDA is not up, capturing a stack trace each step (~1 ms).
+        seed = batch_seed(self.seed, self.current_epoch, batch_idx, self.global_rank)
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)  # this process's device (CUDA is up: no queued call)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_loss()  # an epoch cut short (max_steps) has not logged it yet
+
+    def _log_epoch_loss(self) -> None:
+        mean = self._loss_epoch.take_mean()
+        if mean is not None:
+            self.log(
+                "train/loss_epoch", mean, prog_bar=True, on_step=False, on_epoch=True, batch_size=1
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["recstack"] = {"history": self.history}
@@ -189,9 +226,16 @@ class RecTask(pl.LightningModule):
             self.history.append({"epoch": self.current_epoch, "wall_s": wall, **metrics})
 
     def log_train_loss(self, loss: torch.Tensor, batch_size: int) -> None:
-        self.log(
-            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size
-        )
+        """The step's loss joins two sums on the device. Their means are logged, as Python
+        floats (one host sync each), every `trainer.log_every_n_steps` steps (train/loss_step)
+        and at the end of the epoch (train/loss_epoch): no sync or logging work in between."""
+        self._loss_window.add(loss, batch_size)
+        self._loss_epoch.add(loss, batch_size)
+        if (self.trainer.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            mean = self._loss_window.take_mean()
+            self.log(
+                "train/loss_step", mean, prog_bar=True, on_step=True, on_epoch=False, batch_size=1
+            )
 
 
 class Scorer:
