@@ -513,6 +513,25 @@ def faults_tables() -> str:
     return "\n\n".join(faults_table(n) for n in names) or "_no `faults*.json` yet_"
 
 
+def step_overhead_table() -> str:
+    """step_overhead*.json: a `recstack train` step against a plain PyTorch step, same batches."""
+    parts = []
+    for path in sorted(RESULTS.glob("step_overhead*.json")):
+        d = load(path.name)
+        rows = [
+            [run["model"], run["batch_size"], num(run["recstack"]["mean_ms"], 1),
+             num(run["plain"]["mean_ms"], 1), f"{run['ratio_mean']:.3f}",
+             f"{run['ratio_median']:.3f}", "met" if run["meets_target"] else "missed"]
+            for run in d["runs"]
+        ]  # fmt: skip
+        title = f"`{path.name}` ({d['machine']['cores']} cores, {d['machine']['cpu']}, torch threads {d['torch_threads']})"
+        if any("profile_tottime" in run for run in d["runs"]):
+            title += "; under cProfile (`--profile true`), which slows the recstack side"
+        headers = ["model", "batch", "recstack ms/step", "plain ms/step", "ratio (means)"]
+        parts.append(title + "\n\n" + md_table([*headers, "ratio (medians)", "<= 1.15x"], rows))
+    return "\n\n".join(parts) or "_no `step_overhead*.json` yet_"
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "Data preparation (CPU)": prepare_table,
     "Training (CPU, this machine)": lambda: train_table("train_bench.json"),
@@ -521,6 +540,7 @@ TABLES: dict[str, Callable[[], str]] = {
         + "\n\n"
         + train_table("gpu/train_bench_gpu_20m.json")
     ),
+    "Training step overhead (CPU, step_overhead)": step_overhead_table,
     "Model quality": quality_table,
     "Serving engines side by side (engine_compare)": engine_tables,
     "Tail-latency fixes, before and after (stall_fixes)": stall_fixes_table,
