@@ -260,15 +260,19 @@ class RecLoss(nn.Module):
         target: torch.Tensor,
         item_vectors: ItemVectors,
         generator: torch.Generator | None = None,
+        reduction: Reduction = "mean",
     ) -> torch.Tensor:
-        """query [N, d] float, target [N] long in 1..n_items -> scalar mean loss."""
+        """query [N, d] float, target [N] long in 1..n_items -> scalar mean loss (or [N])."""
         c = self.config
         if c.kind == "ce":
-            return full_cross_entropy(query, target, item_vectors, self.n_items, c.chunk_items)
+            return full_cross_entropy(
+                query, target, item_vectors, self.n_items, c.chunk_items, reduction
+            )
         if c.kind == "gbce":
             return gbce_loss(
-                query, target, item_vectors, self.n_items, c.n_negatives, c.gbce_t, generator
-            )
+                query, target, item_vectors, self.n_items, c.n_negatives, c.gbce_t, generator,
+                reduction=reduction,
+            )  # fmt: skip
         return sampled_softmax(
             query,
             target,
@@ -278,4 +282,20 @@ class RecLoss(nn.Module):
             self.item_log_q(),
             c.logq,
             generator,
+            reduction=reduction,
         )
+
+    def masked(
+        self, query: torch.Tensor, target: torch.Tensor, item_vectors: ItemVectors
+    ) -> torch.Tensor:
+        """The mean loss over the rows whose target is not PAD_IDX, at fixed shapes: no row is
+        taken out, so a CUDA step needs no host sync to count them (PAD rows weigh 0).
+
+        In-batch negatives would draw the PAD rows' stand-in targets, so those kinds take the
+        rows out instead (a data-dependent shape)."""
+        keep = target != PAD_IDX
+        if self.config.kind == "sampled" and self.config.negatives != "uniform":
+            return self(query[keep], target[keep], item_vectors)
+        per_row = self(query, target.clamp(min=1), item_vectors, reduction="none")
+        weight = keep.to(per_row.dtype)
+        return (per_row * weight).sum() / weight.sum().clamp(min=1.0)

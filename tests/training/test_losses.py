@@ -250,3 +250,20 @@ def test_gbce_draws_negatives_per_row_and_scores_them_either_way():
         expected = torch.einsum("nd,nkd->nk", query, table[negatives])
         got = _row_scores(query, negatives, torch.nn.Embedding.from_pretrained(table), 1000)
         assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.kind}-{c.negatives}")
+def test_masked_weighs_pad_rows_zero_at_fixed_shapes(config):
+    """RecLoss.masked (CUDA's sync-free path): the PAD rows stay in but weigh nothing."""
+    query, table, target = make_case(n=8)
+    target = target.clone()
+    target[[1, 4, 5]] = 0  # PAD_IDX positions, as in a padded SASRec window
+    keep = target != 0
+    loss_fn = RecLoss(config, N_ITEMS, torch.arange(N_ITEMS + 1, dtype=torch.float32))
+    loss = loss_fn.masked(query, target, lambda i: table[i])
+    assert loss.ndim == 0 and loss.isfinite()
+    g_query, _ = grads(loss, query, table)
+    assert g_query[~keep].abs().sum() == 0 and g_query[keep].abs().sum() > 0
+    if config.kind == "ce":  # no negatives drawn: exactly the loss over the kept rows
+        expected = loss_fn(query[keep], target[keep], lambda i: table[i])
+        torch.testing.assert_close(loss, expected)
