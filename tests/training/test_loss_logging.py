@@ -9,7 +9,7 @@ import torch
 from train_configs import write_config
 
 from recstack.cli import main
-from recstack.training.tasks.base import RunningLoss
+from recstack.training.tasks.base import RunningLoss, warmup_factor
 
 
 def test_running_loss_is_a_weighted_mean_that_starts_afresh():
@@ -30,3 +30,7 @@ def test_step_losses_every_n_steps_and_one_mean_per_epoch(tmp_path, chain_dir):
     epochs = [r for r in rows if r.get("train/loss_epoch")]
     assert steps and all((step + 1) % 3 == 0 for step in steps), steps
     assert len(epochs) == 2 and all(math.isfinite(float(r["train/loss_epoch"])) for r in epochs)
+
+
+def test_the_warmup_rises_linearly_then_holds():
+    assert [warmup_factor(4, step) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]

@@ -44,8 +44,9 @@ def test_overfits_a_tiny_dataset_and_writes_the_run_dir(tmp_path, chain_dir, tas
 
 
 def test_resume_from_a_checkpoint_is_exact(tmp_path, chain_dir):
-    # dropout: the RNG must resume too; EMA: its running average must resume too
-    dropout = ["--model.init_args.model.dropout", "0.2", "--model.init_args.optim.ema_decay", "0.9"]
+    # dropout: the RNG must resume too; EMA: its running average; the lr warm-up: its position
+    dropout = ["--model.init_args.model.dropout", "0.2", "--model.init_args.optim.ema_decay", "0.9",
+               "--model.init_args.optim.warmup_steps", "40"]  # fmt: skip
     straight = write_config(tmp_path / "a", chain_dir, max_epochs=4)
     assert main(["train", "--config", str(straight), *dropout]) == 0
     halves = write_config(tmp_path / "b", chain_dir, max_epochs=2)
@@ -55,6 +56,11 @@ def test_resume_from_a_checkpoint_is_exact(tmp_path, chain_dir):
     a = _weights(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
     b = _weights(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
     assert a.keys() == b.keys() and any(key.startswith("ema.") for key in a)
+    resumed_ckpt = torch.load(
+        tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=False
+    )
+    [warmup] = resumed_ckpt["lr_schedulers"]  # still warming up at the end: it spans the resume
+    assert warmup["last_epoch"] == resumed_ckpt["global_step"] < 40
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
@@ -114,6 +120,7 @@ def test_two_process_ddp_with_gloo_gathers_metrics_over_all_users(tmp_path, chai
         ("--model.init_args.model.dim", "-8", "sasrec dim must be >= 1"),
         ("--data.dataset", "/no/such/dir", "recstack data prepare"),
         ("--model.init_args.optim.lr", "0", "lr > 0"),
+        ("--model.init_args.optim.warmup_steps", "-1", "warmup_steps must be >= 0"),
         # a config from before the SASRec window was renamed history_len
         ("--model.init_args.model.max_len", "50", "Option 'max_len' is not accepted"),
     ],

@@ -8,6 +8,7 @@ every rank (what early stopping and checkpointing read).
 
 import time
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -32,12 +33,15 @@ class OptimConfig:
     weight_decay: float = 0.0
     beta2: float = 0.98
     ema_decay: float = 0.0  # > 0: validate, test and export an exponential moving average
+    warmup_steps: int = 0  # > 0: the lr rises linearly to `lr` over this many steps
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or not 0 < self.beta2 < 1:
             raise RecstackError(
                 f"optim needs lr > 0, weight_decay >= 0, 0 < beta2 < 1 (got {asdict(self)})"
             )
+        if self.warmup_steps < 0:
+            raise RecstackError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise RecstackError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -57,6 +61,11 @@ def as_config(cls, value):
 
 def batch_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, batch_idx, rank]).generate_state(1)[0])
+
+
+def warmup_factor(warmup_steps: int, step: int) -> float:
+    """The share of the lr at optimizer step `step` (0-based): linear up to 1 over warmup_steps."""
+    return min(1.0, (step + 1) / warmup_steps)
 
 
 class RunningLoss:
@@ -147,7 +156,14 @@ class RecTask(pl.LightningModule):
             {"params": decay, "weight_decay": self.optim.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=self.optim.lr, betas=(0.9, self.optim.beta2))
+        optimizer = torch.optim.AdamW(groups, lr=self.optim.lr, betas=(0.9, self.optim.beta2))
+        if not self.optim.warmup_steps:
+            return optimizer
+        # a large batch's scaled-up lr, reached step by step (checkpoints keep the position)
+        warmup = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, partial(warmup_factor, self.optim.warmup_steps)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
 
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter() - (
