@@ -39,15 +39,12 @@ from lightning.pytorch import Callback
 
 sys.path.insert(0, str(Path(__file__).parent))  # this folder's modules, however it is run
 from machine_info import machine
+from train_bench import CONFIGS  # the ML-100K config of each model
 
 from recstack.datasets.prepare import prepare
 from recstack.training.train_cli import build_cli
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = {
-    "sasrec": ROOT / "configs" / "train" / "sasrec_ml100k.yaml",
-    "two_tower": ROOT / "configs" / "train" / "two_tower_ml100k.yaml",
-}
 
 
 class StepClock(Callback):

@@ -108,9 +108,9 @@ def _batch1_ms(ann: AnnIndex, vectors: np.ndarray, queries: np.ndarray) -> float
     return round(float(np.median(times)) * 1e3, 3)
 
 
-def _ivf(vectors, queries, truth, nlist: int) -> dict:
+def _ivf(vectors, rows, queries, truth, nlist: int) -> dict:
     """IVF-SQ8 at the first rung of the probe ladder that reaches the target (or the last)."""
-    index, n_train = _train_ivf(np.ascontiguousarray(vectors[1:]), nlist)
+    index, n_train = _train_ivf(rows, nlist)
     ann, found = AnnIndex(index=index, spec={}, recall=0.0), {}
     for nprobe in (p for p in NPROBE_LADDER if p <= nlist):
         index.nprobe = nprobe
@@ -121,13 +121,13 @@ def _ivf(vectors, queries, truth, nlist: int) -> dict:
     return _candidate(IVF_KIND, setting, ann, found, n_train, vectors, queries)
 
 
-def _pq(vectors, queries, truth) -> dict:
+def _pq(vectors, rows, queries, truth) -> dict:
     """A flat PQ fast-scan at the first (sub-quantisers, refine) pair reaching the target."""
     dim, found, recall = vectors.shape[1], {}, 0.0
     k = recall_k(vectors.shape[0] - 1)
     max_candidates = max(k, (vectors.shape[0] - 1) // MAX_REFINED_SHARE)
     for m in (m for m in (dim // 2, dim) if m >= 1 and dim % m == 0):
-        index, n_train = _train_pq(np.ascontiguousarray(vectors[1:]), m)
+        index, n_train = _train_pq(rows, m)
         ann = AnnIndex(index=index, spec={}, recall=0.0)
         for ann.refine in (r for r in REFINE_LADDER if r * k <= max_candidates):
             found[f"pq {m}x4 refine {ann.refine}"] = recall = ann.measured_recall(
@@ -176,9 +176,10 @@ def build_ann(
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = recall_k(n_items)
     truth = exact_top(vectors, queries, k)
-    tried = [_ivf(vectors, queries, truth, nlist)]
+    rows = np.ascontiguousarray(vectors[1:])  # items 1..n_items, what both indexes hold
+    tried = [_ivf(vectors, rows, queries, truth, nlist)]
     if n_items >= PQ_MIN_ITEMS:
-        tried.append(_pq(vectors, queries, truth))
+        tried.append(_pq(vectors, rows, queries, truth))
     good = [c for c in tried if c["search_ms"] is not None]
     if not good:
         summary = "; ".join(f"{c['kind']} {c['recall']:.3f}" for c in tried)

@@ -20,9 +20,9 @@ leaves nothing behind.
 
 Large catalogues (`--ann auto`: more than 100,000 items; `on` / `off` force it) also get an
 ANN index (ann_index.py): item_index.faiss and its sample queries ann_queries.npy, with the
-manifest's "ann" block (the kind chosen, its setting, measured recall@100, build time). A two-tower index serves
-retrieval (inner product, queries from the exported user tower on the dataset's histories); a
-SASRec index serves similar items (cosine, queries are popular items).
+manifest's "ann" block (the kind chosen, its setting, measured recall@100, build time). A
+two-tower index serves retrieval (inner product, queries from the exported user tower on the
+dataset's histories); a SASRec index serves similar items (cosine, queries are popular items).
 """
 
 import importlib
