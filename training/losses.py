@@ -6,14 +6,17 @@ never a class. Logits are promoted to float32 before any softmax or sigmoid.
 
 - `full_cross_entropy`: softmax over the whole catalogue, streamed over chunks of items with an
   online logsumexp; each chunk is checkpointed, so peak memory is O(N x chunk_items) in forward
-  AND backward.
+  AND backward. The item vectors are computed once per call (a two-tower's item tower runs once
+  per step, not once per chunk and again in backward).
 - `sampled_softmax`: softmax over the row's positive and a pool of negatives, with the logQ
   correction of Yi et al. 2019. Convention: every candidate j (the positive included) gets the
   logit s_j - log q_j, where q_j is the EXPECTED NUMBER OF TIMES item j occurs in the batch's
   negative pool:
       uniform   k draws from 1..n_items          q_j = k / n_items          (constant: cancels)
-      in_batch  the batch's N targets            q_j = N * p_j,  p_j = count_j / sum(count)
-      mixed     both pools (Yang et al. 2020)    q_j = N * p_j + k / n_items
+      in_batch  P of the batch's N targets       q_j = P * p_j,  p_j = count_j / sum(count)
+      mixed     both pools (Yang et al. 2020)    q_j = P * p_j + k / n_items
+  P = min(N, in_batch_cap): past the cap, a random subset of the targets (without replacement)
+  forms the pool, which is distributed like P draws by frequency, so q_j keeps its form.
   For mixed, q_j is the mixture's expected count whichever pool drew the candidate (the
   multiple-importance-sampling "balance heuristic"): correcting by a candidate's own pool alone
   would give a rare in-batch item the unbounded weight 1 / (N p_j). Popular items have larger q_j,
@@ -53,6 +56,9 @@ class LossConfig:
     negatives: Literal["uniform", "in_batch", "mixed"] = "uniform"  # sampled only
     n_negatives: int = 256  # uniform negatives per batch, shared by all rows
     logq: bool = True  # logQ correction for sampled softmax
+    # in_batch / mixed: at most this many of the batch's targets form the negative pool (the
+    # logits are N x pool: SASRec's N is batch x history_len)
+    in_batch_cap: int = 4096
     chunk_items: int = 16384  # full CE: items per chunk
     gbce_t: float = 0.75  # gBCE calibration t in [0, 1]: 0 = plain BCE, 1 = fully calibrated
 
@@ -65,6 +71,8 @@ class LossConfig:
             )
         if self.n_negatives < 1:
             raise RecstackError(f"loss n_negatives={self.n_negatives} must be >= 1")
+        if self.in_batch_cap < 1:
+            raise RecstackError(f"loss in_batch_cap={self.in_batch_cap} must be >= 1")
         if self.chunk_items < 1:
             raise RecstackError(f"loss chunk_items={self.chunk_items} must be >= 1")
         if not 0.0 <= self.gbce_t <= 1.0:
@@ -75,10 +83,9 @@ def _reduce(loss: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     return loss.mean() if reduction == "mean" else loss
 
 
-def _chunk_logsumexp(query: torch.Tensor, item_vectors: ItemVectors, start: int, stop: int):
-    """logsumexp over items start..stop-1 of query [N, d] -> [N] float32."""
-    item_idx = torch.arange(start, stop, device=query.device)  # [C]
-    return torch.logsumexp((query @ item_vectors(item_idx).T).float(), dim=1)  # [N, C] -> [N]
+def _chunk_logsumexp(query: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+    """logsumexp of query [N, d] against a chunk of item vectors [C, d] -> [N] float32."""
+    return torch.logsumexp((query @ chunk.T).float(), dim=1)  # [N, C] -> [N]
 
 
 def full_cross_entropy(
@@ -90,21 +97,19 @@ def full_cross_entropy(
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """Softmax cross-entropy over items 1..n_items: query [N, d], target [N] -> scalar (or [N])."""
+    table = item_vectors(torch.arange(1, n_items + 1, device=query.device))  # [n_items, d], once
     if n_items <= chunk_items:  # fast path: one [N, n_items] logits matrix
-        item_idx = torch.arange(1, n_items + 1, device=query.device)
-        logits = (query @ item_vectors(item_idx).T).float()  # [N, n_items]
+        logits = (query @ table.T).float()  # [N, n_items]
         return F.cross_entropy(logits, target - 1, reduction=reduction)
     lse = torch.full((query.shape[0],), -math.inf, device=query.device)  # [N] running logsumexp
-    for start in range(1, n_items + 1, chunk_items):
-        stop = min(start + chunk_items, n_items + 1)
+    for start in range(0, n_items, chunk_items):
+        chunk = table[start : start + chunk_items]  # a view: the tower is not run again
         if torch.is_grad_enabled():  # recompute the chunk's logits in backward instead of saving
-            chunk = checkpoint(
-                _chunk_logsumexp, query, item_vectors, start, stop, use_reentrant=False
-            )
+            chunk_lse = checkpoint(_chunk_logsumexp, query, chunk, use_reentrant=False)
         else:
-            chunk = _chunk_logsumexp(query, item_vectors, start, stop)
-        lse = torch.logaddexp(lse, chunk)
-    positive = (query * item_vectors(target)).sum(-1).float()  # [N]
+            chunk_lse = _chunk_logsumexp(query, chunk)
+        lse = torch.logaddexp(lse, chunk_lse)
+    positive = (query * table[target - 1]).sum(-1).float()  # [N]
     return _reduce(lse - positive, reduction)
 
 
@@ -141,12 +146,14 @@ def sampled_softmax(
     generator: torch.Generator | None = None,
     negatives: torch.Tensor | None = None,
     reduction: Reduction = "mean",
+    in_batch_cap: int | None = None,
 ) -> torch.Tensor:
     """Sampled softmax with logQ correction (convention in the module docstring).
 
     query [N, d], target [N] -> scalar (or [N]). item_log_q [n_items + 1]: log p_j, the log
     probability that one in-batch draw is item j (PAD entry unused). `negatives` [k] long replaces
-    the uniform draw (uniform and mixed only) and counts as k uniform draws.
+    the uniform draw (uniform and mixed only) and counts as k uniform draws. `in_batch_cap`: the
+    most targets the in-batch pool holds (None: all N).
     """
     n_items, n = item_log_q.shape[0] - 1, target.shape[0]
     use_batch = negatives_kind in ("in_batch", "mixed")
@@ -159,15 +166,33 @@ def sampled_softmax(
     item_idx = torch.cat([target, negatives])  # [N + k]
     vectors = item_vectors(item_idx)  # [N + k, d]
     positive = (query * vectors[:n]).sum(-1, keepdim=True).float()  # [N, 1]
-    negative_idx = item_idx if use_batch else negatives  # [M]: in-batch targets, then uniform
-    negative = (query @ (vectors if use_batch else vectors[n:]).T).float()  # [N, M]
+    negative_idx, negative_vectors = negatives, vectors[n:]  # [M], [M, d]: the pool
+    if use_batch:  # the batch's targets (or a random P of them) first, then uniform
+        rows = in_batch_rows(n, in_batch_cap, query.device, generator)
+        if rows is None:
+            negative_idx, negative_vectors = item_idx, vectors
+        else:
+            negative_idx = torch.cat([target[rows], negatives])
+            negative_vectors = torch.cat([vectors[rows], vectors[n:]])
+    negative = (query @ negative_vectors.T).float()  # [N, M]
     if logq:
-        pool = (n if use_batch else 0, negatives.shape[0])
+        pool = (negative_idx.shape[0] - negatives.shape[0], negatives.shape[0])
         positive = positive - pool_log_q(target, item_log_q, *pool)[:, None]
         negative = negative - pool_log_q(negative_idx, item_log_q, *pool)[None, :]
     negative = negative.masked_fill(negative_idx[None, :] == target[:, None], -math.inf)
     logits = torch.cat([positive, negative], dim=1)  # [N, 1 + M], positive first
     return _reduce(torch.logsumexp(logits, dim=1) - logits[:, 0], reduction)
+
+
+def in_batch_rows(
+    n: int, cap: int | None, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor | None:
+    """Which of a batch's n targets form the in-batch pool: None (all of them) when n <= cap,
+    else `cap` rows drawn without replacement -> [cap] long on `device`."""
+    if cap is None or n <= cap:
+        return None
+    draw_device = generator.device if generator is not None else device
+    return torch.randperm(n, generator=generator, device=draw_device)[:cap].to(device)
 
 
 def row_negatives(
@@ -283,6 +308,7 @@ class RecLoss(nn.Module):
             c.logq,
             generator,
             reduction=reduction,
+            in_batch_cap=c.in_batch_cap,
         )
 
     def masked(

@@ -71,6 +71,46 @@ def test_chunked_full_ce_saves_no_full_logits_for_backward():
         assert full_cross_entropy(query, target, lambda i: table[i], n_items, chunk).isfinite()
 
 
+def test_full_ce_runs_the_item_tower_once_per_call():
+    """A two-tower's item tower is the costly part of full CE: once per step, whatever the
+    number of chunks, and not again in backward."""
+    query, table, target = make_case()
+    calls = []
+
+    def tower(item_idx):
+        calls.append(item_idx.numel())
+        return table[item_idx] * 1.0
+
+    loss = full_cross_entropy(query, target, tower, N_ITEMS, chunk_items=3)
+    loss.backward()
+    assert calls == [N_ITEMS]
+    assert table.grad is not None and query.grad is not None
+
+
+def test_a_capped_in_batch_pool_is_a_random_subset_with_logq_for_its_size():
+    n_items, n, cap = 40, 12, 5
+    query, table, target = make_case(seed=1, n_items=n_items, n=n)
+    counts = torch.arange(n_items + 1, dtype=torch.float64) % 7 + 1.0
+    log_p = RecLoss(LossConfig(), n_items, counts).item_log_q().double()
+
+    def loss(cap, seed=3):
+        generator = torch.Generator().manual_seed(seed)
+        return sampled_softmax(query, target, lambda i: table[i], "in_batch", 0, log_p,
+                               generator=generator, reduction="none", in_batch_cap=cap)  # fmt: skip
+
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(3))[:cap]
+    pool = target[rows].tolist()
+    expected = []
+    for r in range(n):  # every logit minus log(cap p_j); the row's own item is masked
+        corrected = [query[r] @ table[j] - math.log(cap) - log_p[j] for j in pool]
+        positive = query[r] @ table[target[r]] - math.log(cap) - log_p[target[r]]
+        others = [c for c, j in zip(corrected, pool, strict=True) if j != target[r]]
+        expected.append(torch.logsumexp(torch.stack([positive, *others]), 0) - positive)
+    torch.testing.assert_close(loss(cap), torch.stack(expected))
+    torch.testing.assert_close(loss(n), loss(None))  # a cap at the batch size changes nothing
+    assert not torch.equal(loss(cap, seed=3), loss(cap, seed=4))  # a new subset per draw
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("logq", [True, False])
 def test_sampled_with_every_item_as_uniform_negative_equals_full_ce(logq, dtype):
@@ -217,6 +257,7 @@ def test_same_seed_same_loss(config):
         ("negatives", "hard"),
         ("n_negatives", 0),
         ("chunk_items", 0),
+        ("in_batch_cap", 0),
         ("gbce_t", 1.5),
         ("gbce_t", -0.1),
     ],

@@ -109,13 +109,21 @@ def test_study_prunes_resumes_after_kill_and_best_yaml_reproduces(tmp_path, chai
     )
 
 
+def default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it: a pytest started as a background job of a
+    non-interactive shell has SIGINT ignored, its children inherit that, and Python then leaves
+    it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_requeues_the_running_trial(tmp_path, chain_dir):
     search = {**SEARCH, "fixed": {"trainer.max_epochs": 30}, "pruner": {"kind": "none"}}
     args = setup_study(tmp_path, chain_dir, search)
     out = tmp_path / "study"
     worker = subprocess.Popen(
-        tune_command(args, out, 2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+        tune_command(args, out, 2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=default_sigint,
+    )  # fmt: skip
     wait_for(out / "trials" / "0000" / "checkpoints" / "last.ckpt", worker)  # mid-training
     worker.send_signal(signal.SIGINT)
     output, _ = worker.communicate(timeout=120)
