@@ -88,6 +88,7 @@ def write_run_report(
         "best_epoch": best.get("epoch"),
         "epochs_trained": len(history),
         "fit_seconds": round(fit_seconds, 2),
+        "train_batches": getattr(datamodule, "batches_from", None),
         "time_to_quality": time_to_quality(history, quality_threshold),
         "tie_orders": tie_orders,
         "valid": valid.metrics,  # the best checkpoint, scored like the test

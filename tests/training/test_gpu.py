@@ -125,3 +125,20 @@ def test_chunked_full_cross_entropy_matches_plain_under_bf16_autocast():
     for name, a, b in zip(("loss", "query grad", "item grad"), chunked, plain, strict=True):
         assert torch.isfinite(a).all(), name
         torch.testing.assert_close(a, b, rtol=0.03, atol=0.03 * float(b.abs().max()), msg=name)
+
+
+def test_auto_builds_the_batches_on_the_gpu_and_they_match_the_dataloaders(trained, tmp_path):
+    """device_batches auto on one GPU with a small dataset: the arrays go to the GPU once and
+    every batch equals the DataLoader path's, moved to the GPU."""
+    _, task, data = trained
+    assert data.batches_from.startswith("built on cuda"), data.batches_from
+    off = RecDataModule(data.dataset_dir, batch_size=8, cache_dir=tmp_path, device_batches="off")
+    off.prepare_data()
+    off.setup("fit")
+    off.train_on(task.train_samples())
+    loader = off.train_dataloader()
+    device_loader = data.train_dataloader()
+    for expected, got in zip(loader, device_loader, strict=True):
+        for key, value in expected.items():
+            assert got[key].is_cuda
+            torch.testing.assert_close(got[key].cpu(), value, rtol=0, atol=0, msg=key)

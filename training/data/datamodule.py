@@ -15,7 +15,9 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
+import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler
 
 from recstack.dataset_dir import PreparedDataset, load_dataset
@@ -29,6 +31,7 @@ from recstack.training.data.event_arrays import (
     arrays_complete,
     write_event_arrays,
 )
+from recstack.training.data.device_batches import DeviceBatches
 from recstack.training.data.facts import DataFacts, TrainSamples
 from recstack.training.data.features import (
     build_vocab,
@@ -46,6 +49,7 @@ from recstack.training.data.samples import (
 from recstack.eval_set import TARGET_CODE, EvalSet, build_eval_set, history_frame
 
 ARRAYS_VERSION = 2  # bump when the event-array layout changes
+DEVICE_SHARE = 0.25  # device_batches auto: the arrays may take this share of the free GPU memory
 
 
 class RecDataModule(LightningDataModule):
@@ -60,6 +64,7 @@ class RecDataModule(LightningDataModule):
         seed: int = 0,
         fit_on: Literal["train", "train_valid"] = "train",
         shuffle_ties: bool = False,
+        device_batches: Literal["auto", "on", "off"] = "auto",
     ) -> None:
         """
         Args:
@@ -78,6 +83,10 @@ class RecDataModule(LightningDataModule):
             shuffle_ties: augmentation: every epoch, put a user's events with equal timestamps
                 in a new random order (their order in the log is arbitrary; ML-100K has half of
                 its events tied to the previous one). Evaluation histories are not touched.
+            device_batches: build the training batches on the training device from arrays
+                copied there once ("on"), with a DataLoader over the memory-mapped arrays
+                ("off"), or "auto": on a single GPU when the arrays take at most a quarter of
+                its free memory. The run log and metrics.json say which.
         """
         super().__init__()
         self.dataset_dir = Path(dataset)
@@ -98,6 +107,10 @@ class RecDataModule(LightningDataModule):
         self.seed = seed
         self.fit_on = fit_on
         self.shuffle_ties = shuffle_ties
+        if device_batches not in ("auto", "on", "off"):
+            raise DataError(f"device_batches={device_batches!r}: use auto, on or off")
+        self.device_batches = device_batches
+        self.batches_from: str | None = None  # how the training batches were built, in words
         self.data: PreparedDataset | None = None
         self.frame: pl.DataFrame | None = None
         self._eval_sets: dict[str, EvalSet] = {}
@@ -187,14 +200,43 @@ class RecDataModule(LightningDataModule):
             lengths = None  # histories are capped at history_len: most are full anyway
         if len(dataset) == 0:
             raise DataError(f"{self.dataset_dir}: no training samples (users need >= 2 events)")
+        sampler = EpochSampler(len(dataset), self.seed, lengths, self.batch_size)
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        world = self.trainer.world_size if self.trainer else 1
+        on_device, why = self._device_batches(dataset, device, world)
+        self.batches_from = (
+            f"built on {device} ({why})" if on_device else f"a DataLoader over memory maps ({why})"
+        )
+        rank_zero_info(f"training batches: {self.batches_from}")
+        if on_device:
+            return DeviceBatches(dataset, sampler, self.batch_size, device)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochSampler(len(dataset), self.seed, lengths, self.batch_size),
+            sampler=sampler,
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _device_batches(self, dataset, device: torch.device, world: int) -> tuple[bool, str]:
+        """(build the batches on `device`?, why), from `device_batches` and the free memory."""
+        if self.device_batches == "off":
+            return False, "data.device_batches off"
+        if world > 1:
+            if self.device_batches == "on":
+                raise DataError(
+                    "data.device_batches on builds every batch in one process; under DDP the "
+                    "DataLoader shards the samples: use auto or off"
+                )
+            return False, f"{world} processes: the DataLoader shards the samples"
+        if self.device_batches == "on":
+            return True, "data.device_batches on"
+        if device.type != "cuda":
+            return False, f"data.device_batches auto on {device.type}"
+        need, (free, _) = DeviceBatches.nbytes(dataset), torch.cuda.mem_get_info(device)
+        fits = need <= DEVICE_SHARE * free
+        return fits, f"{need / 2**20:.0f} MiB of arrays, {free / 2**30:.1f} GiB free on the GPU"
 
     # --- evaluation ----------------------------------------------------------------------
     def eval_set(self, target: str) -> EvalSet:

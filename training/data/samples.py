@@ -168,9 +168,10 @@ class EpochSampler(Sampler[int]):
         return self.n
 
     def __iter__(self):
-        return iter((self._order() + self.epoch * self.n).tolist())
+        return iter((self.order() + self.epoch * self.n).tolist())
 
-    def _order(self) -> np.ndarray:
+    def order(self) -> np.ndarray:
+        """This epoch's permutation of range(n)."""
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(self.n)
         if self.lengths is None or self.batch_size <= 1:
@@ -180,7 +181,9 @@ class EpochSampler(Sampler[int]):
         for start in range(0, self.n, pool):
             chunk = order[start : start + pool]
             chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            batches += [
+                chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)
+            ]
         full = [b for b in batches if len(b) == self.batch_size]
         rest = [b for b in batches if len(b) < self.batch_size]  # at most one per pool, kept last
         picked = [full[i] for i in rng.permutation(len(full))] + rest
