@@ -62,3 +62,27 @@ def test_training_on_device_batches_learns_and_says_so(tmp_path, chain_dir, task
     report = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert report["test"]["hr@10"] >= 0.95, report["test"]
     assert report["train_batches"] == "built on cpu (data.device_batches on)"
+
+
+@pytest.mark.parametrize("samples", [TrainSamples("windows", 9), TrainSamples("events", 9)])
+def test_buckets_pad_each_batch_to_one_of_four_widths_and_nothing_else(
+    chain_dir, tmp_path, samples
+):
+    data = _module(chain_dir, tmp_path, "off")
+    data.train_on(samples)
+    loader = data.train_dataloader()
+    dataset = loader.dataset
+    bucketed = DeviceBatches(dataset, loader.sampler, 7, torch.device("cpu"), buckets=True)
+    full = samples.length + 1 if samples.kind == "windows" else samples.length
+    allowed = {full, -(-full // 2), -(-full // 4), -(-full // 8)}
+    seen = set()
+    for expected, got in zip(loader, bucketed, strict=True):
+        for key, value in expected.items():
+            if value.dim() == 2 and key in ("items", "targets", "history"):
+                width = got[key].shape[1] + (1 if key in ("items", "targets") else 0)
+                assert width in allowed, (key, width)
+                seen.add(width)
+                assert (got[key][:, value.shape[1] :] == 0).all()  # only PAD was added
+                value = torch.nn.functional.pad(value, (0, got[key].shape[1] - value.shape[1]))
+            torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+    assert len(seen) >= 1

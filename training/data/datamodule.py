@@ -209,7 +209,7 @@ class RecDataModule(LightningDataModule):
         )
         rank_zero_info(f"training batches: {self.batches_from}")
         if on_device:
-            return DeviceBatches(dataset, sampler, self.batch_size, device)
+            return DeviceBatches(dataset, sampler, self.batch_size, device, device.type == "cuda")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

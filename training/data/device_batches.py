@@ -7,6 +7,11 @@ worker processes and no host-to-device copy per step. The epoch's sample order s
 with tie shuffling, the epoch's item order) is copied once per epoch; each batch's width is
 known on the host, so building a batch needs no host sync.
 
+With `buckets` (on CUDA), a batch is right-padded to the smallest of four widths (the full
+window and its 1/2, 1/4 and 1/8) that holds it, so a compiled model or a CUDA graph sees a few
+shapes, not one per batch. Extra right padding changes nothing the models compute: SASRec's
+attention is causal and its PAD targets weigh 0, and the two-tower masks its history by length.
+
 One process only: under DDP the DataLoader path shards the samples (`device_batches: auto`
 picks it there).
 """
@@ -43,10 +48,13 @@ class DeviceBatches:
         sampler: EpochSampler,
         batch_size: int,
         device: torch.device,
+        buckets: bool = False,
     ) -> None:
         self.samples, self.sampler, self.batch_size = samples, sampler, batch_size
         self.device = torch.device(device)
         self.windows = isinstance(samples, WindowSamples)
+        full = samples.history_len + 1 if self.windows else samples.history_len
+        self.buckets = np.unique([math.ceil(full / 2**k) for k in range(4)]) if buckets else None
         if self.windows:
             self.starts, self.lengths = _on(device, samples.starts), _on(device, samples.lengths)
             self.widths = samples.lengths  # host: the batch width is the longest window
@@ -77,9 +85,11 @@ class DeviceBatches:
         if items is None:  # this epoch's tie-shuffled item order
             items = _on(self.device, self.samples.order.items(epoch))
         cuts = np.arange(0, order.shape[0], self.batch_size)
-        widths = np.maximum.reduceat(self.widths[order], cuts) if order.size else []
+        widths = np.maximum.reduceat(self.widths[order], cuts) if order.size else np.zeros(0)
+        if self.buckets is not None:  # the smallest bucket that holds the batch
+            widths = self.buckets[np.searchsorted(self.buckets, widths)]
         on_device = _on(self.device, order)
-        for start, width in zip(cuts.tolist(), np.asarray(widths).tolist(), strict=True):
+        for start, width in zip(cuts.tolist(), widths.tolist(), strict=True):
             idx = on_device[start : start + self.batch_size]
             if self.windows:
                 yield self._windows(items, idx, max(int(width), 1))
