@@ -86,3 +86,14 @@ def test_buckets_pad_each_batch_to_one_of_four_widths_and_nothing_else(
                 value = torch.nn.functional.pad(value, (0, got[key].shape[1] - value.shape[1]))
             torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
     assert len(seen) >= 1
+
+
+@pytest.mark.parametrize("samples", [TrainSamples("windows", 5), TrainSamples("events", 4)])
+def test_nbytes_counts_what_goes_to_the_device(chain_dir, tmp_path, samples):
+    data = _module(chain_dir, tmp_path, "on")
+    data.train_on(samples)
+    batches = data.train_dataloader()
+    on_device = sum(v.nbytes for v in vars(batches).values() if isinstance(v, torch.Tensor))
+    assert batches.items is None  # tie shuffling: each epoch's item order is copied per epoch
+    epoch_items = 8 * batches.samples.arrays.n_events
+    assert DeviceBatches.nbytes(batches.samples) == on_device + epoch_items

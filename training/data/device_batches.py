@@ -70,10 +70,14 @@ class DeviceBatches:
 
     @staticmethod
     def nbytes(samples: WindowSamples | EventSamples) -> int:
-        """What the device copies take: the arrays as int64, and the per-sample index."""
-        arrays = samples.arrays
-        per_event = 1 + (arrays.context.shape[1] if isinstance(samples, EventSamples) else 0)
-        return 8 * (arrays.n_events * per_event + 3 * len(samples))
+        """What the device copies take, all int64: the items, and per window its start and
+        length, or per event its context, user and user's first event, per sample the event,
+        and the user attribute table."""
+        n_events, n = samples.arrays.n_events, len(samples)
+        if isinstance(samples, WindowSamples):
+            return 8 * (n_events + 2 * n)
+        per_event = 3 + samples.arrays.context.shape[1]
+        return 8 * (n_events * per_event + n + samples.user_codes.size)
 
     def __len__(self) -> int:
         return math.ceil(len(self.samples) / self.batch_size)
