@@ -532,6 +532,31 @@ def step_overhead_table() -> str:
     return "\n\n".join(parts) or "_no `step_overhead*.json` yet_"
 
 
+def _recipe(flags: list[str]) -> str:
+    """["--model.init_args.loss.kind", "gbce", ...] -> "kind=gbce ..."."""
+    pairs = zip(flags[::2], flags[1::2], strict=True)
+    return " ".join(f"{flag.rpartition('.')[2]}={value}" for flag, value in pairs) or "shipped"
+
+
+def loss_learning_table() -> str:
+    """loss_learning*.json: SASRec on ML-100K with each loss recipe, against full CE."""
+    parts = []
+    for path in sorted(RESULTS.glob("loss_learning*.json")):
+        d = load(path.name)
+        rows = [
+            [name, _recipe(r["flags"]), f"{r['best_val_ndcg@10']:.4f}",
+             f"{r['last_val_ndcg@10']:.4f}", f"{r['ratio_to_ce']:.3f}",
+             "met" if r["learns"] else "missed", f"{r['test_ndcg@10']:.4f}", num(r["fit_seconds"])]
+            for name, r in d["recipes"].items()
+        ]  # fmt: skip
+        title = f"`{path.name}` (seed {d['seed']}, {d['epochs']} epochs, no early stop)"
+        headers = ["loss", "recipe", "best val NDCG@10", "last", "x CE"]
+        target = f">= {d['target_ratio']}x CE"
+        table = md_table([*headers, target, "test NDCG@10 (best epoch)", "fit s"], rows)
+        parts.append(title + "\n\n" + table)
+    return "\n\n".join(parts) or "_no `loss_learning*.json` yet_"
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "Data preparation (CPU)": prepare_table,
     "Training (CPU, this machine)": lambda: train_table("train_bench.json"),
@@ -541,6 +566,7 @@ TABLES: dict[str, Callable[[], str]] = {
         + train_table("gpu/train_bench_gpu_20m.json")
     ),
     "Training step overhead (CPU, step_overhead)": step_overhead_table,
+    "Losses that learn (ML-100K, loss_learning)": loss_learning_table,
     "Model quality": quality_table,
     "Serving engines side by side (engine_compare)": engine_tables,
     "Tail-latency fixes, before and after (stall_fixes)": stall_fixes_table,

@@ -32,7 +32,11 @@ CONFIGS = {
 }
 
 
-def _run(model: str, seed: int, dataset: Path, run_dir: Path, baselines: bool) -> dict:
+def run_train(
+    model: str, seed: int, dataset: Path, run_dir: Path, baselines: bool, extra: tuple = ()
+) -> dict:
+    """One `recstack train` of the model's shipped config (with `extra` flags) in its own
+    process -> its metrics.json, with the command's wall time."""
     command = [
         str(Path(sys.executable).parent / "recstack"),
         "train",
@@ -48,6 +52,7 @@ def _run(model: str, seed: int, dataset: Path, run_dir: Path, baselines: bool) -
         str(baselines).lower(),
         "--trainer.enable_progress_bar",
         "false",
+        *extra,
     ]
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True)
@@ -81,7 +86,7 @@ def train_quality(
         for seed in seeds:
             console.print(f"training {model} with seed {seed} ...")
             first = results["baselines"] is None
-            report = _run(model, seed, dataset, Path(runs) / f"{model}-seed{seed}", first)
+            report = run_train(model, seed, dataset, Path(runs) / f"{model}-seed{seed}", first)
             if first:
                 results["baselines"] = report["baselines"]
                 results["manifest_hash"] = report["manifest_hash"]
