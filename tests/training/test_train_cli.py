@@ -43,10 +43,11 @@ def test_overfits_a_tiny_dataset_and_writes_the_run_dir(tmp_path, chain_dir, tas
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_resume_from_a_checkpoint_is_exact(tmp_path, chain_dir):
+@pytest.mark.parametrize("batches", ["auto", "on"], ids=["dataloader", "device_batches"])
+def test_resume_from_a_checkpoint_is_exact(tmp_path, chain_dir, batches):
     # dropout: the RNG must resume too; EMA: its running average; the lr warm-up: its position
     dropout = ["--model.init_args.model.dropout", "0.2", "--model.init_args.optim.ema_decay", "0.9",
-               "--model.init_args.optim.warmup_steps", "40"]  # fmt: skip
+               "--model.init_args.optim.warmup_steps", "40", "--data.device_batches", batches]  # fmt: skip
     straight = write_config(tmp_path / "a", chain_dir, max_epochs=4)
     assert main(["train", "--config", str(straight), *dropout]) == 0
     halves = write_config(tmp_path / "b", chain_dir, max_epochs=2)
