@@ -217,6 +217,7 @@ def run_train(
     max_epochs: int | None,
     label: str | None,
     test_tie_orders: int,
+    overrides: list[str] = (),
 ) -> dict:
     key = f"{model}-seed{seed}" + (f"-{label}" if label else "")
     run_dir = runs / dataset["name"] / key
@@ -228,6 +229,7 @@ def run_train(
     command += ["--test_tie_orders", str(test_tie_orders)]
     if max_epochs is not None:
         command += ["--trainer.max_epochs", str(max_epochs)]
+    command += list(overrides)  # a recipe variant: label it, so it never replaces the default
     process = run_logged(command, run_dir.parent / f"{key}.log")
     report = json.loads((run_dir / "metrics.json").read_text())
     if report["manifest_hash"] != dataset["manifest_hash"]:
@@ -242,6 +244,7 @@ def run_train(
         "model": model,
         "seed": seed,
         "label": label,
+        "overrides": list(overrides),
         "truncated": truncated,
         "config": str(CONFIGS[model].relative_to(ROOT)),
         "config_max_epochs": config_epochs,
@@ -613,6 +616,7 @@ def amazon_quality(
     max_epochs: int | None = None,
     label: str | None = None,
     test_tie_orders: int = 1,
+    overrides: list[str] | None = None,
     ease_lambdas: list[float] | None = None,
     ease_max_items: int | None = None,
     analysis_run: str | None = None,
@@ -632,6 +636,9 @@ def amazon_quality(
         max_epochs: override the config's epoch limit (a run it stops is marked truncated).
         label: suffix of the run keys (e.g. "cpu-3ep"), so short runs do not replace full ones.
         test_tie_orders: final scoring orders (1: seqlines data has no equal timestamps).
+        overrides: extra `recstack train` arguments for a recipe variant, e.g.
+            '[--model.init_args.model.dim, "128"]'; needs a `label`, so that a variant's runs
+            never stand in for the shipped config's.
         ease_lambdas: EASE λ grid (default: the evaluator's 10 ... 2500).
         ease_max_items: skip EASE above this many items (default: the evaluator's 20,000).
         analysis_run: the SASRec run key to analyse (default: the last in the JSON's runs).
@@ -645,6 +652,8 @@ def amazon_quality(
     unknown |= set(models) - set(CONFIGS)
     if unknown:
         raise SystemExit(f"unknown dataset, stage or model: {sorted(unknown)}")
+    if overrides and not label:
+        raise SystemExit("--overrides changes the recipe: give the runs a --label too")
     console = Console(width=200)
     results = {}
     for name in datasets:
@@ -672,9 +681,18 @@ def amazon_quality(
                 for seed in seeds:
                     console.print(f"{name}: training {model} seed {seed} ...")
                     run = run_train(
-                        dataset, model, seed, Path(runs), max_epochs, label, test_tie_orders
+                        dataset,
+                        model,
+                        seed,
+                        Path(runs),
+                        max_epochs,
+                        label,
+                        test_tie_orders,
+                        overrides or [],
                     )
-                    entry["runs"][run["key"]] = run
+                    # another job may have added runs to the file meanwhile: keep them
+                    written = json.loads(out.read_text()) if out.exists() else {}
+                    entry["runs"] = {**written.get("runs", {}), **entry["runs"], run["key"]: run}
                     entry["summary"] = summarise_models(entry["runs"])
                     entry["targets"] = targets(entry)
                     write_json(out, entry)  # after every run: a stopped job keeps what it did

@@ -60,24 +60,23 @@ class DeviceBatches:
             self.widths = samples.lengths  # host: the batch width is the longest window
         else:
             self.events = _on(device, samples.events)
-            self.first = _on(device, samples.first)
+            self.lengths = _on(device, samples.history_lengths)
             self.user_of = _on(device, samples.user_of)
             self.context = _on(device, samples.arrays.context)
             self.user_codes = _on(device, samples.user_codes)
-            event = samples.events
-            self.widths = event - np.maximum(event - samples.history_len, samples.first[event])
+            self.widths = samples.history_lengths  # host: the batch width is the longest history
         self.items = None if samples.order is not None else _on(device, samples.arrays.items)
 
     @staticmethod
     def nbytes(samples: WindowSamples | EventSamples) -> int:
         """What the device copies take, all int64: the items, and per window its start and
-        length, or per event its context, user and user's first event, per sample the event,
+        length, or per event its context and user, per sample its event and history length,
         and the user attribute table."""
         n_events, n = samples.arrays.n_events, len(samples)
         if isinstance(samples, WindowSamples):
             return 8 * (n_events + 2 * n)
-        per_event = 3 + samples.arrays.context.shape[1]
-        return 8 * (n_events * per_event + n + samples.user_codes.size)
+        per_event = 2 + samples.arrays.context.shape[1]
+        return 8 * (n_events * per_event + 2 * n + samples.user_codes.size)
 
     def __len__(self) -> int:
         return math.ceil(len(self.samples) / self.batch_size)
@@ -105,12 +104,11 @@ class DeviceBatches:
         return {"items": seq[:, :-1], "targets": seq[:, 1:]}
 
     def _events(self, items: torch.Tensor, idx: torch.Tensor, width: int) -> dict:
-        event = self.events[idx]
-        start = torch.maximum(event - self.samples.history_len, self.first[event])
+        event, lengths = self.events[idx], self.lengths[idx]
         user = self.user_of[event]
         return {
-            "history": _gather(items, start, event - start, width),
-            "lengths": event - start,
+            "history": _gather(items, event - lengths, lengths, width),
+            "lengths": lengths,
             "targets": items[event],
             "context": self.context[event],
             "user": self.user_codes[user],

@@ -118,8 +118,10 @@ class EventSamples(Dataset):
         counts = np.diff(indptr)
         self.user_of = np.repeat(np.arange(counts.shape[0]), counts)  # [E] user of each event
         position = np.arange(indptr[-1]) - np.repeat(indptr[:-1], counts)
-        self.events = np.flatnonzero(position >= min_history)
-        self.first = indptr[:-1][self.user_of]  # [E] index of the user's first event
+        self.events = np.flatnonzero(position >= min_history)  # [n] the samples' events
+        first = indptr[:-1][self.user_of[self.events]]  # [n] index of the user's first event
+        # [n] events in each sample's history: up to history_len, back to the user's first
+        self.history_lengths = self.events - np.maximum(self.events - history_len, first)
 
     def __len__(self) -> int:
         return int(self.events.shape[0])
@@ -127,13 +129,12 @@ class EventSamples(Dataset):
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         epoch, idx = _split(indices, len(self))
         items = self.arrays.items if self.order is None else self.order.items(epoch)
-        event = self.events[idx]
-        start = np.maximum(event - self.history_len, self.first[event])
-        history = _gather(items, start, event - start)
+        event, lengths = self.events[idx], self.history_lengths[idx]
+        history = _gather(items, event - lengths, lengths)
         user = self.user_of[event]
         return {
             "history": torch.from_numpy(history),
-            "lengths": torch.from_numpy(event - start),
+            "lengths": torch.from_numpy(lengths),
             "targets": torch.from_numpy(items[event].astype(np.int64)),
             "context": torch.from_numpy(self.arrays.context[event].astype(np.int64)),
             "user": torch.from_numpy(self.user_codes[user].astype(np.int64)),
