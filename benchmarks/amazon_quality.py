@@ -20,10 +20,17 @@ Stages, each a separate `recstack` process (its peak RSS from wait4):
   `--quality_threshold` = the anchor's NDCG@10 (time to quality, on validation NDCG@10).
   `--test_tie_orders 1` by default: seqlines data has no equal timestamps, so the config's 8
   tie orders would score 8 identical orders (docs/architecture.md §5, "Ties in the log").
+  `--refit true` by default: each run also reports its config refitted on TRAIN + VALID for
+  the validated epoch count (§5, "Refit"). The anchor trained on TRAIN only, so the validated
+  model's test is the one set against it; the baselines are fitted on TRAIN + VALID for the
+  test, so the refit's test is the one set against them. `--overrides` (with a `--label`)
+  runs a recipe variant; variants are summarised apart from the shipped recipe.
+- `refit` (in this process): refits the finished runs that were trained without it.
 - `analysis` (in this process): a SASRec run's best checkpoint against Markov per user: finer
   history-length buckets, the last-item -> target transition seen or not, SASRec fed only its
   last 1 or 3 items, hit overlap. `profile`: ms per SASRec training step on real batches with
-  full CE, sampled softmax (256 negatives, logQ) and the network alone (docs/architecture.md §6).
+  full CE (float32, bf16 autocast), sampled softmax (256 or 1024 negatives, logQ) and the
+  network alone (docs/architecture.md §6). Time it on an otherwise idle machine.
 - `table`: prints the markdown tables of benchmarks/README.md from the JSON.
 
 Each dataset gets one JSON, benchmarks/results/amazon_<dataset>.json, updated in place by each
@@ -31,7 +38,7 @@ stage (a stage rewrites only its own section; train runs are keyed by model, see
 the dataset (manifest hash, counts, history lengths), the published anchor and the targets,
 baselines with per-segment metrics, and per run the seed, config, per-epoch validation
 trajectory with seconds per epoch, time to quality and test metrics; mean ± std over the
-complete (not truncated) runs of each model.
+complete (not truncated) runs of each recipe, for the validated and the refit models.
 """
 
 import hashlib
@@ -84,7 +91,7 @@ DATASETS = {
     },
 }
 ANCHOR_FACTOR, BASELINE_FACTOR = 1.3, 1.15
-STAGES = ("baselines", "train", "analysis", "profile", "table")
+STAGES = ("baselines", "train", "refit", "analysis", "profile", "table")
 METRIC = "ndcg@10"
 
 
@@ -218,6 +225,7 @@ def run_train(
     label: str | None,
     test_tie_orders: int,
     overrides: list[str] = (),
+    refit: bool = True,
 ) -> dict:
     key = f"{model}-seed{seed}" + (f"-{label}" if label else "")
     run_dir = runs / dataset["name"] / key
@@ -226,7 +234,7 @@ def run_train(
     command += ["--seed_everything", str(seed), "--data.dataset", dataset["path"]]
     command += ["--run_dir", str(run_dir), "--baselines", "false"]
     command += ["--trainer.enable_progress_bar", "false", "--quality_threshold", str(threshold)]
-    command += ["--test_tie_orders", str(test_tie_orders)]
+    command += ["--test_tie_orders", str(test_tie_orders), "--refit", str(refit).lower()]
     if max_epochs is not None:
         command += ["--trainer.max_epochs", str(max_epochs)]
     command += list(overrides)  # a recipe variant: label it, so it never replaces the default
@@ -260,22 +268,53 @@ def run_train(
         "valid": report["valid"],
         "test": report["test"],
         "segments": report["segments"],
+        "refit": _refit_entry(report.get("refit")),
         "process": process,
     }
 
 
+def _refit_entry(refit: dict | None) -> dict | None:
+    """A run's refit on TRAIN + VALID (training/refit): its epochs, time and test figures."""
+    if not refit:
+        return None
+    return {k: refit[k] for k in ("epochs", "fit_seconds", "test")}
+
+
+def refit_run(run: dict) -> dict:
+    """Refit a finished run that was trained without --refit, in this process, from its run
+    dir's config.yaml and best epoch, as `recstack train --refit true` would have."""
+    import yaml
+
+    from recstack.training.train_cli import refit
+
+    run_dir = Path(run["run_dir"])
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    report = refit(config, run_dir, run["best_epoch"] + 1)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    write_json(run_dir / "metrics.json", {**metrics, "refit": report})
+    return {**run, "refit": _refit_entry(report)}
+
+
+def recipe(run: dict) -> str:
+    """The model and its recipe label: runs of one recipe are the seeds of one mean."""
+    return run["model"] + (f"-{run['label']}" if run.get("label") else "")
+
+
 def summarise_models(runs: dict) -> dict:
-    """Mean ± std of test metrics per model over its complete (not truncated) runs."""
-    models: dict = {}
+    """Per recipe, over its complete (not truncated) runs: mean ± std of the test metrics of
+    the validated model, and of the refit model where every run has one (`refit`)."""
+    recipes: dict = {}
     for run in runs.values():
-        models.setdefault(run["model"], []).append(run)
+        recipes.setdefault(recipe(run), []).append(run)
     summary = {}
-    for model, entries in models.items():
+    for name, entries in recipes.items():
         complete = [r for r in entries if not r["truncated"]]
-        summary[model] = {
+        refits = [r["refit"]["test"] for r in complete if r.get("refit")]
+        summary[name] = {
             "complete_runs": [r["key"] for r in complete],
             "truncated_runs": [r["key"] for r in entries if r["truncated"]],
             **(summarise([r["test"] for r in complete]) if complete else {}),
+            "refit": summarise(refits) if complete and len(refits) == len(complete) else None,
         }
     return summary
 
@@ -303,16 +342,21 @@ def targets(entry: dict) -> dict:
         },
         "models": {},
     }
+    # The anchor was trained on TRAIN only: the validated model's test compares with it. The
+    # baselines are fitted on TRAIN + VALID for the test: the refit's test compares with them.
     for model, summary in (entry.get("summary") or {}).items():
         mean = summary.get("mean", {}).get(METRIC)
+        refit = ((summary.get("refit") or {}).get("mean") or {}).get(METRIC)
         result["models"][model] = {
             "mean_ndcg@10": mean,
+            "refit_mean_ndcg@10": refit,
             "n_seeds": len(summary["complete_runs"]),
             "vs_anchor": round(mean / anchor, 3) if mean else None,
-            "vs_best_baseline": round(mean / best[1], 3) if mean and best[1] else None,
             "meets_anchor_target": mean >= ANCHOR_FACTOR * anchor if mean else None,
-            "meets_baseline_target": mean >= BASELINE_FACTOR * best[1]
-            if mean and best[1]
+            "vs_best_baseline": round(mean / best[1], 3) if mean and best[1] else None,
+            "refit_vs_best_baseline": round(refit / best[1], 3) if refit and best[1] else None,
+            "meets_baseline_target": refit >= BASELINE_FACTOR * best[1]
+            if refit and best[1]
             else None,
         }
     return result
@@ -396,24 +440,36 @@ def analyse(dataset: dict, run: dict) -> dict:
     }
 
 
+# loss variants a step is timed with: (LossConfig fields, bf16 autocast); None = no loss
+STEP_VARIANTS = {
+    "full_ce": ({"kind": "ce"}, False),
+    "full_ce_bf16": ({"kind": "ce"}, True),
+    "sampled_256_logq": ({"kind": "sampled", "n_negatives": 256}, False),
+    "sampled_1024_logq": ({"kind": "sampled", "n_negatives": 1024}, False),
+    "net_only": (None, False),
+}
+
+
 def _time_steps(name: str, data: list, n_items: int, config: dict, seed: int) -> float:
     """ms per SASRec training step (forward, backward, AdamW) over `data` with loss `name`."""
     from recstack.schema import PAD_IDX
     from recstack.training.losses import LossConfig, RecLoss
     from recstack.training.models.sasrec import SASRec, SASRecConfig
 
+    loss_fields, bf16 = STEP_VARIANTS[name]
     torch.manual_seed(seed)
     net = SASRec(SASRecConfig(n_items=n_items, **config))
-    loss_fn = RecLoss(LossConfig(kind="sampled" if name.startswith("sampled") else "ce"), n_items)
+    loss_fn = RecLoss(LossConfig(**loss_fields), n_items) if loss_fields else None
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
 
     def step(items: torch.Tensor, targets: torch.Tensor) -> None:
-        hidden = net(items)
-        keep = targets != PAD_IDX
-        if name == "net_only":  # no item vectors: the network's own cost
-            loss = hidden[keep].square().mean()
-        else:
-            loss = loss_fn(hidden[keep], targets[keep], net.item_vectors)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            hidden = net(items)
+            keep = targets != PAD_IDX
+            if loss_fn is None:  # no item vectors: the network's own cost
+                loss = hidden[keep].float().square().mean()
+            else:
+                loss = loss_fn(hidden[keep], targets[keep], net.item_vectors)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -431,10 +487,10 @@ def profile_steps(dataset: dict, steps: int = 40, batch_size: int = 64, seed: in
 
     Batches are the TRAIN sequences of random users, length-sorted in pools of 16 batches and
     padded to the longest in the batch, as training's EpochSampler does; model sizes are the
-    shipped config's. Per step (forward, backward, AdamW), ms for: the full CE over the
-    catalogue (the config's loss), sampled softmax with 256 uniform negatives and logQ (issue
-    19 item 5's candidate), and the network alone (a loss that touches no item vectors), so
-    CE's share = 1 - net / full. Inputs are identical across the three.
+    shipped config's. Per step (forward, backward, AdamW), ms for each of STEP_VARIANTS: the
+    full CE over the catalogue (the config's loss) in float32 and under bf16 autocast, sampled
+    softmax with 256 or 1024 uniform negatives and logQ, and the network alone (a loss that
+    touches no item vectors), so CE's share = 1 - net / full. Inputs are identical across all.
     """
     import yaml
 
@@ -467,10 +523,7 @@ def profile_steps(dataset: dict, steps: int = 40, batch_size: int = 64, seed: in
         return items, targets
 
     data = [tensors(b) for b in picked]
-    results = {
-        name: _time_steps(name, data, n_items, config, seed)
-        for name in ("full_ce", "sampled_256_logq", "net_only")
-    }
+    results = {name: _time_steps(name, data, n_items, config, seed) for name in STEP_VARIANTS}
     tokens = sum(int((t != PAD_IDX).sum()) for _, t in data) / len(data)
     padded = sum(t.numel() for _, t in data) / len(data)
     batches_per_epoch = -(-len(seqs) // batch_size)
@@ -515,6 +568,10 @@ def markdown(entry: dict) -> str:
         if summary.get("mean"):
             n = len(summary["complete_runs"])
             row(model, n, summary["mean"], summary.get("std"), "mean ± std over seeds")
+        if summary.get("refit"):
+            refit = summary["refit"]
+            note = "refit on train + valid for the validated epoch count, as the baselines"
+            row(f"{model} refit", n, refit["mean"], refit.get("std"), note)
     for key, run in (entry.get("runs") or {}).items():
         if run["truncated"]:
             note = f"**truncated** at {run['epochs_trained']} epochs: not a final figure"
@@ -603,6 +660,8 @@ def print_summary(console: Console, entry: dict) -> None:
         rows[name] = model.get("metrics")
     for key, run in entry.get("runs", {}).items():
         rows[key + (" (truncated)" if run["truncated"] else "")] = run["test"]
+        if run.get("refit"):
+            rows[f"{key} refit"] = run["refit"]["test"]
     title = f"{entry['dataset']['name']}: test, full ranking, LOO"
     console.print(metrics_table(title, rows, table_columns((10, 20), False)))
 
@@ -617,6 +676,7 @@ def amazon_quality(
     label: str | None = None,
     test_tie_orders: int = 1,
     overrides: list[str] | None = None,
+    refit: bool = True,
     ease_lambdas: list[float] | None = None,
     ease_max_items: int | None = None,
     analysis_run: str | None = None,
@@ -628,7 +688,8 @@ def amazon_quality(
     Args:
         data: folder with Beauty.txt and Sports_and_Outdoors.txt; default ../shared/data/amazon.
         datasets: any of "beauty", "sports".
-        stages: any of "baselines", "train", "analysis" (SASRec vs Markov per user), "table"
+        stages: any of "baselines", "train", "refit" (refit the finished runs that have no
+            refit yet), "analysis" (SASRec vs Markov per user), "table"
             (print the README's markdown tables from the JSON), "profile" (where a SASRec step's
             time goes: full CE vs sampled softmax vs the network alone).
         models: any of "sasrec", "two_tower" (configs/train/<model>_ml100k.yaml, unchanged).
@@ -639,6 +700,8 @@ def amazon_quality(
         overrides: extra `recstack train` arguments for a recipe variant, e.g.
             '[--model.init_args.model.dim, "128"]'; needs a `label`, so that a variant's runs
             never stand in for the shipped config's.
+        refit: train stage: `recstack train --refit true`, so each run also reports the test
+            of its config refitted on TRAIN + VALID events (what the baselines are fitted on).
         ease_lambdas: EASE λ grid (default: the evaluator's 10 ... 2500).
         ease_max_items: skip EASE above this many items (default: the evaluator's 20,000).
         analysis_run: the SASRec run key to analyse (default: the last in the JSON's runs).
@@ -689,6 +752,7 @@ def amazon_quality(
                         label,
                         test_tie_orders,
                         overrides or [],
+                        refit,
                     )
                     # another job may have added runs to the file meanwhile: keep them
                     written = json.loads(out.read_text()) if out.exists() else {}
@@ -696,6 +760,12 @@ def amazon_quality(
                     entry["summary"] = summarise_models(entry["runs"])
                     entry["targets"] = targets(entry)
                     write_json(out, entry)  # after every run: a stopped job keeps what it did
+        if "refit" in stages:  # runs trained without --refit: refit them here
+            for key, run in entry.get("runs", {}).items():
+                if not run["truncated"] and not run.get("refit") and run["model"] in models:
+                    console.print(f"{name}: refitting {key} on train + valid ...")
+                    entry["runs"][key] = refit_run(run)
+                    write_json(out, entry)
         if "analysis" in stages:
             keys = [k for k, r in entry.get("runs", {}).items() if r["model"] == "sasrec"]
             key = analysis_run or (keys[-1] if keys else None)

@@ -60,6 +60,7 @@ def write_run_report(
     baselines: bool = True,
     quality_threshold: float = 0.10,
     tie_orders: int = 1,
+    refit: dict | None = None,
     console: Console | None = None,
 ) -> dict:
     console = console or Console(width=200)
@@ -77,6 +78,8 @@ def write_run_report(
     best = best_entry(history)
     name = type(task.net).__name__
     rows = {name: result.metrics}
+    if refit:
+        rows[f"{name} refit ({refit['epochs']} epochs on train + valid)"] = refit["test"]
     payload = {
         "model": name,
         "run_dir": str(run_dir),
@@ -96,6 +99,7 @@ def write_run_report(
         "test": result.metrics,
         "test_info": {**result.info, "eval_s": round(eval_s, 3)},
         "segments": segments_to_dict(segment_metrics(result, data.users)),
+        "refit": refit,  # the model refitted on TRAIN + VALID (training/refit), if asked
         "baselines": {},
         "history": history,
         "config": config,

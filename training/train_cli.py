@@ -28,7 +28,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_module
 from recstack.errors import RecstackError
 from recstack.training.data.datamodule import RecDataModule
 from recstack.training.quiet import LEAF_SPEC, LIGHTNING_TIP, log_lines_off, warnings_off
-from recstack.training.run_report import write_run_report
+from recstack.training.refit import refit_config, refit_report
+from recstack.training.run_report import best_entry, write_run_report
 from recstack.training.tasks.base import MONITOR, RecTask
 from recstack.training.warm_start import WarmStart
 
@@ -158,6 +159,14 @@ class RecstackCLI(LightningCLI):
             help="final valid/test scores: average over this many orders of each history's "
             "equal-timestamp events (1 = the log's order; per-epoch validation always uses 1)",
         )
+        parser.add_argument(
+            "--refit",
+            type=bool,
+            default=False,
+            help="after the validated fit, train again on TRAIN + VALID events for the chosen "
+            "number of epochs and report that model's test beside the validated one's "
+            "(metrics.json `refit`; its checkpoints in run_dir/refit)",
+        )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults(
             {
@@ -277,12 +286,13 @@ def train(argv: list[str]) -> dict | None:
     with warnings_off(LEAF_SPEC):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=config.ckpt_path)
     fit_seconds = time.perf_counter() - started
-    if not cli.trainer.is_global_zero:
-        return None
     if cli.trainer.interrupted:
         raise RecstackError(
             f"training interrupted; resume with --ckpt_path last (run dir {run_dir})"
         )
+    refit = _refit(cli, run_dir) if config.refit else None  # every rank fits
+    if not cli.trainer.is_global_zero:
+        return None
     return write_run_report(
         cli.model,
         cli.datamodule,
@@ -293,4 +303,29 @@ def train(argv: list[str]) -> dict | None:
         baselines=config.baselines,
         quality_threshold=config.quality_threshold,
         tie_orders=config.test_tie_orders,
+        refit=refit,
     )
+
+
+def _refit(cli: RecstackCLI, run_dir: Path) -> dict | None:
+    """The run's refit for its best epoch count; None when nothing was validated."""
+    best = best_entry(cli.model.history)
+    if not best:
+        return None
+    return refit(resolved_config(cli), run_dir, best["epoch"] + 1)
+
+
+def refit(config: dict, run_dir: Path, epochs: int) -> dict | None:
+    """Train the resolved training `config` again on TRAIN + VALID events for `epochs` epochs
+    (training/refit) and return its test report on rank zero (None on the others)."""
+    refit_cli = build_cli(refit_config(config, run_dir, epochs))
+    started = time.perf_counter()
+    with warnings_off(LEAF_SPEC):
+        refit_cli.trainer.fit(refit_cli.model, datamodule=refit_cli.datamodule)
+    fit_seconds = time.perf_counter() - started
+    if refit_cli.trainer.interrupted:
+        raise RecstackError(f"the refit was interrupted; train again (run dir {run_dir})")
+    if not refit_cli.trainer.is_global_zero:
+        return None
+    tie_orders = refit_cli.config.test_tie_orders
+    return refit_report(refit_cli.model, refit_cli.datamodule, epochs, fit_seconds, tie_orders)
