@@ -654,6 +654,16 @@ def machine() -> dict:
     }
 
 
+def write_entry(out: Path, entry: dict, changed: dict) -> None:
+    """Write `entry` with the runs now in the file (another job may have added some since this
+    one read it) updated by the runs this job `changed`, and the summary and targets of all."""
+    written = json.loads(out.read_text()) if out.exists() else {}
+    entry["runs"] = {**entry.get("runs", {}), **written.get("runs", {}), **changed}
+    entry["summary"] = summarise_models(entry["runs"])
+    entry["targets"] = targets(entry)
+    write_json(out, entry)
+
+
 def print_summary(console: Console, entry: dict) -> None:
     rows = {"anchor (ICLRec)": {k: v for k, v in entry["anchor"].items() if k != "source"}}
     for name, model in (entry.get("baselines") or {}).get("models", {}).items():
@@ -738,8 +748,8 @@ def amazon_quality(
         if "baselines" in stages:
             console.print(f"{name}: baselines ...")
             entry["baselines"] = run_baselines(dataset, Path(runs), ease_lambdas, ease_max_items)
+        changed: dict = {}  # the runs this process trained or refitted
         if "train" in stages:
-            entry.setdefault("runs", {})
             for model in models:
                 for seed in seeds:
                     console.print(f"{name}: training {model} seed {seed} ...")
@@ -754,18 +764,14 @@ def amazon_quality(
                         overrides or [],
                         refit,
                     )
-                    # another job may have added runs to the file meanwhile: keep them
-                    written = json.loads(out.read_text()) if out.exists() else {}
-                    entry["runs"] = {**written.get("runs", {}), **entry["runs"], run["key"]: run}
-                    entry["summary"] = summarise_models(entry["runs"])
-                    entry["targets"] = targets(entry)
-                    write_json(out, entry)  # after every run: a stopped job keeps what it did
+                    changed[run["key"]] = run
+                    write_entry(out, entry, changed)  # a stopped job keeps what it did
         if "refit" in stages:  # runs trained without --refit: refit them here
-            for key, run in entry.get("runs", {}).items():
+            for key, run in list(entry.get("runs", {}).items()):
                 if not run["truncated"] and not run.get("refit") and run["model"] in models:
                     console.print(f"{name}: refitting {key} on train + valid ...")
-                    entry["runs"][key] = refit_run(run)
-                    write_json(out, entry)
+                    changed[key] = refit_run(run)
+                    write_entry(out, entry, changed)
         if "analysis" in stages:
             keys = [k for k, r in entry.get("runs", {}).items() if r["model"] == "sasrec"]
             key = analysis_run or (keys[-1] if keys else None)
@@ -777,9 +783,7 @@ def amazon_quality(
             console.print(f"{name}: timing SASRec steps ...")
             entry["step_profile"] = profile_steps(dataset)
             console.print(entry["step_profile"])
-        entry["summary"] = summarise_models(entry.get("runs", {}))
-        entry["targets"] = targets(entry)
-        write_json(out, entry)
+        write_entry(out, entry, changed)
         print_summary(console, entry)
         if "table" in stages:
             print(markdown(entry) + "\n")

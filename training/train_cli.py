@@ -26,10 +26,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_module
 
 from recstack.errors import RecstackError
+from recstack.eval_report import write_json
 from recstack.training.data.datamodule import RecDataModule
 from recstack.training.quiet import LEAF_SPEC, LIGHTNING_TIP, log_lines_off, warnings_off
 from recstack.training.refit import refit_config, refit_report
-from recstack.training.run_report import best_entry, write_run_report
+from recstack.training.run_report import METRICS_FILE, best_entry, write_run_report
 from recstack.training.tasks.base import MONITOR, RecTask
 from recstack.training.warm_start import WarmStart
 
@@ -328,4 +329,7 @@ def refit(config: dict, run_dir: Path, epochs: int) -> dict | None:
     if not refit_cli.trainer.is_global_zero:
         return None
     tie_orders = refit_cli.config.test_tie_orders
-    return refit_report(refit_cli.model, refit_cli.datamodule, epochs, fit_seconds, tie_orders)
+    report = refit_report(refit_cli.model, refit_cli.datamodule, epochs, fit_seconds, tie_orders)
+    # in the refit's own run dir too: `recstack export` of its checkpoint carries the figures
+    write_json(Path(refit_cli.config.run_dir) / METRICS_FILE, {**report, "refit_of": str(run_dir)})
+    return report

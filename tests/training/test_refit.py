@@ -16,6 +16,7 @@ import pytest
 import yaml
 from train_configs import SASREC, write_config
 
+from recstack.artifact_manifest import read_artifact_manifest
 from recstack.cli import main
 from recstack.datasets.prepare import prepare
 from recstack.datasets.sources.tabular import ColumnMapping
@@ -63,6 +64,12 @@ def test_the_refit_trains_on_valid_events_for_the_chosen_epochs(tmp_path, refit_
     assert refit_config["data"]["fit_on"] == "train_valid"
     assert refit_config["trainer"]["max_epochs"] == refit["epochs"]
     assert (run / "refit" / "checkpoints" / "last.ckpt").is_file()
+    own = json.loads((run / "refit" / "metrics.json").read_text())  # what export reads
+    assert own["test"] == refit["test"] and own["refit_of"] == str(run)
+    artifact = tmp_path / "artifact"
+    ckpt = run / "refit" / "checkpoints" / "last.ckpt"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(artifact)]) == 0
+    assert read_artifact_manifest(artifact).training.test == refit["test"]
     epochs = pl.read_csv(run / "refit" / "logs" / "metrics.csv")["epoch"].drop_nulls().unique()
     assert epochs.len() == refit["epochs"]
     # the first fit's logs are its own: the refit wrote into run/refit only
