@@ -370,13 +370,16 @@ def analyse(dataset: dict, run: dict) -> dict:
 
     - per history length, finer than the evaluator's default buckets (recstack/segments.py);
     - by the last-item signal: whether the (last history item -> target) transition occurs in
-      the history events (what first-order Markov can score at all);
+      the history events (what first-order Markov can score at all), and whether it occurs
+      among TRAIN events or only among VALID ones (which only a refit model trained on);
     - SASRec given only the last 1 or 3 history items (how much of its score is first-order);
-    - hit overlap at 10 between the two.
+    - hit overlap at 10 between the two;
+    - the run's refit model beside them, when it has one.
     """
     from recstack.dataset_dir import load_dataset
     from recstack.datasets.splits import apply_split
     from recstack.eval_set import build_eval_set, history_frame
+    from recstack.schema import SPLIT, TRAIN
     from recstack.segments import segment_metrics, segments_to_dict
     from recstack.training.eval.baselines import Markov
     from recstack.training.eval.evaluator import evaluate
@@ -387,32 +390,50 @@ def analyse(dataset: dict, run: dict) -> dict:
     test_set = build_eval_set(frame, "test", data.n_items)
     history = history_frame(frame, "test")
     markov = Markov().fit(history, data.n_items)
-    task = NextItemTask.load_from_checkpoint(
-        Path(run["run_dir"]) / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True
-    )
-    net = task.net.eval()
 
-    def sasrec(width: int):
-        return lambda batch: net.score_all(*batch.recent(width))
+    def net(checkpoint: Path):
+        task = NextItemTask.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+        return task.net.eval()
 
+    def sasrec(model, width: int):
+        return lambda batch: model.score_all(*batch.recent(width))
+
+    best = net(Path(run["run_dir"]) / "checkpoints" / "best.ckpt")
     results = {"Markov": evaluate(markov, test_set, device="cpu")}
-    for width in (net.config.history_len, 3, 1):
-        name = "SASRec" if width == net.config.history_len else f"SASRec last {width}"
-        results[name] = evaluate(sasrec(width), test_set, device="cpu")
-    # The last-item signal: does the (last history item -> target) pair occur in the history?
+    for width in (best.config.history_len, 3, 1):
+        name = "SASRec" if width == best.config.history_len else f"SASRec last {width}"
+        results[name] = evaluate(sasrec(best, width), test_set, device="cpu")
+    refit = Path(run["run_dir"]) / "refit" / "checkpoints" / "last.ckpt"
+    if refit.is_file():
+        refit_net = net(refit)
+        results["SASRec refit"] = evaluate(
+            sasrec(refit_net, refit_net.config.history_len), test_set, device="cpu"
+        )
+    # The last-item signal: does the (last history item -> target) pair occur in the history,
+    # among TRAIN events (a pair counts as TRAIN when its second event is) or only VALID ones?
     pairs = history.select(
-        pl.col("item_idx").shift(1).over("user_idx").alias("prev"), pl.col("item_idx")
+        pl.col("item_idx").shift(1).over("user_idx").alias("prev"), pl.col("item_idx"), SPLIT
     ).drop_nulls()
-    seen = set(zip(pairs["prev"].to_list(), pairs["item_idx"].to_list(), strict=True))
+
+    def pair_set(frame: pl.DataFrame) -> set:
+        return set(zip(frame["prev"].to_list(), frame["item_idx"].to_list(), strict=True))
+
+    seen, seen_train = pair_set(pairs), pair_set(pairs.filter(pl.col(SPLIT) == TRAIN))
     for result in results.values():
         assert np.array_equal(result.users, test_set.users)  # per-user arrays line up
     last = test_set.history_items[test_set.history_indptr[1:] - 1]
     first_target = test_set.target_items[test_set.target_indptr[:-1]]
-    known = np.array(
-        [(int(a), int(b)) in seen for a, b in zip(last, first_target, strict=True)], dtype=bool
-    )
+    query = [(int(a), int(b)) for a, b in zip(last, first_target, strict=True)]
+    known = np.array([q in seen for q in query], dtype=bool)
+    in_train = np.array([q in seen_train for q in query], dtype=bool)
     by_signal = {}
-    for label, keep in (("transition seen", known), ("transition unseen", ~known)):
+    groups = (
+        ("transition seen", known),
+        ("seen among TRAIN events", in_train),
+        ("seen only among VALID events", known & ~in_train),
+        ("transition unseen", ~known),
+    )
+    for label, keep in groups:
         by_signal[label] = {
             "n_users": int(keep.sum()),
             **{
