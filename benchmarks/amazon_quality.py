@@ -586,13 +586,14 @@ def markdown(entry: dict) -> str:
 
     row("ICLRec (published anchor)", "–", anchor, note="target 1.3×")
     for model, summary in (entry.get("summary") or {}).items():
+        n = len(summary["complete_runs"])
         if summary.get("mean"):
-            n = len(summary["complete_runs"])
-            row(model, n, summary["mean"], summary.get("std"), "mean ± std over seeds")
+            std = summary.get("std") if n > 1 else None
+            row(model, n, summary["mean"], std, "TRAIN only; mean ± std over seeds")
         if summary.get("refit"):
             refit = summary["refit"]
-            note = "refit on train + valid for the validated epoch count, as the baselines"
-            row(f"{model} refit", n, refit["mean"], refit.get("std"), note)
+            note = "refit on TRAIN + VALID for the validated epoch count, as the baselines"
+            row(f"{model} refit", n, refit["mean"], refit.get("std") if n > 1 else None, note)
     for key, run in (entry.get("runs") or {}).items():
         if run["truncated"]:
             note = f"**truncated** at {run['epochs_trained']} epochs: not a final figure"

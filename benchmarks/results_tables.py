@@ -23,6 +23,9 @@ README = HERE / "README.md"
 MAIN_README = HERE.parent / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ENGINES_START, ENGINES_END = "<!-- engines:start -->", "<!-- engines:end -->"
+ANCHORS_START, ANCHORS_END = "<!-- anchors:start -->", "<!-- anchors:end -->"
+AMAZON_START, AMAZON_END = "<!-- amazon:start -->", "<!-- amazon:end -->"
+AMAZON = ("beauty", "sports")
 
 
 def md_table(headers: list[str], rows: list[list]) -> str:
@@ -159,6 +162,60 @@ def engine_headlines() -> str:
     headers = ["run", "engine", "soak", "p50 ms", "p99 ms", "max ms", "errors"]
     headers += ["CPU ms/req", "× uvicorn", "highest rate at p99 ≤ 15 ms (step)"]
     return md_table(headers, rows) if rows else "_no `engine_compare*.json` yet_"
+
+
+def _mean_std(summary: dict | None, runs: int, metric: str = "ndcg@10") -> str | None:
+    """ "mean ± std" over `runs` seeds (the mean alone for one run)."""
+    if not summary or not summary.get("mean"):
+        return None
+    std = (summary.get("std") or {}).get(metric)
+    spread = f" ± {std:.4f}" if std is not None and runs > 1 else ""
+    return f"{summary['mean'][metric]:.4f}{spread}"
+
+
+def anchors_table() -> str:
+    """The main README's Amazon table: published anchor, baselines and the shipped SASRec
+    recipe (validated on TRAIN only, and refitted on TRAIN + VALID), from amazon_<d>.json."""
+    rows = []
+    for name in AMAZON:
+        path = RESULTS / f"amazon_{name}.json"
+        if not path.exists():
+            continue
+        d = json.loads(path.read_text())
+        base = {
+            k: (v.get("metrics") or {}).get("ndcg@10") for k, v in d["baselines"]["models"].items()
+        }
+        sasrec = d.get("summary", {}).get("sasrec") or {}
+        target = d.get("targets", {}).get("models", {}).get("sasrec") or {}
+        seeds = len(sasrec.get("complete_runs", []))
+        rows.append(
+            [
+                name,
+                num(d["anchor"]["ndcg@10"], 4),
+                *(num(base.get(k), 4) for k in ("MostPop", "EASE", "Markov")),
+                seeds,
+                _mean_std(sasrec, seeds),
+                _mean_std(sasrec.get("refit"), seeds),
+                num(target.get("vs_anchor"), 2),
+                num(target.get("refit_vs_best_baseline"), 2),
+            ]
+        )
+    headers = ["dataset", "ICLRec (published)", "MostPop", "EASE", "Markov", "SASRec seeds"]
+    headers += ["SASRec, TRAIN only", "SASRec refit", "TRAIN only / anchor"]
+    headers += ["refit / best baseline"]
+    return md_table(headers, rows) if rows else "_no `amazon_*.json` yet_"
+
+
+def amazon_tables() -> str:
+    """benchmarks/README.md's Amazon section: amazon_quality.py's tables of each dataset."""
+    from amazon_quality import markdown
+
+    parts = []
+    for name in AMAZON:
+        path = RESULTS / f"amazon_{name}.json"
+        if path.exists():
+            parts.append(markdown(json.loads(path.read_text())))
+    return "\n\n".join(parts) if parts else "_no `amazon_*.json` yet_"
 
 
 def _p99_by_endpoint(soak: dict) -> str:
@@ -604,12 +661,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if a README is not up to date")
     args = parser.parse_args(argv)
-    targets = {
-        README: (START, END, render()),
-        MAIN_README: (ENGINES_START, ENGINES_END, engine_headlines()),
-    }
+    blocks = [
+        (README, START, END, render()),
+        (README, AMAZON_START, AMAZON_END, amazon_tables()),
+        (MAIN_README, ENGINES_START, ENGINES_END, engine_headlines()),
+        (MAIN_README, ANCHORS_START, ANCHORS_END, anchors_table()),
+    ]
     stale = []
-    for path, (start, end, body) in targets.items():
+    for path, start, end, body in blocks:  # each block reads the file its last write left
         filled = _fill(path, start, end, body)
         if filled is None:
             return 2
@@ -618,9 +677,9 @@ def main(argv: list[str] | None = None) -> int:
             stale.append(path)
             if not args.check:
                 path.write_text(updated)
-                print(f"wrote the tables of {path}")
+                print(f"wrote the tables of {path} ({start})")
     if args.check and stale:
-        names = ", ".join(str(p) for p in stale)
+        names = ", ".join(sorted({str(p) for p in stale}))
         print(f"{names} stale: run benchmarks/results_tables.py", file=sys.stderr)
         return 1
     return 0
