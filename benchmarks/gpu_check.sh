@@ -3,7 +3,8 @@
 # order, each step time-boxed so the whole run ends in about 8 minutes:
 #   1. the gpu-marked tests (bf16 training, CUDA full ranking == CPU, chunked CE under autocast)
 #   2. one SASRec training step in plain PyTorch (step_profile.py) at batch 64/256/1024
-#   3. train_bench on CUDA in bf16: ML-100K and synth-1M (ML-1M size), SASRec and two-tower
+#   3. train_bench on CUDA in bf16: ML-100K and synth-1M (ML-1M size), SASRec and two-tower;
+#      then synth-1M again with the network compiled (--compile true)
 #   4. a 4-trial `recstack tune` study on ML-100K on the GPU (pruning, report, best.yaml)
 #   5. train_bench at ML-20M size (synth-20m), SASRec, 300 batches + 20k validation users
 #   6. inference_bench on CUDA: torch (CUDA) vs onnxruntime for SASRec and the user tower with
@@ -19,7 +20,7 @@ OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3} -P"  # -P: import the installed recstack, not the repo's bare recstack/
-STEPS=${STEPS:-gpu_tests,step_profile,train_bench,tune_gpu,train_bench_20m,inference}  # a subset reruns fewer
+STEPS=${STEPS:-gpu_tests,step_profile,train_bench,train_bench_compile,tune_gpu,train_bench_20m,inference}  # a subset reruns fewer
 if [ -d .whl ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && \
@@ -46,6 +47,11 @@ step step_profile 60 $PY benchmarks/step_profile.py --device cuda --out "$OUT/st
 step train_bench 150 $PY benchmarks/train_bench.py --sizes ml100k,synth-1m \
   --models sasrec,two_tower --epochs 2 --num_workers 4 --device cuda \
   --out "$OUT/train_bench_gpu.json"
+
+# the same, the network compiled (recstack train --compile true): 3 epochs, the first compiles
+step train_bench_compile 150 $PY benchmarks/train_bench.py --sizes synth-1m \
+  --models sasrec,two_tower --epochs 3 --num_workers 4 --device cuda --compile true \
+  --out "$OUT/train_bench_gpu_compile.json"
 
 cat > /tmp/gpu_search.yaml <<'YAML'
 sampler: {kind: tpe, seed: 0, n_startup_trials: 3}

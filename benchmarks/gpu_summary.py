@@ -23,12 +23,15 @@ def _load(path: Path) -> dict | None:
 
 def training(folder: Path) -> list[dict]:
     rows = []
-    for name in ("train_bench_gpu.json", "train_bench_gpu_20m.json"):
+    for name in (
+        "train_bench_gpu.json",
+        "train_bench_gpu_compile.json",
+        "train_bench_gpu_20m.json",
+    ):
         document = _load(folder / name) or {}
         for run in document.get("runs", []):
-            row = {
-                key: run.get(key) for key in ("size", "model", "samples_per_s", "data_wait_share")
-            }
+            keys = ("size", "model", "compiled", "samples_per_s", "data_wait_share")
+            row = {key: run.get(key) for key in keys}
             for key in ("epoch_s", "val_s"):  # measured, or scaled up from part of the epoch
                 row[key] = run.get(key, run.get(f"{key}_estimated"))
                 row[f"{key}_estimated"] = key not in run and f"{key}_estimated" in run

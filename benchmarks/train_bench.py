@@ -53,6 +53,7 @@ from machine_info import machine, peak_rss_mib, reset_peak_rss
 from recstack.datasets.prepare import prepare
 from recstack.datasets.synth import synthesize
 from recstack.schema import PAD_IDX
+from recstack.training.compile_net import CompileNet
 from recstack.training.data.datamodule import RecDataModule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,12 +234,12 @@ def bench_one(name: str, model: str, dataset: Path, cuda: bool, opts: dict) -> d
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[meter],
+        callbacks=[meter, CompileNet()] if opts["compile"] else [meter],
     )
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.fit(task, datamodule=data)
-    run = {"size": name, "model": model, "settings": settings}
+    run = {"size": name, "model": model, "settings": settings, "compiled": opts["compile"]}
     run["dataset"] = data.data.manifest["counts"]
     run |= summarise(meter.epochs[-1], len(trainer.train_dataloader), *val_users)
     run["val_ndcg@10"] = round(float(trainer.callback_metrics["val/ndcg@10"]), 4)
@@ -282,6 +283,7 @@ def train_bench(
     device: Literal["auto", "cpu", "cuda"] = "auto",
     num_workers: int = 0,
     threads: int | None = None,
+    compile: bool = False,
     out: Path = RESULTS / "train_bench.json",
     data_dir: Path = Path("data/bench"),
 ) -> dict:
@@ -298,6 +300,8 @@ def train_bench(
         device: auto (CUDA when available), cpu or cuda.
         num_workers: DataLoader worker processes.
         threads: torch CPU threads; default torch's own (one per core).
+        compile: torch.compile the network first (as `recstack train --compile true`); the
+            first epoch then includes the compilation, so time two or more epochs.
         out: JSON result file.
         data_dir: where the prepared datasets (and their event arrays) are kept between runs.
     """
@@ -314,7 +318,7 @@ def train_bench(
     warnings.filterwarnings("ignore", category=PossibleUserWarning)  # "use more workers"
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # torch 2.13
     opts = {"epochs": max(epochs, 1), "max_batches": max_batches, "val_users": val_users}
-    opts |= {"num_workers": num_workers, "data_dir": Path(data_dir)}
+    opts |= {"num_workers": num_workers, "data_dir": Path(data_dir), "compile": compile}
     runs = []
     for name in size_names:
         dataset = prepared_dataset(name, SIZES[name], Path(data_dir))

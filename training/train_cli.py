@@ -27,6 +27,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_module
 
 from recstack.errors import RecstackError
 from recstack.eval_report import write_json
+from recstack.training.compile_net import CompileNet
 from recstack.training.data.datamodule import RecDataModule
 from recstack.training.quiet import LEAF_SPEC, LIGHTNING_TIP, log_lines_off, warnings_off
 from recstack.training.refit import refit_config, refit_report
@@ -168,6 +169,13 @@ class RecstackCLI(LightningCLI):
             "number of epochs and report that model's test beside the validated one's "
             "(metrics.json `refit`; its checkpoints in run_dir/refit)",
         )
+        parser.add_argument(
+            "--compile",
+            type=bool,
+            default=False,
+            help="torch.compile the network before the first step (in place: checkpoints "
+            "keep their keys)",
+        )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults(
             {
@@ -206,6 +214,8 @@ class RecstackCLI(LightningCLI):
         trainer.callbacks.extend([last, StopOnNonFiniteLoss()])
         if self.config.init_from:
             trainer.callbacks.append(WarmStart(Path(self.config.init_from)))
+        if self.config.compile:
+            trainer.callbacks.append(CompileNet())
         return trainer
 
     def before_instantiate_classes(self) -> None:
