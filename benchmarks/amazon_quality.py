@@ -26,6 +26,9 @@ Stages, each a separate `recstack` process (its peak RSS from wait4):
   test, so the refit's test is the one set against them. `--overrides` (with a `--label`)
   runs a recipe variant; variants are summarised apart from the shipped recipe.
 - `refit` (in this process): refits the finished runs that were trained without it.
+- `pipeline`: the first seed's two-tower and SASRec exported (`recstack export`) and served as
+  retriever (top 100) and ranker by `recstack eval artifacts` on the test targets, with the
+  ratio of its NDCG@10 to SASRec's own full ranking of the same users (§5).
 - `analysis` (in this process): a SASRec run's best checkpoint against Markov per user: finer
   history-length buckets, the last-item -> target transition seen or not, SASRec fed only its
   last 1 or 3 items, hit overlap. `profile`: ms per SASRec training step on real batches with
@@ -90,8 +93,8 @@ DATASETS = {
         },
     },
 }
-ANCHOR_FACTOR, BASELINE_FACTOR = 1.3, 1.15
-STAGES = ("baselines", "train", "refit", "analysis", "profile", "table")
+ANCHOR_FACTOR, BASELINE_FACTOR, PIPELINE_FACTOR = 1.3, 1.15, 0.97  # issue 19's targets
+STAGES = ("baselines", "train", "refit", "pipeline", "analysis", "profile", "table")
 METRIC = "ndcg@10"
 
 
@@ -300,6 +303,39 @@ def recipe(run: dict) -> str:
     return run["model"] + (f"-{run['label']}" if run.get("label") else "")
 
 
+def run_pipeline(dataset: dict, runs: dict, seed: int, root: Path) -> dict:
+    """The served pipeline on this dataset: the seed's two-tower (retriever, top 100) and
+    SASRec (ranker) runs exported from their best checkpoints, then `recstack eval artifacts`
+    on the test targets, beside SASRec's own full ranking of the same users."""
+    keys = {"retriever": f"two_tower-seed{seed}", "ranker": f"sasrec-seed{seed}"}
+    missing = [key for key in keys.values() if key not in runs or runs[key]["truncated"]]
+    if missing:
+        raise SystemExit(f"{dataset['name']}: no complete runs {missing}; train them first")
+    folder = root / dataset["name"] / "pipeline"
+    artifacts = {}
+    for role, key in keys.items():
+        artifacts[role] = folder / key
+        checkpoint = Path(runs[key]["run_dir"]) / "checkpoints" / "best.ckpt"
+        command = [recstack_bin(), "export", "--ckpt", str(checkpoint), "--out", str(folder / key)]
+        run_logged(command, folder / f"export-{key}.log")
+    out = folder / f"pipeline-seed{seed}.json"
+    command = [recstack_bin(), "eval", "artifacts", "--retriever", str(artifacts["retriever"])]
+    command += ["--ranker", str(artifacts["ranker"]), "--dataset", dataset["path"]]
+    command += ["--out", str(out)]
+    process = run_logged(command, folder / f"pipeline-seed{seed}.log")
+    report = json.loads(out.read_text())
+    return {
+        **keys,
+        "retrieve_n": report["retrieve_n"],
+        "pipeline": report["pipeline"],
+        "ranker_full": report["ranker_full"],
+        "pipeline_over_full": report["pipeline_over_full"],
+        "retrieval": report["retrieval"],
+        "seconds": report["seconds"],
+        "process": process,
+    }
+
+
 def summarise_models(runs: dict) -> dict:
     """Per recipe, over its complete (not truncated) runs: mean ± std of the test metrics of
     the validated model, and of the refit model where every run has one (`refit`)."""
@@ -359,6 +395,11 @@ def targets(entry: dict) -> dict:
             if refit and best[1]
             else None,
         }
+    pipeline = entry.get("pipeline")
+    if pipeline:
+        ratio = pipeline["pipeline_over_full"][METRIC]
+        result["pipeline_over_full"] = ratio
+        result["meets_pipeline_target"] = ratio >= PIPELINE_FACTOR
     return result
 
 
@@ -610,6 +651,17 @@ def markdown(entry: dict) -> str:
         "",
         *lines,
     ]
+    pipeline = entry.get("pipeline")
+    if pipeline:
+        n, ratio = pipeline["retrieve_n"], pipeline["pipeline_over_full"][METRIC]
+        out += [
+            "",
+            f"Served pipeline ({pipeline['retriever']} top {n} → {pipeline['ranker']}, "
+            f"`recstack eval artifacts`, test): NDCG@10 {_f(pipeline['pipeline'][METRIC])} "
+            f"against the ranker's full ranking {_f(pipeline['ranker_full'][METRIC])}: "
+            f"**{ratio:.3f}×** (target ≥ {PIPELINE_FACTOR}×); retrieval recall@{n} "
+            f"{_f(pipeline['retrieval'][f'recall@{n}'])}.",
+        ]
     baselines = (entry.get("baselines") or {}).get("models", {})
     if baselines:
         out += ["", "| baseline | fit s | λ selection s | eval s | process peak RSS MiB |"]
@@ -721,7 +773,8 @@ def amazon_quality(
         data: folder with Beauty.txt and Sports_and_Outdoors.txt; default ../shared/data/amazon.
         datasets: any of "beauty", "sports".
         stages: any of "baselines", "train", "refit" (refit the finished runs that have no
-            refit yet), "analysis" (SASRec vs Markov per user), "table"
+            refit yet), "pipeline" (the first seed's two-tower -> SASRec served pipeline vs
+            SASRec's full ranking), "analysis" (SASRec vs Markov per user), "table"
             (print the README's markdown tables from the JSON), "profile" (where a SASRec step's
             time goes: full CE vs sampled softmax vs the network alone).
         models: any of "sasrec", "two_tower" (configs/train/<model>_ml100k.yaml, unchanged).
@@ -794,6 +847,10 @@ def amazon_quality(
                     console.print(f"{name}: refitting {key} on train + valid ...")
                     changed[key] = refit_run(run)
                     write_entry(out, entry, changed)
+        if "pipeline" in stages:
+            console.print(f"{name}: the served pipeline (two-tower top 100 -> SASRec) ...")
+            entry["pipeline"] = run_pipeline(dataset, entry.get("runs", {}), seeds[0], Path(runs))
+            write_entry(out, entry, changed)
         if "analysis" in stages:
             keys = [k for k, r in entry.get("runs", {}).items() if r["model"] == "sasrec"]
             key = analysis_run or (keys[-1] if keys else None)
