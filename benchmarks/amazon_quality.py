@@ -728,12 +728,23 @@ def machine() -> dict:
     }
 
 
-def write_entry(out: Path, entry: dict, changed: dict) -> None:
-    """Write `entry` with the runs now in the file (another job may have added some since this
-    one read it) updated by the runs this job `changed`, and the summary and targets of all."""
+# sections every stage writes; the others belong to the stage of the same name
+COMMON_SECTIONS = ("dataset", "anchor", "protocol", "machine")
+STAGE_SECTIONS = {"baselines": "baselines", "pipeline": "pipeline", "analysis": "analysis"}
+STAGE_SECTIONS["profile"] = "step_profile"
+
+
+def write_entry(out: Path, entry: dict, changed: dict, stages: list[str]) -> None:
+    """Write the file as it is now (another job may have written to it since this one read it)
+    with the sections of this job's `stages` and the runs it `changed` taken from `entry`; the
+    summary and targets are recomputed over all runs. `entry` becomes what was written."""
     written = json.loads(out.read_text()) if out.exists() else {}
-    entry["runs"] = {**entry.get("runs", {}), **written.get("runs", {}), **changed}
-    entry["summary"] = summarise_models(entry["runs"])
+    mine = [*COMMON_SECTIONS, *(STAGE_SECTIONS[s] for s in stages if s in STAGE_SECTIONS)]
+    merged = {**entry, **written, **{k: entry[k] for k in mine if k in entry}}
+    merged["runs"] = {**entry.get("runs", {}), **written.get("runs", {}), **changed}
+    merged["summary"] = summarise_models(merged["runs"])
+    entry.clear()
+    entry.update(merged)
     entry["targets"] = targets(entry)
     write_json(out, entry)
 
@@ -840,17 +851,17 @@ def amazon_quality(
                         refit,
                     )
                     changed[run["key"]] = run
-                    write_entry(out, entry, changed)  # a stopped job keeps what it did
+                    write_entry(out, entry, changed, stages)  # a stopped job keeps what it did
         if "refit" in stages:  # runs trained without --refit: refit them here
             for key, run in list(entry.get("runs", {}).items()):
                 if not run["truncated"] and not run.get("refit") and run["model"] in models:
                     console.print(f"{name}: refitting {key} on train + valid ...")
                     changed[key] = refit_run(run)
-                    write_entry(out, entry, changed)
+                    write_entry(out, entry, changed, stages)
         if "pipeline" in stages:
             console.print(f"{name}: the served pipeline (two-tower top 100 -> SASRec) ...")
             entry["pipeline"] = run_pipeline(dataset, entry.get("runs", {}), seeds[0], Path(runs))
-            write_entry(out, entry, changed)
+            write_entry(out, entry, changed, stages)
         if "analysis" in stages:
             keys = [k for k, r in entry.get("runs", {}).items() if r["model"] == "sasrec"]
             key = analysis_run or (keys[-1] if keys else None)
@@ -862,7 +873,7 @@ def amazon_quality(
             console.print(f"{name}: timing SASRec steps ...")
             entry["step_profile"] = profile_steps(dataset)
             console.print(entry["step_profile"])
-        write_entry(out, entry, changed)
+        write_entry(out, entry, changed, stages)
         print_summary(console, entry)
         if "table" in stages:
             print(markdown(entry) + "\n")

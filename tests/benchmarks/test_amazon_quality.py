@@ -3,6 +3,7 @@
 The tests that read ../shared/data/amazon skip without it; none of them trains (seconds).
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,18 @@ def test_table_labels_truncated_runs(amazon):
     table = amazon.markdown(entry)
     assert "**truncated** at 2 epochs" in table and "0.0100 → 0.0200" in table
     assert "| sasrec | " not in table  # no mean row from truncated runs alone
+
+
+def test_concurrent_jobs_keep_each_others_runs_and_sections(amazon, tmp_path):
+    """Two jobs read the file, then each writes: neither loses what the other wrote."""
+    out = tmp_path / "amazon_beauty.json"
+    base = {"anchor": amazon.DATASETS["beauty"]["anchor"], "runs": {}}
+    run = {"key": "sasrec-seed1", "model": "sasrec", "truncated": False, "test": {"ndcg@10": 0.05}}
+    trainer, piper = json.loads(json.dumps(base)), json.loads(json.dumps(base))
+    piper["pipeline"] = {"pipeline_over_full": {"ndcg@10": 0.98}}
+    amazon.write_entry(out, piper, {}, ["pipeline"])
+    amazon.write_entry(out, trainer, {run["key"]: run}, ["train"])  # read before the pipeline
+    written = json.loads(out.read_text())
+    assert written["runs"] == {"sasrec-seed1": run}
+    assert written["pipeline"] == piper["pipeline"]  # kept: the train job did not write it
+    assert written["targets"]["pipeline_over_full"] == 0.98
