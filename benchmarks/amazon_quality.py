@@ -317,6 +317,7 @@ def run_pipeline(dataset: dict, runs: dict, seed: int, root: Path) -> dict:
         artifacts[role] = folder / key
         checkpoint = Path(runs[key]["run_dir"]) / "checkpoints" / "best.ckpt"
         command = [recstack_bin(), "export", "--ckpt", str(checkpoint), "--out", str(folder / key)]
+        command += ["--overwrite", "true"]  # a rerun exports again
         run_logged(command, folder / f"export-{key}.log")
     out = folder / f"pipeline-seed{seed}.json"
     command = [recstack_bin(), "eval", "artifacts", "--retriever", str(artifacts["retriever"])]
