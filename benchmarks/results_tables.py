@@ -174,8 +174,9 @@ def _mean_std(summary: dict | None, runs: int, metric: str = "ndcg@10") -> str |
 
 
 def anchors_table() -> str:
-    """The main README's Amazon table: published anchor, baselines and the shipped SASRec
-    recipe (validated on TRAIN only, and refitted on TRAIN + VALID), from amazon_<d>.json."""
+    """The main README's Amazon table: published anchor, baselines and the shipped SASRec and
+    two-tower recipes (trained on TRAIN only, and refitted on TRAIN + VALID), from
+    amazon_<d>.json."""
     rows = []
     for name in AMAZON:
         path = RESULTS / f"amazon_{name}.json"
@@ -188,6 +189,8 @@ def anchors_table() -> str:
         sasrec = d.get("summary", {}).get("sasrec") or {}
         target = d.get("targets", {}).get("models", {}).get("sasrec") or {}
         seeds = len(sasrec.get("complete_runs", []))
+        two_tower = d.get("summary", {}).get("two_tower") or {}
+        tt_seeds = len(two_tower.get("complete_runs", []))
         rows.append(
             [
                 name,
@@ -198,11 +201,15 @@ def anchors_table() -> str:
                 _mean_std(sasrec.get("refit"), seeds),
                 num(target.get("vs_anchor"), 2),
                 num(target.get("refit_vs_best_baseline"), 2),
+                tt_seeds,
+                _mean_std(two_tower, tt_seeds),
+                _mean_std(two_tower.get("refit"), tt_seeds),
             ]
         )
     headers = ["dataset", "ICLRec (published)", "MostPop", "EASE", "Markov", "SASRec seeds"]
     headers += ["SASRec, TRAIN only", "SASRec refit", "TRAIN only / anchor"]
-    headers += ["refit / best baseline"]
+    headers += ["refit / best baseline", "two-tower seeds", "two-tower, TRAIN only"]
+    headers += ["two-tower refit"]
     return md_table(headers, rows) if rows else "_no `amazon_*.json` yet_"
 
 
