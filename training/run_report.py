@@ -60,7 +60,6 @@ def write_run_report(
     baselines: bool = True,
     quality_threshold: float = 0.10,
     tie_orders: int = 1,
-    refit: dict | None = None,
     console: Console | None = None,
 ) -> dict:
     console = console or Console(width=200)
@@ -78,8 +77,6 @@ def write_run_report(
     best = best_entry(history)
     name = type(task.net).__name__
     rows = {name: result.metrics}
-    if refit:
-        rows[f"{name} refit ({refit['epochs']} epochs on train + valid)"] = refit["test"]
     payload = {
         "model": name,
         "run_dir": str(run_dir),
@@ -99,7 +96,7 @@ def write_run_report(
         "test": result.metrics,
         "test_info": {**result.info, "eval_s": round(eval_s, 3)},
         "segments": segments_to_dict(segment_metrics(result, data.users)),
-        "refit": refit,  # the model refitted on TRAIN + VALID (training/refit), if asked
+        "refit": None,  # the model refitted on TRAIN + VALID (training/refit): add_refit
         "baselines": {},
         "history": history,
         "config": config,
@@ -118,4 +115,15 @@ def write_run_report(
     )
     console.print(metrics_table(title, rows, table_columns((10, 20), False)))
     console.print(f"[dim]wrote {Path(run_dir) / METRICS_FILE}[/dim]", soft_wrap=True)
+    return payload
+
+
+def add_refit(run_dir: Path, payload: dict, refit: dict, console: Console | None = None) -> dict:
+    """metrics.json with the refit's figures added beside the validated model's."""
+    payload = {**payload, "refit": refit}
+    write_json(Path(run_dir) / METRICS_FILE, payload)
+    label = f"{payload['model']} refit ({refit['epochs']} epochs on train + valid)"
+    title = f"Test of the refit — {payload['split']} split, full ranking"
+    console = console or Console(width=200)
+    console.print(metrics_table(title, {label: refit["test"]}, table_columns((10, 20), False)))
     return payload

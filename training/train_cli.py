@@ -31,7 +31,7 @@ from recstack.training.compile_net import CompileNet
 from recstack.training.data.datamodule import RecDataModule
 from recstack.training.quiet import LEAF_SPEC, LIGHTNING_TIP, log_lines_off, warnings_off
 from recstack.training.refit import refit_config, refit_report
-from recstack.training.run_report import METRICS_FILE, best_entry, write_run_report
+from recstack.training.run_report import METRICS_FILE, add_refit, best_entry, write_run_report
 from recstack.training.tasks.base import MONITOR, RecTask
 from recstack.training.warm_start import WarmStart
 
@@ -301,21 +301,24 @@ def train(argv: list[str]) -> dict | None:
         raise RecstackError(
             f"training interrupted; resume with --ckpt_path last (run dir {run_dir})"
         )
-    refit = _refit(cli, run_dir) if config.refit else None  # every rank fits
-    if not cli.trainer.is_global_zero:
-        return None
-    return write_run_report(
-        cli.model,
-        cli.datamodule,
-        run_dir,
-        best_checkpoint(cli.trainer),
-        fit_seconds,
-        config=resolved_config(cli),
-        baselines=config.baselines,
-        quality_threshold=config.quality_threshold,
-        tie_orders=config.test_tie_orders,
-        refit=refit,
-    )
+    report = None
+    if cli.trainer.is_global_zero:  # the validated model's report first: a failed refit keeps it
+        report = write_run_report(
+            cli.model,
+            cli.datamodule,
+            run_dir,
+            best_checkpoint(cli.trainer),
+            fit_seconds,
+            config=resolved_config(cli),
+            baselines=config.baselines,
+            quality_threshold=config.quality_threshold,
+            tie_orders=config.test_tie_orders,
+        )
+    if config.refit:
+        refit = _refit(cli, run_dir)  # every rank fits
+        if report is not None and refit is not None:
+            report = add_refit(run_dir, report, refit)
+    return report
 
 
 def _refit(cli: RecstackCLI, run_dir: Path) -> dict | None:

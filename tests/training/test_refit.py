@@ -20,6 +20,8 @@ from recstack.artifact_manifest import read_artifact_manifest
 from recstack.cli import main
 from recstack.datasets.prepare import prepare
 from recstack.datasets.sources.tabular import ColumnMapping
+from recstack.errors import RecstackError
+from recstack.training import train_cli
 
 TEACHERS, LEARNERS, FILLERS, FILLER_ITEMS = 30, 30, 120, 60
 
@@ -85,3 +87,15 @@ def test_without_refit_the_report_has_none(tmp_path, refit_dir):
     assert main(["train", "--config", str(config)]) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["refit"] is None
     assert not (tmp_path / "run" / "refit").exists()
+
+
+def test_a_failed_refit_keeps_the_validated_report(tmp_path, refit_dir, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RecstackError("the refit was interrupted; train again (run dir x)")
+
+    monkeypatch.setattr(train_cli, "refit", broken)
+    config = write_config(tmp_path, refit_dir, SASREC, max_epochs=1)
+    assert main(["train", "--config", str(config), "--refit", "true"]) == 2
+    assert "the refit was interrupted" in capsys.readouterr().err
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert report["test"]["hr@10"] >= 0 and report["refit"] is None
