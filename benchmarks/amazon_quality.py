@@ -288,13 +288,13 @@ def refit_run(run: dict) -> dict:
     dir's config.yaml and best epoch, as `recstack train --refit true` would have."""
     import yaml
 
+    from recstack.training.run_report import METRICS_FILE, add_refit
     from recstack.training.train_cli import refit
 
     run_dir = Path(run["run_dir"])
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     report = refit(config, run_dir, run["best_epoch"] + 1)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    write_json(run_dir / "metrics.json", {**metrics, "refit": report})
+    add_refit(run_dir, json.loads((run_dir / METRICS_FILE).read_text()), report)
     return {**run, "refit": _refit_entry(report)}
 
 
@@ -731,8 +731,12 @@ def machine() -> dict:
 
 # sections every stage writes; the others belong to the stage of the same name
 COMMON_SECTIONS = ("dataset", "anchor", "protocol", "machine")
-STAGE_SECTIONS = {"baselines": "baselines", "pipeline": "pipeline", "analysis": "analysis"}
-STAGE_SECTIONS["profile"] = "step_profile"
+STAGE_SECTIONS = {
+    "baselines": "baselines",
+    "pipeline": "pipeline",
+    "analysis": "analysis",
+    "profile": "step_profile",
+}
 
 
 def write_entry(out: Path, entry: dict, changed: dict, stages: list[str]) -> None:

@@ -10,7 +10,7 @@ import copy
 from pathlib import Path
 
 from recstack.segments import segment_metrics, segments_to_dict
-from recstack.training.eval.evaluator import evaluate
+from recstack.training.run_report import test_result
 
 REFIT_DIR = "refit"
 
@@ -33,11 +33,7 @@ def refit_config(config: dict, run_dir: Path, epochs: int) -> dict:
 
 def refit_report(task, datamodule, epochs: int, fit_seconds: float, tie_orders: int) -> dict:
     """The refit model's test figures (the same targets and histories as the first fit's)."""
-    task.scoring_net.eval()
-    result = evaluate(
-        task.score_fn("test", tie_orders), datamodule.eval_set("test"), ks=(10, 20),
-        device=task.device,
-    )  # fmt: skip
+    result = test_result(task, datamodule, tie_orders)
     return {
         "fit_on": datamodule.fit_on,
         "epochs": epochs,

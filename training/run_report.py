@@ -50,6 +50,13 @@ def load_best(task, best_path: str | Path | None) -> dict | None:
     return checkpoint
 
 
+def test_result(task, datamodule, tie_orders: int):
+    """The task's full-ranking test result at 10 and 20, its scoring network in eval mode."""
+    task.scoring_net.eval()
+    test_set = datamodule.eval_set("test")
+    return evaluate(task.score_fn("test", tie_orders), test_set, ks=(10, 20), device=task.device)
+
+
 def write_run_report(
     task,
     datamodule,
@@ -64,10 +71,8 @@ def write_run_report(
 ) -> dict:
     console = console or Console(width=200)
     load_best(task, best_path)
-    task.scoring_net.eval()
     started = time.perf_counter()
-    test_set = datamodule.eval_set("test")
-    result = evaluate(task.score_fn("test", tie_orders), test_set, ks=(10, 20), device=task.device)
+    result = test_result(task, datamodule, tie_orders)
     eval_s = time.perf_counter() - started
     valid = evaluate(
         task.score_fn("valid", tie_orders), datamodule.eval_set("valid"), device=task.device
