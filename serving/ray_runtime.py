@@ -102,6 +102,12 @@ def check_haproxy() -> str:
 _applied: set[str] = set()  # names set by the last apply (a later config replaces them all)
 
 
+# Ray Serve 2.60's HAProxy access log: one syslog datagram per request to this target, sent
+# whether or not anything listens there (RAY_SERVE_HAPROXY_LOG_TARGET, constants.py)
+RAY_ACCESS_LOG_TARGET = "127.0.0.1:514"
+# A request with `<this header>: ?1` skips Serve's watch for the client's disconnect: a receive
+# task, a request task and an asyncio.wait per request (replica.py, _direct_ingress_asgi)
+DISCONNECT_DISABLED_HEADER = "x-request-disconnect-disabled"
 HAPROXY_PORTS = {  # HAProxy's own listeners (all interfaces but see haproxy_wrapper) and defaults
     "RAY_SERVE_HAPROXY_STATS_PORT": 8404,
     "RAY_SERVE_HAPROXY_METRICS_PORT": 9101,
@@ -158,7 +164,8 @@ prev=
 for arg in "$@"; do
   if [ "$prev" = -f ] && [ -f "$arg" ]; then
     sed -i -e 's/^\([[:space:]]*bind \)\*:STATS$/\1LOOPBACK:STATS/' \
-      -e 's/^\([[:space:]]*bind \):METRICS$/\1LOOPBACK:METRICS/' "$arg"
+      -e 's/^\([[:space:]]*bind \):METRICS$/\1LOOPBACK:METRICS/' ACCESS_LOG \
+      -e '/^frontend http_frontend$/a\    http-request set-header DISCONNECT_HEADER ?1' "$arg"
   fi
   prev=$arg
 done
@@ -173,18 +180,32 @@ exec BINARY "$@"
 
 def haproxy_wrapper(settings: RaySettings, binary: str, folder: Path) -> Path:
     """A script that runs `binary` with HAProxy's stats and Prometheus listeners on loopback,
-    killed when its parent (Ray's HAProxy manager actor) dies.
+    without its per-request access log, killed when its parent (Ray's HAProxy manager actor)
+    dies.
 
     Ray Serve 2.60 renders them as `bind *:<stats port>` and `bind :<metrics port>` (all
     interfaces, haproxy_templates.py) with no setting for the address. Ray runs HAProxy as
     `$RAY_SERVE_HAPROXY_BINARY_PATH -db -f <config> ...` on each start and reload, so this
     script rewrites those two lines of <config> to 127.0.0.1, then execs HAProxy with a
     parent-death signal (the pid stays HAProxy's, which Ray's reloads signal with -sf).
+    It also drops the global `log 127.0.0.1:514 local0 info` line: HAProxy formats a line per
+    request (its path carries the user id) and sends it to a syslog port nothing here reads,
+    which costs CPU on every request. A `ray.env: {RAY_SERVE_HAPROXY_LOG_TARGET: ...}` of the
+    config keeps the access log, sent there. The per-request metrics log of a config with
+    `lean: false` is a line of its own and stays. And HAProxy marks every request
+    `x-request-disconnect-disabled: ?1`, so the replica runs it without watching for the
+    client's disconnect (two asyncio tasks less per request); a request whose client went away
+    runs to its end, as on the uvicorn engine, and is bounded by the app's own time limit.
     """
     env = ray_env(settings)
     ports = {name: str(env.get(name, default)) for name, default in HAPROXY_PORTS.items()}
+    access_log = ""  # kept where the config names a log target of its own
+    if "RAY_SERVE_HAPROXY_LOG_TARGET" not in env:
+        access_log = f"-e '/^[[:space:]]*log {re.escape(RAY_ACCESS_LOG_TARGET)} local0 info$/d'"
     text = (
-        _WRAPPER.replace("STATS", ports["RAY_SERVE_HAPROXY_STATS_PORT"])
+        _WRAPPER.replace("ACCESS_LOG", access_log)
+        .replace("DISCONNECT_HEADER", DISCONNECT_DISABLED_HEADER)
+        .replace("STATS", ports["RAY_SERVE_HAPROXY_STATS_PORT"])
         .replace("METRICS", ports["RAY_SERVE_HAPROXY_METRICS_PORT"])
         .replace("LOOPBACK", LOOPBACK)
         .replace("BINARY", shlex.quote(binary))
@@ -383,6 +404,9 @@ def _verify(settings: RaySettings, port: int) -> dict:
     ports = [int(p) for p in re.findall(r"^\s*server SERVE_REPLICA\S* [\d.]+:(\d+)", config, re.M)]
     facts["replica_ports"] = ports
     facts["replica_ports_answering"] = sum(_answers(p) for p in ports)
+    # the wrapper's edits (a cluster's own `ray start` runs HAProxy without them)
+    facts["haproxy_access_log"] = bool(re.search(r"^\s*log \S+ local0 info$", config, re.M))
+    facts["disconnect_watch"] = DISCONNECT_DISABLED_HEADER not in config
     if facts["haproxy_threads"] != haproxy_threads(settings):
         raise RecstackError(
             f"HAProxy runs {facts['haproxy_threads']} threads, not the configured "

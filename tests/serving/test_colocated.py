@@ -117,6 +117,7 @@ def test_the_ray_settings_reached_rays_processes(service):
     assert facts["ingress_replicas"] == 2
     assert len(facts["replica_ports"]) == facts["replica_ports_answering"] == 2
     assert facts["replica_niceness"] == [0]  # not Ray's default 15
+    assert not facts["haproxy_access_log"] and not facts["disconnect_watch"]  # the wrapper's
     for replica in ray_runtime.ingress_replicas():
         assert replica.nice() == 0
         environ = replica.environ()

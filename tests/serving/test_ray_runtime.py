@@ -133,19 +133,43 @@ def test_apply_replaces_what_an_earlier_config_set(monkeypatch):
         os.environ.update(before)
 
 
+# the lines of Ray Serve 2.60's HAProxy config that the wrapper edits (haproxy_templates.py)
+RAY_HAPROXY_CONFIG = """global
+    log 127.0.0.1:514 local0 info
+    nbthread 1
+defaults
+    log global
+    option httplog
+frontend prometheus
+    bind :9101
+frontend http_frontend
+    bind *:8000
+listen stats
+  bind *:8404
+"""
+
+
 def test_the_haproxy_wrapper_moves_stats_and_metrics_to_loopback_only(tmp_path, monkeypatch):
     """Ray renders HAProxy's stats and Prometheus listeners on all interfaces; the wrapper
-    that a local Ray runs as its HAProxy binary rewrites those two lines, not the API's."""
+    that a local Ray runs as its HAProxy binary rewrites those two lines, not the API's.
+    It also drops the per-request access log and turns Serve's disconnect watch off."""
     monkeypatch.setattr(ray_runtime, "check_ports", lambda *a: None)
     config = tmp_path / "haproxy.cfg"
-    config.write_text(
-        "frontend prometheus\n    bind :9101\nfrontend http_frontend\n    bind *:8000\n"
-        "listen stats\n  bind *:8404\n"
-    )
+    config.write_text(RAY_HAPROXY_CONFIG)
     wrapper = ray_runtime.haproxy_wrapper(RaySettings(), "/bin/true", tmp_path / "ray")
     subprocess.run([str(wrapper), "-db", "-f", str(config), "-dR"], check=True)
-    binds = [line.strip() for line in config.read_text().splitlines() if "bind" in line]
+    lines = [line.strip() for line in config.read_text().splitlines()]
+    binds = [line for line in lines if "bind" in line]
     assert binds == ["bind 127.0.0.1:9101", "bind *:8000", "bind 127.0.0.1:8404"]
+    assert "log 127.0.0.1:514 local0 info" not in lines and "log global" in lines
+    frontend = lines.index("frontend http_frontend")
+    assert lines[frontend + 1] == "http-request set-header x-request-disconnect-disabled ?1"
+    # a log target the config names keeps HAProxy's access log (Ray renders it in that line)
+    config.write_text(RAY_HAPROXY_CONFIG.replace("127.0.0.1:514", "10.0.0.9:514"))
+    own_log = RaySettings(env={"RAY_SERVE_HAPROXY_LOG_TARGET": "10.0.0.9:514"})
+    wrapper = ray_runtime.haproxy_wrapper(own_log, "/bin/true", tmp_path / "ray")
+    subprocess.run([str(wrapper), "-db", "-f", str(config), "-dR"], check=True)
+    assert "    log 10.0.0.9:514 local0 info" in config.read_text().splitlines()
     before = dict(os.environ)
     try:
         ray_runtime.apply(RaySettings(), 8000, tmp_path / "ray")
