@@ -143,8 +143,11 @@ class EASE:
             index,
             torch.ones(index.shape[1], dtype=weights.dtype, device=weights.device),
             (n_rows, n_items),
+            check_invariants=True,  # an id beyond the vocab is an error here, not a segfault
         ).coalesce()  # a repeated item sums to > 1: set it back to 1 (binary, as in the fit)
-        x = torch.sparse_coo_tensor(x.indices(), torch.ones_like(x.values()), x.shape)
+        x = torch.sparse_coo_tensor(
+            x.indices(), torch.ones_like(x.values()), x.shape, check_invariants=False
+        )  # the checked, coalesced indices again
         scores = torch.zeros(n_rows, n_items + 1, device=weights.device, dtype=weights.dtype)
         scores[:, 1:] = torch.sparse.mm(x, weights)  # column 0 (PAD) stays 0, masked anyway
         return scores
