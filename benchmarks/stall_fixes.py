@@ -56,6 +56,7 @@ def module_from(file: Path, name: str):
     """Load a module from a file (it imports today's recstack for what it does not define)."""
     spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -184,14 +184,24 @@ def read_sealed(path: Path, columns: list[str] | None = None) -> pa.Table:
     return table if columns is not None else conform(table, path)
 
 
+# Batches merged at a time while reading an open segment (see read_open).
+_MERGE_BATCHES = 64
+
+
 def read_open(path: Path) -> tuple[pa.Table, bool]:
-    """The complete record batches of an open (or crashed) IPC segment, and whether its tail was cut."""
+    """The complete record batches of an open (or crashed) IPC segment, and whether its tail was cut.
+
+    One append is one record batch, so a segment holds thousands of tiny ones. They are merged
+    64 at a time as they are read: a table of thousands of chunks makes the Parquet write slow,
+    and freeing it holds the GIL for tens of ms, which stalls the event loop of the replica that
+    seals it (docs/architecture.md §9)."""
     data = path.read_bytes()  # one snapshot of a file its writer may still be appending to
-    batches: list[pa.RecordBatch] = []
     try:
         reader = pa.ipc.open_stream(pa.BufferReader(data))
     except (pa.ArrowInvalid, OSError):
         return EVENT_SCHEMA.empty_table(), len(data) > 0  # cut inside the schema message
+    merged: list[pa.Table] = []
+    batches: list[pa.RecordBatch] = []
     truncated = False
     while True:
         try:
@@ -201,8 +211,11 @@ def read_open(path: Path) -> tuple[pa.Table, bool]:
         except (pa.ArrowInvalid, OSError):
             truncated = True
             break
-    table = pa.Table.from_batches(batches, schema=reader.schema)
-    return conform(table, path), truncated
+        if len(batches) == _MERGE_BATCHES:
+            merged.append(pa.Table.from_batches(batches).combine_chunks())
+            batches = []
+    merged.append(pa.Table.from_batches(batches, schema=reader.schema))
+    return conform(pa.concat_tables(merged).combine_chunks(), path), truncated
 
 
 # --------------------------------------------------------------------------- erasure

@@ -129,6 +129,24 @@ def test_two_writer_processes_share_a_directory(tmp_path):
     mine.close()
 
 
+def test_a_long_segment_reads_in_order_as_one_chunk_even_when_cut(tmp_path):
+    """Thousands of one-event appends (a replica's 5-minute segment) come back in order, in
+    one chunk (a many-chunk table is slow to seal and to free), with a cut tail dropped."""
+    log = EventLog(tmp_path, writer="long", segment_max_age_s=0)
+    for i in range(300):  # several merge groups and a partial one
+        log.append([ev(f"u{i % 7}", f"i{i}", i)])
+    (segment,) = files(tmp_path, ".arrow")
+    table, truncated = read_open(segment)
+    assert not truncated and table[ITEM_ID].num_chunks == 1
+    assert table[ITEM_ID].to_pylist() == [f"i{i}" for i in range(300)]
+    cut = tmp_path / "cut" / segment.name  # a copy with the last batch cut in the middle
+    cut.parent.mkdir()
+    cut.write_bytes(segment.read_bytes()[:-40])
+    table, truncated = read_open(cut)
+    assert truncated and table[ITEM_ID].to_pylist() == [f"i{i}" for i in range(299)]
+    log.close()
+
+
 def test_truncated_tail_of_a_crashed_writer(tmp_path):
     batches = [[ev("u", f"b{b}-{i}", b) for i in range(3)] for b in range(3)]
     proc = run_writer(tmp_path, "crashy", batches, crash=True)
