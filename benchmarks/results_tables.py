@@ -469,6 +469,28 @@ def stall_fixes_table() -> str:
     )
 
 
+def seal_cost_table() -> str:
+    d = load("seal_cost.json")
+    if d is None:
+        return "_no `seal_cost.json` yet_"
+    rows = [
+        [side, ms(v["seal_ms"]["median"]), ms(v["seal_ms"]["max"]),
+         ms(v["probe_overshoot_ms"]["median"]), ms(v["probe_overshoot_ms"]["max"])]
+        for side, v in d["results"].items()
+    ]  # fmt: skip
+    return "\n\n".join(
+        [
+            f"`seal_cost.json`: sealing one {d['appends']:,}-append event-log segment "
+            f"(before = `{d['before_commit']}`, after = `{d['after_commit']}`, "
+            f"{d['repeats']} seals per side; ms). Overshoot: how late a thread sleeping 1 ms "
+            "woke while the seal ran, i.e. how long the seal kept the event loop from the GIL.",
+            md_table(
+                ["code", "seal median", "seal max", "overshoot median", "overshoot max"], rows
+            ),
+        ]
+    )
+
+
 def _fault_note(r: dict) -> str:
     """What the fault itself did, in a few words."""
     f, name = r["fault"], r["scenario"]
@@ -633,7 +655,9 @@ TABLES: dict[str, Callable[[], str]] = {
     "Losses that learn (ML-100K, loss_learning)": loss_learning_table,
     "Model quality": quality_table,
     "Serving engines side by side (engine_compare)": engine_tables,
-    "Tail-latency fixes, before and after (stall_fixes)": stall_fixes_table,
+    "Tail-latency fixes, before and after (stall_fixes)": lambda: (
+        stall_fixes_table() + "\n\n" + seal_cost_table()
+    ),
     "Load tests (load_test)": load_test_table,
     "Faults under load (faults)": faults_tables,
     "Inference and retrieval (inference_bench)": inference_tables,
