@@ -14,9 +14,7 @@ Writes benchmarks/results/seal_cost.json.
 """
 
 import argparse
-import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine_info import machine
-from stall_fixes import REPO, file_at, module_from
+from stall_fixes import file_at, module_from, write_results
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -99,21 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         "after": measure(event_log_format.read_open, segment, args.repeats),
     }
     shutil.rmtree(segment.parent)
-    document = {
-        "benchmark": "seal_cost",
-        "machine": machine(),
-        "command": " ".join(["benchmarks/seal_cost.py", *(argv or sys.argv[1:])]),
-        "before_commit": args.before,
-        "after_commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
-        "appends": args.appends,
-        "repeats": args.repeats,
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(document, indent=2) + "\n")
-    print(json.dumps(results, indent=1))
+    command = " ".join(["benchmarks/seal_cost.py", *(argv or sys.argv[1:])])
+    write_results("seal_cost", args.before, results, args.out, command=command,
+                  appends=args.appends, repeats=args.repeats)  # fmt: skip
     return 0
 
 

@@ -52,6 +52,19 @@ def file_at(commit: str, path: str) -> Path:
     return file
 
 
+def write_results(benchmark: str, before: str, results: dict, out: Path, **extra) -> None:
+    """Write a before/after benchmark's JSON (the "after" side is this checkout's commit) and
+    print its results."""
+    after = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    document = {"benchmark": benchmark, "machine": machine(), "before_commit": before,
+                "after_commit": after, **extra, "results": results}  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    print(json.dumps(results, indent=1))
+
+
 def module_from(file: Path, name: str):
     """Load a module from a file (it imports today's recstack for what it does not define)."""
     spec = importlib.util.spec_from_file_location(name, file)
@@ -232,19 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             "after": gc_pauses(True, args.seconds / 2),
         },
     }
-    document = {
-        "benchmark": "stall_fixes",
-        "machine": machine(),
-        "before_commit": args.before,
-        "after_commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
-        "seconds": args.seconds,
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(document, indent=2) + "\n")
-    print(json.dumps(results, indent=1))
+    write_results("stall_fixes", args.before, results, args.out, seconds=args.seconds)
     return 0
 
 
