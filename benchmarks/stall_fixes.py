@@ -225,10 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "stall_fixes.json")
     args = parser.parse_args(argv)
 
+    import pyarrow as pa
+
+    from recstack.event_log_format import ADDED_COLUMNS, EVENT_SCHEMA
     from recstack.serving import event_log
     from recstack.serving.store import embedded
 
     old_log = module_from(file_at(args.before, "serving/event_log.py"), "event_log_before")
+    # the old writer fills the columns of its day; readers add the later ones as nulls
+    old_log.EVENT_SCHEMA = pa.schema(f for f in EVENT_SCHEMA if f.name not in ADDED_COLUMNS)
     old_store = file_at(args.before, "serving/store/embedded.py")
     results = {
         "event_log_seal": {
