@@ -130,8 +130,8 @@ def test_two_writer_processes_share_a_directory(tmp_path):
 
 
 def test_a_long_segment_reads_in_order_as_one_chunk_even_when_cut(tmp_path):
-    """Thousands of one-event appends (a replica's 5-minute segment) come back in order, in
-    one chunk (a many-chunk table is slow to seal and to free), with a cut tail dropped."""
+    """Many one-event appends (a replica's 5-minute segment holds thousands) come back in
+    order, in one chunk (a many-chunk table is slow to seal and to free), a cut tail dropped."""
     log = EventLog(tmp_path, writer="long", segment_max_age_s=0)
     for i in range(300):  # several merge groups and a partial one
         log.append([ev(f"u{i % 7}", f"i{i}", i)])
