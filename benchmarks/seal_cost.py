@@ -30,16 +30,18 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def build_segment(appends: int) -> Path:
-    """An ended IPC segment of `appends` one-event batches, written by the real EventLog."""
+    """A copy of an open IPC segment of `appends` one-event batches, written by the real
+    EventLog (the copy is taken before the log seals its own at close)."""
+    from recstack.event_log_format import OPEN_SUFFIX
     from recstack.serving.event_log import EventLog
 
-    log = EventLog(tempfile.mkdtemp(prefix="seal-cost-"), writer="bench", segment_max_age_s=0,
-                   segment_max_events=appends + 1)  # fmt: skip
-    for i in range(appends):
-        log.append([{"user_id": f"u{i % 500}", "item_id": f"i{i}", "type": "view", "ts": i}])
-    with log._lock:  # end the segment without sealing it: the benchmark seals copies
-        log._close_segment_locked()
-    return log._to_seal.pop().path
+    folder = Path(tempfile.mkdtemp(prefix="seal-cost-"))
+    with EventLog(folder / "log", writer="bench", segment_max_age_s=0,
+                  segment_max_events=appends + 1) as log:  # fmt: skip
+        for i in range(appends):
+            log.append([{"user_id": f"u{i % 500}", "item_id": f"i{i}", "type": "view", "ts": i}])
+        (segment,) = (folder / "log").glob(f"*{OPEN_SUFFIX}")
+        return Path(shutil.copy(segment, folder / segment.name))
 
 
 def seal_once(read_open, segment: Path) -> tuple[float, float]:
