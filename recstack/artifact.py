@@ -121,6 +121,18 @@ class Catalog:
         known = [idx for idx in map(lookup, item_ids) if idx is not None]  # one lookup per id
         return known, len(item_ids) - len(known)
 
+    def last_known(self, item_ids: list[str], n: int) -> list[int]:
+        """The item_idx of the last n known ids, in order: all a model reads of a history
+        (`history_len`), without looking up the older ids (a lookup in a 1M-entry vocab is a
+        cache miss)."""
+        lookup, found = self.index.get, []
+        for item_id in reversed(item_ids):
+            if len(found) == n:
+                break
+            if (idx := lookup(item_id)) is not None:
+                found.append(idx)
+        return found[::-1]
+
 
 def artifact_version(path: Path, content_hash: str) -> str:
     """What a replica reports serving: `<name>/<version>` from the dir layout plus the content

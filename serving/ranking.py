@@ -81,19 +81,22 @@ class Ranker:
     def _ranked(self, idx, scores, reasons) -> Ranked:
         catalog = self.artifact.catalog
         return Ranked(
-            item_ids=[catalog.item_ids[i] for i in idx],
-            scores=[float(s) for s in scores],
+            item_ids=[catalog.item_ids[i] for i in idx.tolist()],
+            scores=np.asarray(scores, dtype=np.float64).tolist(),
             reasons=reasons,
             model_version=self.artifact.version,
-            titles=[catalog.titles[i] for i in idx],
+            titles=[catalog.titles[i] for i in idx.tolist()],
             popularity=float(self.percentile[idx].mean()) if len(idx) else 0.0,
             catalogue_size=len(self.popular_order),
         )
 
     def rank(self, requests: list[RankRequest]) -> list[Ranked]:
         """One ONNX call for the batch; each row keeps its k best candidates."""
-        catalog = self.artifact.catalog
-        histories = [catalog.to_idx(r.history)[0] for r in requests]
+        catalog, window = self.artifact.catalog, self.artifact.history_len
+        histories = [  # explanations may point at any history item; the model reads the window
+            catalog.to_idx(r.history)[0] if r.explain else catalog.last_known(r.history, window)
+            for r in requests
+        ]
         states = encode(self.artifact, histories)  # [B, d]
         out = []
         for row, request in enumerate(requests):

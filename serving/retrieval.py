@@ -89,7 +89,7 @@ class Retriever:
                 keep[:] = False  # SASRec reads no state from an empty history: cold start
             out.append(
                 Candidates(
-                    item_ids=[catalog.item_ids[i] for i in idx[row, : request.n][keep]],
+                    item_ids=[catalog.item_ids[i] for i in idx[row, : request.n][keep].tolist()],
                     scores=scores[row, : request.n][keep].tolist(),
                     unknown_items=unknown[row],
                     model_version=self.artifact.version,

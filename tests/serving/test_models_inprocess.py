@@ -56,6 +56,20 @@ def test_retrieve_then_rank_on_real_artifacts(ml100k_artifacts):
     assert sasrec_as_retriever.retrieve([RetrievalRequest([], {}, None, [], 10)])[0].item_ids == []
 
 
+def test_the_ranker_reads_the_last_known_items_of_a_long_history(ml100k_artifacts):
+    ranker = Ranker.load(ml100k_artifacts["ranker"])
+    catalog, window = ranker.artifact.catalog, ranker.artifact.history_len
+    known = catalog.item_ids[1 : window + 40]
+    history = [x for i, item in enumerate(known) for x in (item, f"new-{i}")]  # unknown between
+    assert catalog.last_known(history, window) == catalog.to_idx(history)[0][-window:]
+    assert catalog.last_known(["new", known[0]], 5) == [1] and catalog.last_known(["x"], 3) == []
+    candidates = catalog.item_ids[200:300]
+    lean, explained = (
+        ranker.rank([RankRequest(history, candidates, 10, explain=e)])[0] for e in (False, True)
+    )  # without explanations only the window is looked up; the scores are the same
+    assert lean.item_ids == explained.item_ids and lean.scores == explained.scores
+
+
 def test_a_vocab_mismatch_between_retriever_and_ranker_is_refused(ml100k_artifacts, tmp_path):
     retriever = load_artifact(ml100k_artifacts["retriever"])
     ranker = load_artifact(ml100k_artifacts["ranker"])
