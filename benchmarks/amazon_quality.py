@@ -229,6 +229,7 @@ def run_train(
     test_tie_orders: int,
     overrides: list[str] = (),
     refit: bool = True,
+    resume: bool = False,
 ) -> dict:
     key = f"{model}-seed{seed}" + (f"-{label}" if label else "")
     run_dir = runs / dataset["name"] / key
@@ -241,6 +242,9 @@ def run_train(
     if max_epochs is not None:
         command += ["--trainer.max_epochs", str(max_epochs)]
     command += list(overrides)  # a recipe variant: label it, so it never replaces the default
+    resumed = resume and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    if resumed:  # exact resume of a stopped run; its fit time counts from the resume
+        command += ["--ckpt_path", "last"]
     process = run_logged(command, run_dir.parent / f"{key}.log")
     report = json.loads((run_dir / "metrics.json").read_text())
     if report["manifest_hash"] != dataset["manifest_hash"]:
@@ -256,6 +260,7 @@ def run_train(
         "seed": seed,
         "label": label,
         "overrides": list(overrides),
+        "resumed": resumed,
         "truncated": truncated,
         "config": str(CONFIGS[model].relative_to(ROOT)),
         "config_max_epochs": config_epochs,
@@ -777,6 +782,7 @@ def amazon_quality(
     test_tie_orders: int = 1,
     overrides: list[str] | None = None,
     refit: bool = True,
+    resume: bool = False,
     ease_lambdas: list[float] | None = None,
     ease_max_items: int | None = None,
     analysis_run: str | None = None,
@@ -803,6 +809,8 @@ def amazon_quality(
             never stand in for the shipped config's.
         refit: train stage: `recstack train --refit true`, so each run also reports the test
             of its config refitted on TRAIN + VALID events (what the baselines are fitted on).
+        resume: train stage: a run whose dir holds a last.ckpt (a stopped job) resumes from
+            it (`--ckpt_path last`, exact resume) instead of starting over.
         ease_lambdas: EASE λ grid (default: the evaluator's 10 ... 2500).
         ease_max_items: skip EASE above this many items (default: the evaluator's 20,000).
         analysis_run: the SASRec run key to analyse (default: the last in the JSON's runs).
@@ -854,6 +862,7 @@ def amazon_quality(
                         test_tie_orders,
                         overrides or [],
                         refit,
+                        resume,
                     )
                     changed[run["key"]] = run
                     write_entry(out, entry, changed, stages)  # a stopped job keeps what it did
