@@ -64,7 +64,7 @@ def run_side(tree: Path | None, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default="a609f5c")
     parser.add_argument("--config", type=Path, default=REPO / "runs/large-catalogue/serve.yaml")
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "pipeline_cost.json")
     parser.add_argument("--measure", action="store_true", help="one side, in this process")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.measure:
         print(json.dumps(measure(args.config, args.dataset, args.calls)))
         return
