@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from bench_script import BENCHMARKS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))  # its config helpers
