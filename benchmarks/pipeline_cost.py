@@ -9,7 +9,8 @@ most of a replica's CPU per request, so it sets how close to its cores a 2-core 
 Each side runs in its own process (`--measure`); the "before" side imports recstack from a
 git worktree at `--before`. The sides alternate for `--rounds` rounds, so a drift of the
 host's speed hits both. Per side: the median over rounds of the per-round p50 and mean ms
-(one thread, nothing queued: a call's wall time is its CPU time). Writes benchmarks/results/pipeline_cost.json.
+(one thread, nothing queued: a call's wall time is its CPU time).
+Writes benchmarks/results/pipeline_cost.json.
 """
 
 import argparse
