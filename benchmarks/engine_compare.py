@@ -2,8 +2,10 @@
 run to the highest sustained rate, then soaks of at least 5 minutes at fixed rates, each with
 its per-second p99 plotted and the server's stalls (serving/timing.py) lined up under it.
 Floors come first: the same recommend pipeline in-process (no HTTP, no Ray); per engine, 300
-sequential recommend calls (one at a time, nothing queued) and the CPU its HTTP path costs
-per request without the model (GET /healthz at 300/s for 30 s).
+sequential recommend calls (one at a time, nothing queued), the CPU its HTTP path costs
+per request without the model (GET /healthz at 300/s for 30 s), and the CPU it uses with no
+traffic at all (`--idle-s`, 60 s: Ray's controller, proxies, raylet and replicas wake up on
+timers; at a rate R that is idle_cores / R of CPU per request).
 
     .venv/bin/python benchmarks/engine_compare.py                       # 3 engines, ~55 min
     .venv/bin/python benchmarks/engine_compare.py --engines uvicorn ray-colocated --no-step
@@ -65,6 +67,7 @@ ENGINES = {
     "ray-colocated": ("configs/serve_ml100k.yaml", "ray"),
     "ray-split": ("configs/serve_ml100k_split.yaml", "ray"),
 }
+IDLE_SETTLE_S = 15.0
 TARGETS = {"soak_p99_ms": 15.0, "soak_rate": 200.0, "p50_ms_at_100": 5.0, "cpu_ratio": 1.3}
 
 
@@ -135,6 +138,17 @@ def http_path_cpu(url: str, rate: float = 300.0, seconds: float = 30.0) -> dict:
         "server_cpu_ms_per_request": 1000 * cpu["server_cpu_s"] / ok if ok else None,
         "server_cores_by_process": cpu.get("server_cores_by_process"),
     }
+
+
+def idle_cpu(url: str, seconds: float) -> dict:
+    """The server's CPU with no requests for `seconds` (after IDLE_SETTLE_S for start-up work
+    to end), by process."""
+    time.sleep(IDLE_SETTLE_S)
+    with CpuMeter(url) as meter:
+        time.sleep(seconds)
+    cpu = meter.result
+    return {"seconds": seconds, "server_cores": cpu.get("server_cores_used"),
+            "server_cores_by_process": cpu.get("server_cores_by_process")}  # fmt: skip
 
 
 def free_port() -> int:
@@ -218,6 +232,9 @@ def run_engine(engine: str, args, key: str) -> dict:
     summary = {"engine": engine, "config": str(config), "soaks": {}}
     service = Service(engine, args, key)
     try:
+        if args.idle_s > 0:
+            summary["idle"] = idle_cpu(service.url, args.idle_s)
+            print(f"idle: {summary['idle']['server_cores']:.4f} server cores")
         summary["sequential"] = sequential(service.url, key, args.users, 300)
         print(f"sequential: {summary['sequential']['latency_ms']}")
         summary["http_path"] = http_path_cpu(service.url)
@@ -326,6 +343,7 @@ def parse_args(argv):
         "--soak-rates", type=float, nargs="*", default=[100.0, 200.0], help="none: no soak"
     )
     parser.add_argument("--soak-s", type=float, default=300.0, help="measured s per soak")
+    parser.add_argument("--idle-s", type=float, default=60.0, help="no traffic; 0: skip")
     parser.add_argument("--no-step", dest="step", action="store_false", help="soaks only")
     parser.add_argument("--step-s", type=float, default=20.0, help="measured s per step")
     parser.add_argument("--start-rate", type=float, default=50.0, help="first step, req/s")

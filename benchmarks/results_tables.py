@@ -438,8 +438,13 @@ def inference_tables(name: str = "inference_bench.json") -> str:
 
 
 def engine_tables() -> str:
-    """Every engine_compare*.json run, the first run first (a second run reproduces it)."""
-    names = sorted(p.name for p in RESULTS.glob("engine_compare*.json"))
+    """Every engine_compare*.json run with soaks, the first run first (a second run reproduces
+    it); a run without soaks (idle and HTTP-path CPU only) is described in the text."""
+    names = sorted(
+        p.name
+        for p in RESULTS.glob("engine_compare*.json")
+        if any(e["soaks"] for e in json.loads(p.read_text())["engines"].values())
+    )
     return "\n\n".join(engine_table(n) for n in names) or "_no `engine_compare*.json` yet_"
 
 
