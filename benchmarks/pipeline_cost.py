@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +28,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from stall_fixes import REPO, write_results
 
 RESULTS = Path(__file__).parent / "results"
-# the package-dir mapping of pyproject.toml: recstack.<name> lives in <dir> at the repo root
-SUBPACKAGES = {"datasets": "datasets", "training": "training", "serving": "serving", "loop": "loop"}
 
 
 def tree_at(commit: str) -> Path:
-    """A worktree of the repo at `commit` that imports as `recstack` from PYTHONPATH."""
+    """A worktree of the repo at `commit` that imports as `recstack` from PYTHONPATH: its
+    pyproject's package-dir (recstack.serving lives in serving/, …) made into symlinks."""
     tree = Path(tempfile.mkdtemp(prefix="pipeline-before-")) / "tree"
     subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), commit], cwd=REPO,
                    check=True)  # fmt: skip
-    for name, folder in SUBPACKAGES.items():
-        (tree / "recstack" / name).symlink_to(tree / folder)
+    package_dir = tomllib.loads((tree / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package, folder in package_dir["package-dir"].items():
+        if package != "recstack":
+            (tree / package.replace(".", "/")).symlink_to(tree / folder)
     return tree
 
 
