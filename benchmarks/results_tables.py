@@ -443,7 +443,7 @@ def engine_tables() -> str:
     names = sorted(
         p.name
         for p in RESULTS.glob("engine_compare*.json")
-        if any(e["soaks"] for e in json.loads(p.read_text())["engines"].values())
+        if (d := load(p.name)) is None or any(e["soaks"] for e in d["engines"].values())
     )
     return "\n\n".join(engine_table(n) for n in names) or "_no `engine_compare*.json` yet_"
 

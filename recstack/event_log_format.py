@@ -212,7 +212,7 @@ def read_open(path: Path) -> tuple[pa.Table, bool]:
             truncated = True
             break
         if len(batches) == _MERGE_BATCHES:
-            merged.append(pa.Table.from_batches(batches, reader.schema).combine_chunks())
+            merged.append(pa.Table.from_batches(batches, schema=reader.schema).combine_chunks())
             batches = []
     merged.append(pa.Table.from_batches(batches, schema=reader.schema))
     return conform(pa.concat_tables(merged).combine_chunks(), path), truncated
