@@ -63,6 +63,30 @@ def test_export_writes_an_artifact_that_scores_like_torch(tmp_path, sasrec_ckpt)
     np.testing.assert_allclose(scores, expected, atol=1e-4)
 
 
+def test_a_cosine_sasrec_learns_the_chain_and_exports_unit_item_vectors(tmp_path, chain_dir):
+    config = write_config(tmp_path, chain_dir, SASREC)
+    cosine = [
+        "--model.init_args.model.similarity=cosine",
+        "--model.init_args.model.temperature=0.05",
+    ]
+    stop_when_fitted = ["--early_stopping.stopping_threshold", "0.99"]  # val NDCG@10
+    assert main(["train", "--config", str(config), *cosine, *stop_when_fitted]) == 0
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert report["test"]["hr@10"] >= 0.95, report["test"]
+    out = tmp_path / "artifact"
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 0
+    embeddings = np.load(out / "item_embeddings.npy")
+    np.testing.assert_allclose(np.linalg.norm(embeddings[1:], axis=1), 1.0, atol=1e-5)
+    task = NextItemTask.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
+    items, lengths = torch.tensor([[3, 4, 5, 0], [7, 8, 9, 10]]), torch.tensor([3, 4])
+    with torch.no_grad():
+        expected = task.scoring_net.eval().score_all(items, lengths).numpy()
+    session = ort.InferenceSession(str(out / "sasrec.onnx"), providers=["CPUExecutionProvider"])
+    state = session.run(["state"], {"items": items.numpy(), "lengths": lengths.numpy()})[0]
+    np.testing.assert_allclose(state @ embeddings.T, expected, atol=1e-4)
+
+
 def test_a_corrupt_or_incomplete_artifact_is_refused(tmp_path, sasrec_ckpt):
     out = tmp_path / "v1"
     export_cmd.export(sasrec_ckpt, out)

@@ -87,7 +87,7 @@ def export_sasrec(net: SASRec, out: Path) -> ExportedModel:
         input_names=list(INPUTS),
         output_names=[OUTPUT],
     )
-    embeddings = net.output_table.weight.detach().float().cpu().numpy()
+    embeddings = net.all_item_vectors().detach().float().cpu().numpy()
     np.save(out / EMBEDDINGS_FILE, embeddings)
     return ExportedModel(
         model_kind=ModelKind.SASREC,

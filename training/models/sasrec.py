@@ -5,13 +5,15 @@ count from the first item of the window, so with causal attention a position nev
 padding after it: appending PAD columns changes nothing (the ONNX export relies on this,
 docs/architecture.md §7). The next-item scores are the hidden state at a position times the
 item embedding table (the output layer is tied to the input embeddings unless `tie_output` is
-false).
+false). With similarity="cosine" the states and the item vectors are L2-normalised, as in the
+two-tower model, and training divides the logits by `temperature`.
 
 Blocks are pre-norm: x + Attn(LN(x)), x + FFN(LN(x)), with attention from
 `F.scaled_dot_product_attention(is_causal=True)`; a final LayerNorm follows the last block.
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,7 @@ from torch import nn
 from recstack.errors import RecstackError
 from recstack.schema import PAD_IDX
 from recstack.training.models.init import init_weights
+from recstack.training.models.similarity import SIMILARITIES, normalise
 
 
 @dataclass
@@ -35,6 +38,8 @@ class SASRecConfig:
     # output item vectors: the input embeddings (True), or a table of their own, as gSASRec
     # trains gBCE (a sampled sigmoid loss pushing negatives' input embeddings apart stalls it)
     tie_output: bool = True
+    similarity: Literal["dot", "cosine"] = "dot"  # cosine: states and item vectors normalised
+    temperature: float = 1.0  # training logits = similarity / temperature
 
     def __post_init__(self) -> None:
         if self.n_items < 0:
@@ -54,6 +59,12 @@ class SASRecConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise RecstackError(f"sasrec {name} must be in [0, 1), got {value}")
+        if self.similarity not in SIMILARITIES:
+            raise RecstackError(
+                f"sasrec similarity must be one of {SIMILARITIES}, got {self.similarity!r}"
+            )
+        if not self.temperature > 0.0:
+            raise RecstackError(f"sasrec temperature must be > 0, got {self.temperature}")
 
 
 class CausalSelfAttention(nn.Module):
@@ -121,16 +132,21 @@ class SASRec(nn.Module):
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)
+        return normalise(self.norm(x), self.config.similarity)
 
     @property
     def output_table(self) -> nn.Embedding:
-        """The item vectors scores are dot products with (the input table when tied)."""
+        """The table of the item vectors scores are dot products with (the input table when
+        tied; normalised by `item_vectors` for cosine)."""
         return self.item_emb if self.out_emb is None else self.out_emb
 
     def item_vectors(self, item_idx: torch.Tensor) -> torch.Tensor:
         """item_idx [*] -> output vectors [*, d]."""
-        return self.output_table(item_idx)
+        return normalise(self.output_table(item_idx), self.config.similarity)
+
+    def all_item_vectors(self) -> torch.Tensor:
+        """Vectors of the whole catalogue [n_items + 1, d] (row PAD_IDX is meaningless)."""
+        return normalise(self.output_table.weight, self.config.similarity)
 
     def last_hidden(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """items [B, L] right-padded, lengths [B] (>= 1) -> state at the last real item [B, d]."""
@@ -140,4 +156,4 @@ class SASRec(nn.Module):
 
     def score_all(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """items [B, L] right-padded, lengths [B] -> next-item scores [B, n_items + 1]."""
-        return self.last_hidden(items, lengths) @ self.output_table.weight.T
+        return self.last_hidden(items, lengths) @ self.all_item_vectors().T

@@ -30,9 +30,9 @@ from torch import nn
 from recstack.errors import RecstackError
 from recstack.schema import PAD_IDX
 from recstack.training.models.init import init_weights
+from recstack.training.models.similarity import SIMILARITIES, normalise
 
 POOLINGS = ("attention", "mean")
-SIMILARITIES = ("dot", "cosine")
 
 
 @dataclass
@@ -191,9 +191,6 @@ class TwoTower(nn.Module):
 
     # ---- towers -------------------------------------------------------------------------
 
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1, eps=1e-6) if self.config.similarity == "cosine" else x
-
     def item_vectors(self, item_idx: torch.Tensor) -> torch.Tensor:
         """item_idx [*] (0..n_items) -> item vectors [*, dim]."""
         h = self.id_emb(item_idx)  # [*, d]
@@ -202,7 +199,7 @@ class TwoTower(nn.Module):
         codes = self.item_cats[item_idx]  # [*, C]
         for j, emb in enumerate(self.item_cat_emb.values()):
             h = h + emb(codes[..., j])
-        return self._normalise(h + self.item_mlp(h))
+        return normalise(h + self.item_mlp(h), self.config.similarity)
 
     def _field_codes(
         self,
@@ -259,7 +256,7 @@ class TwoTower(nn.Module):
             last = (tokens * is_last.unsqueeze(-1).to(tokens.dtype)).sum(1)  # [B, d]
             pooled = last + self._attend(last, context_vecs, tokens, valid)
         x = torch.cat([pooled, *context_vecs, *user_vecs], dim=-1)  # [B, d * fields]
-        return self._normalise(pooled + self.user_mlp(x))
+        return normalise(pooled + self.user_mlp(x), self.config.similarity)
 
     def _attend(
         self,

@@ -63,7 +63,7 @@ class NextItemTask(RecTask):
         return TrainSamples("windows", as_config(SASRecConfig, self.model_config).history_len)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        hidden = self.net(batch["items"])  # [B, L, d]
+        hidden = self.net(batch["items"]) / self.net.config.temperature  # [B, L, d]
         targets = batch["targets"]  # [B, L]
         if hidden.device.type == "cuda":  # fixed shapes: no host sync to count PAD positions
             loss = self.loss_fn.masked(

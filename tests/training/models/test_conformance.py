@@ -23,7 +23,15 @@ def _two_tower():
     return TwoTower(TwoTowerConfig(dim=16, history_len=HISTORY_LEN, n_heads=2, dropout=0.1), sizes)
 
 
-MODELS = {"sasrec": _sasrec, "two_tower": _two_tower}
+def _sasrec_cosine():
+    config = SASRecConfig(
+        n_items=N_ITEMS, history_len=HISTORY_LEN, dim=16, n_heads=2, dropout=0.1,
+        similarity="cosine", temperature=0.05,
+    )  # fmt: skip
+    return SASRec(config)
+
+
+MODELS = {"sasrec": _sasrec, "sasrec_cosine": _sasrec_cosine, "two_tower": _two_tower}
 
 
 def _score(model, history, lengths):
@@ -96,7 +104,10 @@ def test_same_seed_same_model_and_scores(name):
 def test_bad_configs_are_refused():
     from recstack.errors import RecstackError
 
-    for bad in ({"dim": -4}, {"dim": 10, "n_heads": 3}, {"dropout": 1.5}, {"history_len": 0}):
+    for bad in (
+        {"dim": -4}, {"dim": 10, "n_heads": 3}, {"dropout": 1.5}, {"history_len": 0},
+        {"similarity": "euclid"}, {"temperature": 0.0}, {"temperature": float("nan")},
+    ):  # fmt: skip
         with pytest.raises(RecstackError):
             SASRecConfig(n_items=5, **bad)
 
@@ -112,3 +123,20 @@ def test_sasrec_scores_with_its_own_output_table_when_untied():
     assert torch.equal(net.item_vectors(torch.tensor([2])), net.out_emb.weight[2:3])
     tied = SASRec(SASRecConfig(n_items=N_ITEMS, history_len=HISTORY_LEN, dim=16))
     assert tied.output_table is tied.item_emb and tied.out_emb is None
+
+
+def test_sasrec_cosine_scores_are_cosines_of_normalised_states_and_item_vectors():
+    net = _sasrec_cosine().eval()
+    items, lengths = _inputs()
+    state = net.last_hidden(items, lengths)
+    table = net.output_table.weight
+    torch.testing.assert_close(state.norm(dim=-1), torch.ones(4))
+    torch.testing.assert_close(net.all_item_vectors()[1:].norm(dim=-1), torch.ones(N_ITEMS))
+    expected = state @ torch.nn.functional.normalize(table, dim=-1).T
+    torch.testing.assert_close(net.score_all(items, lengths), expected)
+    assert net.score_all(items, lengths).abs().max() <= 1.0 + 1e-5  # cosines, not logits
+    dot = _sasrec().eval()  # the default is the plain dot product with the raw table
+    assert dot.config.similarity == "dot" and dot.config.temperature == 1.0
+    torch.testing.assert_close(
+        dot.score_all(items, lengths), dot.last_hidden(items, lengths) @ dot.item_emb.weight.T
+    )
