@@ -22,7 +22,7 @@ from torch import nn
 from recstack.errors import RecstackError
 from recstack.schema import PAD_IDX
 from recstack.training.models.init import init_weights
-from recstack.training.models.similarity import SIMILARITIES, normalise
+from recstack.training.models.similarity import check_similarity, normalise
 
 
 @dataclass
@@ -59,12 +59,7 @@ class SASRecConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise RecstackError(f"sasrec {name} must be in [0, 1), got {value}")
-        if self.similarity not in SIMILARITIES:
-            raise RecstackError(
-                f"sasrec similarity must be one of {SIMILARITIES}, got {self.similarity!r}"
-            )
-        if not self.temperature > 0.0:
-            raise RecstackError(f"sasrec temperature must be > 0, got {self.temperature}")
+        check_similarity("sasrec", self.similarity, self.temperature)
 
 
 class CausalSelfAttention(nn.Module):

@@ -4,7 +4,17 @@ L2-normalised). Shared by SASRec and the two-tower model."""
 import torch
 import torch.nn.functional as F
 
+from recstack.errors import RecstackError
+
 SIMILARITIES = ("dot", "cosine")
+
+
+def check_similarity(model: str, similarity: str, temperature: float) -> None:
+    """A model config's `similarity` and `temperature`, or a one-line RecstackError."""
+    if not temperature > 0.0:
+        raise RecstackError(f"{model} temperature must be > 0, got {temperature}")
+    if similarity not in SIMILARITIES:
+        raise RecstackError(f"{model} similarity must be one of {SIMILARITIES}, got {similarity!r}")
 
 
 def normalise(x: torch.Tensor, similarity: str) -> torch.Tensor:

@@ -30,7 +30,7 @@ from torch import nn
 from recstack.errors import RecstackError
 from recstack.schema import PAD_IDX
 from recstack.training.models.init import init_weights
-from recstack.training.models.similarity import SIMILARITIES, normalise
+from recstack.training.models.similarity import check_similarity, normalise
 
 POOLINGS = ("attention", "mean")
 
@@ -85,16 +85,11 @@ class TwoTowerConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise RecstackError(f"two-tower dropout must be in [0, 1), got {self.dropout}")
-        if not self.temperature > 0.0:
-            raise RecstackError(f"two-tower temperature must be > 0, got {self.temperature}")
         if self.pooling not in POOLINGS:
             raise RecstackError(
                 f"two-tower pooling must be one of {POOLINGS}, got {self.pooling!r}"
             )
-        if self.similarity not in SIMILARITIES:
-            raise RecstackError(
-                f"two-tower similarity must be one of {SIMILARITIES}, got {self.similarity!r}"
-            )
+        check_similarity("two-tower", self.similarity, self.temperature)
 
 
 def _mlp(d_in: int, dim: int, dropout: float = 0.0) -> nn.Sequential:
