@@ -351,7 +351,6 @@ def publish_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         built = build(tmp)
-        built["report"]["step_seconds"] = step.seconds
         with step.step("quality report + manifest"):
             (tmp / QUALITY_FILE).write_text(json.dumps(built["report"], indent=2) + "\n")
             schema = pq.read_schema(tmp / INTERACTIONS_FILE)
@@ -369,6 +368,9 @@ def publish_dataset(
                 splits=built["splits"],
                 interaction_columns=schema.names,
                 profile=profile.model_dump(),
+                # timings vary run to run, so they stay out of the hashed files: the same source
+                # prepared twice has the same content hash (docs/architecture.md §2)
+                step_seconds=step.seconds,
             )
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()

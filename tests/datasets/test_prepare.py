@@ -111,6 +111,21 @@ def test_partitions_do_not_change_the_output(tmp_path):
     assert many.manifest["vocab"] == one.manifest["vocab"]
 
 
+def test_the_same_source_prepared_twice_has_the_same_content_hash(tmp_path):
+    """Results quote the dataset's content hash; a rerun elsewhere must be able to match it, so
+    nothing that varies between runs (step times, creation time) may be in the hashed files."""
+    rows = [
+        (f"u{u}", f"i{(u * 5 + k) % 17}", NOW + k * 60, "tv") for u in range(30) for k in range(4)
+    ]
+    raw = _raw(tmp_path, rows)
+    first = json.loads((_prepare(tmp_path, raw, name="first") / MANIFEST_FILE).read_text())
+    second = json.loads((_prepare(tmp_path, raw, name="second") / MANIFEST_FILE).read_text())
+    assert first["files"] == second["files"]
+    assert first["content_hash"] == second["content_hash"]
+    assert set(first["step_seconds"]) == set(second["step_seconds"])  # kept, outside the hash
+    assert "step_seconds" not in json.loads((tmp_path / "first" / QUALITY_FILE).read_text())
+
+
 def test_k_core_is_a_fixed_point(tmp_path):
     # u3 has one event; dropping it leaves item z with one event; dropping z leaves u2 with 1
     rows = [
