@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/train_quality.py                       # SASRec + two-tower, 3 seeds
     .venv/bin/python benchmarks/train_quality.py --models '[sasrec]' --seeds '[0]'
+    .venv/bin/python benchmarks/train_quality.py --models '[sasrec]' --seeds '[0]' \
+        --overrides '[--model.init_args.model.similarity, cosine]' --out /tmp/variant.json
 
 Each (model, seed) is one `recstack train --config configs/train/<model>_ml100k.yaml
 --seed_everything <seed>` in its own process (run dirs under --runs); its metrics.json holds the
@@ -69,6 +71,7 @@ def train_quality(
     dataset: Path = Path("data/ml-100k"),
     runs: Path = Path("runs/quality"),
     out: Path = ROOT / "benchmarks" / "results" / "train_quality_ml100k.json",
+    overrides: list[str] = [],  # noqa: B006 - read only
 ) -> dict:
     """Train each model with each seed and write mean ± std of the test metrics.
 
@@ -78,7 +81,12 @@ def train_quality(
         dataset: the prepared ML-100K dir (`recstack data prepare --source ml-100k --out ...`).
         runs: parent of the run dirs (<model>-seed<seed>).
         out: the JSON summary.
+        overrides: extra `recstack train` arguments for a recipe variant (they go into the JSON;
+            give the variant its own `out` and `runs`, so that it never stands in for the
+            shipped config's results).
     """
+    if overrides and Path(out) == ROOT / "benchmarks" / "results" / "train_quality_ml100k.json":
+        raise SystemExit("a variant (--overrides) needs its own --out")
     console = Console(width=200)
     results: dict = {"models": {}, "baselines": None}
     for model in models:
@@ -86,7 +94,8 @@ def train_quality(
         for seed in seeds:
             console.print(f"training {model} with seed {seed} ...")
             first = results["baselines"] is None
-            report = run_train(model, seed, dataset, Path(runs) / f"{model}-seed{seed}", first)
+            run_dir = Path(runs) / f"{model}-seed{seed}"
+            report = run_train(model, seed, dataset, run_dir, first, tuple(overrides))
             if first:
                 results["baselines"] = report["baselines"]
                 results["manifest_hash"] = report["manifest_hash"]
@@ -97,6 +106,7 @@ def train_quality(
             )
         results["models"][model] = {
             "config": str(CONFIGS[model].relative_to(ROOT)),
+            "overrides": overrides,
             **summarise([r["test"] for r in reports]),
             "runs": [
                 {
