@@ -2,7 +2,8 @@
 run to the highest sustained rate, then soaks of at least 5 minutes at fixed rates, each with
 its per-second p99 plotted and the server's stalls (serving/timing.py) lined up under it.
 Floors come first: the same recommend pipeline in-process (no HTTP, no Ray); per engine, 300
-sequential recommend calls (one at a time, nothing queued), the CPU its HTTP path costs
+sequential recommend calls (one at a time, nothing queued; then again with `--spaced-ms`
+between calls, as sparse traffic arrives), the CPU its HTTP path costs
 per request without the model (GET /healthz at 300/s for 30 s), and the CPU it uses with no
 traffic at all (`--idle-s`, 60 s: Ray's controller, proxies, raylet and replicas wake up on
 timers; at a rate R that is idle_cores / R of CPU per request).
@@ -109,8 +110,10 @@ def in_process(config: Path, users: list[str], calls: int) -> dict:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def sequential(url: str, key: str, users: list[str], calls: int) -> dict:
-    """One recommend call at a time over HTTP (nothing queued): the engine's floor."""
+def sequential(url: str, key: str, users: list[str], calls: int, gap_s: float = 0.0) -> dict:
+    """One recommend call at a time over HTTP (nothing queued): the engine's floor. With
+    `gap_s` > 0 each call starts that long after the previous one ended, as sparse traffic
+    arrives: the machine goes idle between calls."""
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {key}"
     rng, times = random.Random(2), []
@@ -122,7 +125,9 @@ def sequential(url: str, key: str, users: list[str], calls: int) -> dict:
         response.raise_for_status()
         if i >= 20:
             times.append((time.perf_counter() - start) * 1000)
-    return {"calls": calls, "latency_ms": summarise(np.array(times))}
+        if gap_s > 0:
+            time.sleep(gap_s)
+    return {"calls": calls, "gap_ms": gap_s * 1000, "latency_ms": summarise(np.array(times))}
 
 
 def http_path_cpu(url: str, rate: float = 300.0, seconds: float = 30.0) -> dict:
@@ -237,6 +242,10 @@ def run_engine(engine: str, args, key: str) -> dict:
             print(f"idle: {summary['idle']['server_cores']:.4f} server cores")
         summary["sequential"] = sequential(service.url, key, args.users, 300)
         print(f"sequential: {summary['sequential']['latency_ms']}")
+        if args.spaced_ms > 0:
+            spaced = sequential(service.url, key, args.users, 300, args.spaced_ms / 1000)
+            summary["sequential_spaced"] = spaced
+            print(f"sequential, {args.spaced_ms:g} ms apart: {spaced['latency_ms']}")
         summary["http_path"] = http_path_cpu(service.url)
         print(f"HTTP path CPU ms/request: {summary['http_path']['server_cpu_ms_per_request']:.3f}")
         if args.step:
@@ -344,6 +353,12 @@ def parse_args(argv):
     )
     parser.add_argument("--soak-s", type=float, default=300.0, help="measured s per soak")
     parser.add_argument("--idle-s", type=float, default=60.0, help="no traffic; 0: skip")
+    parser.add_argument(
+        "--spaced-ms",
+        type=float,
+        default=10.0,
+        help="the sequential floor again with this gap between calls (10: 100 req/s); 0: skip",
+    )
     parser.add_argument("--no-step", dest="step", action="store_false", help="soaks only")
     parser.add_argument("--step-s", type=float, default=20.0, help="measured s per step")
     parser.add_argument("--start-rate", type=float, default=50.0, help="first step, req/s")
