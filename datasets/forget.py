@@ -18,7 +18,6 @@ error (exit 2).
 """
 
 import argparse
-import hashlib
 import json
 import os
 import time
@@ -33,7 +32,7 @@ from recstack.datasets.prepare import vocab_hash
 from recstack.durable import fsync_dir
 from recstack.errors import DataError
 from recstack.event_log_format import user_hash
-from recstack.manifest import CONTENT_HASH, file_sha256, read_manifest
+from recstack.manifest import CONTENT_HASH, content_hash, file_sha256, read_manifest
 from recstack.schema import (
     INTERACTIONS_FILE,
     MANIFEST_FILE,
@@ -109,12 +108,12 @@ def forget_users(directory: Path | str, kind: str, user_ids: list[str]) -> dict:
 
 
 def _updated_manifest(manifest: dict, staged: dict[str, Path], users: set[str], kind: str) -> dict:
-    """New file hashes, content hash (as write_manifest computes it), counts and ledger."""
+    """New file hashes, content hash, counts and ledger."""
     manifest = dict(manifest)
     manifest.setdefault(ORIGINAL_HASH, manifest[CONTENT_HASH])  # the seed marker stays
     files = dict(manifest["files"]) | {name: file_sha256(tmp) for name, tmp in staged.items()}
     manifest["files"] = files
-    manifest[CONTENT_HASH] = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    manifest[CONTENT_HASH] = content_hash(files)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     manifest[ERASURES] = [
         *manifest.get(ERASURES, []),

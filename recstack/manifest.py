@@ -29,6 +29,11 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def content_hash(files: dict[str, str]) -> str:
+    """The manifest's `content_hash`: one sha256 over the {file: sha256} map."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
 def code_version() -> str:
     """Package version plus the git commit of the source tree, when there is one."""
     try:
@@ -51,14 +56,13 @@ def write_manifest(directory: Path, kind: str, **fields: Any) -> dict:
         for p in sorted(directory.rglob("*"))
         if p.is_file() and p.name != MANIFEST_FILE
     }
-    content_hash = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "kind": kind,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "code_version": code_version(),
         "files": files,
-        CONTENT_HASH: content_hash,
+        CONTENT_HASH: content_hash(files),
         **fields,
     }
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
