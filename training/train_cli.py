@@ -17,6 +17,7 @@ import re
 import time
 import warnings
 from argparse import ArgumentError
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from recstack.errors import RecstackError
 from recstack.eval_report import write_json
 from recstack.training.compile_net import CompileNet
 from recstack.training.data.datamodule import RecDataModule
+from recstack.training.interrupt import InterruptAtBatchEnd, deferred_interrupt, raise_if_requested
 from recstack.training.quiet import LEAF_SPEC, LIGHTNING_TIP, log_lines_off, warnings_off
 from recstack.training.refit import refit_config, refit_report
 from recstack.training.run_report import METRICS_FILE, add_refit, best_entry, write_run_report
@@ -263,7 +265,10 @@ def build_cli(
                 seed_everything_default=0,
                 save_config_callback=SaveRunConfig if save_config else None,
                 save_config_kwargs={"save_to_log_dir": False, "config_filename": "config.yaml"},
-                trainer_defaults={"num_sanity_val_steps": 0, "callbacks": list(callbacks or [])},
+                trainer_defaults={
+                    "num_sanity_val_steps": 0,
+                    "callbacks": [InterruptAtBatchEnd(), *(callbacks or [])],
+                },
                 parser_kwargs={"description": __doc__, "exit_on_error": False, "prog": prog},
             )
     except (ArgumentError, ValueError, TypeError) as exc:
@@ -290,6 +295,13 @@ def check_config(config: dict) -> dict:
 
 def train(argv: list[str]) -> dict | None:
     cli = build_cli(argv)
+    # One process: Ctrl-C stops at a batch end (training/interrupt.py). DDP ranks keep
+    # Lightning's own handling: ranks stopping at different batches would wait on each other.
+    with deferred_interrupt() if cli.trainer.world_size == 1 else nullcontext():
+        return _train(cli)
+
+
+def _train(cli: RecstackCLI) -> dict | None:
     config = cli.config
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -301,6 +313,7 @@ def train(argv: list[str]) -> dict | None:
         raise RecstackError(
             f"training interrupted; resume with --ckpt_path last (run dir {run_dir})"
         )
+    raise_if_requested()  # Ctrl-C after the last batch: no report, no refit
     report = None
     if cli.trainer.is_global_zero:  # the validated model's report first: a failed refit keeps it
         report = write_run_report(

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from recstack.errors import RecstackError
+from recstack.training.interrupt import deferred_interrupt, raise_if_requested
 from recstack.training.train_cli import check_config
 from recstack.training.tuning.objective import Objective, TrialFailed
 from recstack.training.tuning.report import write_report
@@ -159,11 +160,14 @@ def tune(argv: list[str]) -> dict:
     started = time.monotonic()
     objective = Objective(base, space, out, console)
     try:
-        while _accounted(study) < args.n_trials:
-            if args.timeout is not None and time.monotonic() - started >= args.timeout:
-                console.print(f"timeout: {args.timeout:.0f} s passed, no new trials here")
-                break
-            study.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
+        with deferred_interrupt():  # Ctrl-C at a batch end or between trials, never dropped
+            while _accounted(study) < args.n_trials:
+                raise_if_requested()
+                if args.timeout is not None and time.monotonic() - started >= args.timeout:
+                    console.print(f"timeout: {args.timeout:.0f} s passed, no new trials here")
+                    break
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
+            raise_if_requested()
     except KeyboardInterrupt:
         console.print(f"interrupted: run the same command again to resume study {name!r}")
         raise

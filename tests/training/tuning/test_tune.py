@@ -135,6 +135,25 @@ def test_ctrl_c_requeues_the_running_trial(tmp_path, chain_dir):
     assert trials[1].system_attrs["fixed_params"] == trials[0].params  # queued again
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("delay_s", [0.1 * i for i in range(12)])
+def test_ctrl_c_at_any_moment_stops_the_study(tmp_path, chain_dir, delay_s):
+    """Ctrl-C landing anywhere in a trial stops the study. Before training/interrupt.py, one
+    of these 12 (delay 1.0 s) was dropped in a finalizer and the study ran on to the end."""
+    search = {**SEARCH, "fixed": {"trainer.max_epochs": 30}, "pruner": {"kind": "none"}}
+    args = setup_study(tmp_path, chain_dir, search)
+    out = tmp_path / "study"
+    worker = subprocess.Popen(
+        tune_command(args, out, 2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=default_sigint,
+    )  # fmt: skip
+    wait_for(out / "trials" / "0000" / "checkpoints" / "last.ckpt", worker)
+    time.sleep(delay_s)
+    worker.send_signal(signal.SIGINT)
+    output, _ = worker.communicate(timeout=120)
+    assert worker.returncode == 130, output
+
+
 def test_two_workers_share_one_sqlite_study(tmp_path, chain_dir):
     search = {**SEARCH, "params": {"model.optim.lr": {"type": "float", "low": 0.003, "high": 0.03}}}
     args = setup_study(tmp_path, chain_dir, search)
