@@ -44,6 +44,7 @@ trajectory with seconds per epoch, time to quality and test metrics; mean ± std
 complete (not truncated) runs of each recipe, for the validated and the refit models.
 """
 
+import csv
 import hashlib
 import json
 import os
@@ -94,7 +95,13 @@ DATASETS = {
     },
 }
 ANCHOR_FACTOR, BASELINE_FACTOR, PIPELINE_FACTOR = 1.3, 1.15, 0.97  # issue 19's targets
-STAGES = ("baselines", "train", "refit", "pipeline", "analysis", "profile", "table")
+# `recstack tune` search spaces: the shipped ones, unchanged (the tuned row is per dataset)
+SEARCHES = {
+    "sasrec": ROOT / "configs" / "search" / "sasrec_ml100k.yaml",
+    "two_tower": ROOT / "configs" / "search" / "two_tower.yaml",
+}
+TUNED = "tuned"  # the label of a study's best trial among the runs
+STAGES = ("baselines", "train", "tune", "refit", "pipeline", "analysis", "profile", "table")
 METRIC = "ndcg@10"
 
 
@@ -247,23 +254,23 @@ def run_train(
         command += ["--ckpt_path", "last"]
     process = run_logged(command, run_dir.parent / f"{key}.log")
     report = json.loads((run_dir / "metrics.json").read_text())
-    if report["manifest_hash"] != dataset["manifest_hash"]:
-        raise SystemExit(f"{run_dir} trained on another version of {dataset['path']}")
-    config_epochs = report["config"]["trainer"]["max_epochs"]
-    epochs = epoch_table(report["history"])
     # Stopped by the epoch limit, not by early stopping: the test figures are not final.
     truncated = max_epochs is not None and report["epochs_trained"] >= max_epochs
+    run = {"key": key, "model": model, "seed": seed, "label": label}
+    run |= {"overrides": list(overrides), "resumed": resumed, "truncated": truncated}
+    return run_entry(dataset, run, report, str(CONFIGS[model].relative_to(ROOT)), process)
+
+
+def run_entry(dataset: dict, run: dict, report: dict, config: str, process: dict) -> dict:
+    """`run` (key, model, seed, label, ...) with the figures of its metrics.json `report`."""
+    if report["manifest_hash"] != dataset["manifest_hash"]:
+        raise SystemExit(f"{report['run_dir']} trained on another version of {dataset['path']}")
+    epochs = epoch_table(report["history"])
     eval_s = report["test_info"].get("eval_s")
     return {
-        "key": key,
-        "model": model,
-        "seed": seed,
-        "label": label,
-        "overrides": list(overrides),
-        "resumed": resumed,
-        "truncated": truncated,
-        "config": str(CONFIGS[model].relative_to(ROOT)),
-        "config_max_epochs": config_epochs,
+        **run,
+        "config": config,
+        "config_max_epochs": report["config"]["trainer"]["max_epochs"],
         "history_len": report["config"]["model"]["init_args"]["model"].get("history_len"),
         "run_dir": report["run_dir"],
         "best_epoch": report["best_epoch"],
@@ -279,6 +286,57 @@ def run_train(
         "refit": _refit_entry(report.get("refit")),
         "process": process,
     }
+
+
+def run_tune(
+    dataset: dict, model: str, runs: Path, n_trials: int, timeout_s: float | None
+) -> tuple[dict, dict]:
+    """`recstack tune` of the shipped config on this dataset with the shipped search space
+    (SEARCHES), its study in runs/<dataset>/<model>-tune (resumed by the same command). The
+    study's best trial (selected on validation; its test computed once by the tune report)
+    becomes the run `<model>-seed<s>-tuned`; the study's summary is returned beside it."""
+    import yaml
+
+    study = f"{model}-tune"
+    study_dir = runs / dataset["name"] / study
+    study_dir.mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_load(CONFIGS[model].read_text())
+    config["data"]["dataset"] = dataset["path"]
+    config |= {"run_dir": str(study_dir / "base-run"), "baselines": False, "test_tie_orders": 1}
+    config["quality_threshold"] = DATASETS[dataset["name"]]["anchor"][METRIC]
+    base = study_dir / "base.yaml"
+    base.write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [recstack_bin(), "tune", "--config", str(base), "--search", str(SEARCHES[model])]
+    command += ["--study", study, "--out", str(study_dir), "--n-trials", str(n_trials)]
+    if timeout_s is not None:
+        command += ["--timeout", str(timeout_s)]
+    process = run_logged(command, study_dir.parent / f"{study}.log")
+    report = json.loads((study_dir / "report.json").read_text())
+    best = report.get("best")
+    if not best or "test" not in best:
+        raise SystemExit(f"{study_dir}: no complete trial with test figures; see report.md")
+    trial_dir = study_dir / "trials" / f"{best['number']:04d}"
+    metrics = json.loads((trial_dir / "metrics.json").read_text())
+    # the test report is written after the fit, from the best checkpoint: the fit's own facts
+    # come from the study (epochs, best epoch, minutes of the trial)
+    row = next(r for r in csv.DictReader((study_dir / "trials.csv").open())
+               if int(r["trial"]) == best["number"])  # fmt: skip
+    metrics |= {"best_epoch": best["best_epoch"], "epochs_trained": int(row["epochs"])}
+    metrics["fit_seconds"] = float(row["minutes"]) * 60
+    seed = config.get("seed_everything", 0)
+    run = {"key": f"{model}-seed{seed}-{TUNED}", "model": model, "seed": seed, "label": TUNED}
+    run |= {"overrides": [f"{k}={v}" for k, v in best["params"].items()]}
+    run |= {"resumed": False, "truncated": False}
+    entry = run_entry(dataset, run, metrics, str(trial_dir / "trial.yaml"), process)
+    keys = ("study", "trials", "states", "wall_minutes", "trial_minutes", "default_trial")
+    summary = {k: report[k] for k in keys} | {
+        "search": str(SEARCHES[model].relative_to(ROOT)),
+        "best_trial": best["number"],
+        "best_val_ndcg@10": best["val_ndcg@10"],
+        "best_params": best["params"],
+        "report": str(study_dir / "report.md"),
+    }
+    return entry, summary
 
 
 def _refit_entry(refit: dict | None) -> dict | None:
@@ -657,6 +715,18 @@ def markdown(entry: dict) -> str:
         "",
         *lines,
     ]
+    for model, study in (entry.get("tune") or {}).items():
+        states = ", ".join(f"{n} {state}" for state, n in study["states"].items())
+        default = study.get("default_trial") or {}
+        out += [
+            "",
+            f"`{model}-tuned`: `recstack tune` (`{study['search']}`, study `{study['study']}`: "
+            f"{study['trials']} trials, {states}, {study['wall_minutes']} min), best trial "
+            f"{study['best_trial']} (val NDCG@10 {_f(study['best_val_ndcg@10'])}; the shipped "
+            f"config as trial {default.get('number')}: {_f(default.get('val_ndcg@10'))}): "
+            + ", ".join(f"{k.split('.')[-1]} {v:.4g}" if isinstance(v, float) else
+                        f"{k.split('.')[-1]} {v}" for k, v in study["best_params"].items()),
+        ]  # fmt: skip
     pipeline = entry.get("pipeline")
     if pipeline:
         n, ratio = pipeline["retrieve_n"], pipeline["pipeline_over_full"][METRIC]
@@ -738,6 +808,7 @@ def machine() -> dict:
 COMMON_SECTIONS = ("dataset", "anchor", "protocol", "machine")
 STAGE_SECTIONS = {
     "baselines": "baselines",
+    "tune": "tune",
     "pipeline": "pipeline",
     "analysis": "analysis",
     "profile": "step_profile",
@@ -783,6 +854,8 @@ def amazon_quality(
     overrides: list[str] | None = None,
     refit: bool = True,
     resume: bool = False,
+    n_trials: int = 12,
+    tune_timeout_s: float | None = None,
     ease_lambdas: list[float] | None = None,
     ease_max_items: int | None = None,
     analysis_run: str | None = None,
@@ -794,7 +867,8 @@ def amazon_quality(
     Args:
         data: folder with Beauty.txt and Sports_and_Outdoors.txt; default ../shared/data/amazon.
         datasets: any of "beauty", "sports".
-        stages: any of "baselines", "train", "refit" (refit the finished runs that have no
+        stages: any of "baselines", "train", "tune" (`recstack tune` per model with the shipped
+            search space; the best trial is the run `<model>-seed0-tuned`), "refit" (refit the finished runs that have no
             refit yet), "pipeline" (the first seed's two-tower -> SASRec served pipeline vs
             SASRec's full ranking), "analysis" (SASRec vs Markov per user), "table"
             (print the README's markdown tables from the JSON), "profile" (where a SASRec step's
@@ -811,6 +885,9 @@ def amazon_quality(
             of its config refitted on TRAIN + VALID events (what the baselines are fitted on).
         resume: train stage: a run whose dir holds a last.ckpt (a stopped job) resumes from
             it (`--ckpt_path last`, exact resume) instead of starting over.
+        n_trials: tune stage: finished trials the study should reach (`recstack tune
+            --n-trials`; run again with a higher value to add trials to the same study).
+        tune_timeout_s: tune stage: start no new trial after this many seconds.
         ease_lambdas: EASE λ grid (default: the evaluator's 10 ... 2500).
         ease_max_items: skip EASE above this many items (default: the evaluator's 20,000).
         analysis_run: the SASRec run key to analyse (default: the last in the JSON's runs).
@@ -866,6 +943,13 @@ def amazon_quality(
                     )
                     changed[run["key"]] = run
                     write_entry(out, entry, changed, stages)  # a stopped job keeps what it did
+        if "tune" in stages:
+            for model in models:
+                console.print(f"{name}: tuning {model} ({n_trials} trials) ...")
+                run, study = run_tune(dataset, model, Path(runs), n_trials, tune_timeout_s)
+                entry.setdefault("tune", {})[model] = study
+                changed[run["key"]] = run
+                write_entry(out, entry, changed, stages)
         if "refit" in stages:  # runs trained without --refit: refit them here
             for key, run in list(entry.get("runs", {}).items()):
                 if not run["truncated"] and not run.get("refit") and run["model"] in models:

@@ -132,3 +132,29 @@ def test_concurrent_jobs_keep_each_others_runs_and_sections(amazon, tmp_path):
     assert written["runs"] == {"sasrec-seed1": run}
     assert written["pipeline"] == piper["pipeline"]  # kept: the train job did not write it
     assert written["targets"]["pipeline_over_full"] == 0.98
+
+
+@pytest.mark.slow
+def test_tune_stage_records_the_best_trial_as_a_tuned_run_and_refits_it(amazon, tmp_path):
+    """`--stages '[tune,refit]'` on a tiny sequence-per-line log: a 2-trial `recstack tune`
+    with the shipped search space, its best trial as the run `sasrec-seed0-tuned` with the
+    study beside it, then refitted like the other runs (~20 s)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = [
+        f"{u} " + " ".join(str((u + i) % 40 + 1) for i in range(5 + u % 4)) for u in range(1, 81)
+    ]
+    (data / "Beauty.txt").write_text("\n".join(lines) + "\n")
+    amazon.amazon_quality(
+        data=data, datasets=["beauty"], stages=["tune", "refit"], models=["sasrec"], n_trials=2,
+        runs=tmp_path / "runs", out_dir=tmp_path / "out",
+    )  # fmt: skip
+    written = json.loads((tmp_path / "out" / "amazon_beauty.json").read_text())
+    study = written["tune"]["sasrec"]
+    assert study["states"] == {"complete": 2} and study["default_trial"]["number"] == 0
+    assert study["search"] == "configs/search/sasrec_ml100k.yaml"
+    run = written["runs"]["sasrec-seed0-tuned"]
+    assert run["label"] == "tuned" and run["test"]["ndcg@10"] > 0.5  # a learnable chain
+    assert run["best_epoch"] is not None and run["epochs_trained"] > run["best_epoch"]
+    assert run["refit"]["epochs"] == run["best_epoch"] + 1
+    assert "sasrec-tuned" in written["summary"]  # a row of its own, never in the shipped mean
