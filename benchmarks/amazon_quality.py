@@ -876,7 +876,8 @@ def amazon_quality(
         models: any of "sasrec", "two_tower" (configs/train/<model>_ml100k.yaml, unchanged).
         seeds: values of seed_everything for the train stage.
         max_epochs: override the config's epoch limit (a run it stops is marked truncated).
-        label: suffix of the run keys (e.g. "cpu-3ep"), so short runs do not replace full ones.
+        label: suffix of the run keys (e.g. "cpu-3ep"), so short runs do not replace full ones;
+            with the refit stage, refit only the runs of that label.
         test_tie_orders: final scoring orders (1: seqlines data has no equal timestamps).
         overrides: extra `recstack train` arguments for a recipe variant, e.g.
             '[--model.init_args.model.dim, "128"]'; needs a `label`, so that a variant's runs
@@ -952,7 +953,8 @@ def amazon_quality(
                 write_entry(out, entry, changed, stages)
         if "refit" in stages:  # runs trained without --refit: refit them here
             for key, run in list(entry.get("runs", {}).items()):
-                if not run["truncated"] and not run.get("refit") and run["model"] in models:
+                mine = run["model"] in models and label in (None, run.get("label"))
+                if mine and not run["truncated"] and not run.get("refit"):
                     console.print(f"{name}: refitting {key} on train + valid ...")
                     changed[key] = refit_run(run)
                     write_entry(out, entry, changed, stages)

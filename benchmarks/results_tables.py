@@ -174,9 +174,9 @@ def _mean_std(summary: dict | None, runs: int, metric: str = "ndcg@10") -> str |
 
 
 def anchors_table() -> str:
-    """The main README's Amazon table: published anchor, baselines and the shipped SASRec and
-    two-tower recipes (trained on TRAIN only, and refitted on TRAIN + VALID), from
-    amazon_<d>.json."""
+    """The main README's Amazon table: published anchor, baselines, the shipped SASRec and
+    two-tower recipes (trained on TRAIN only, and refitted on TRAIN + VALID) and SASRec tuned
+    per dataset by `recstack tune` (its best trial), from amazon_<d>.json."""
     rows = []
     for name in AMAZON:
         path = RESULTS / f"amazon_{name}.json"
@@ -191,6 +191,8 @@ def anchors_table() -> str:
         seeds = len(sasrec.get("complete_runs", []))
         two_tower = d.get("summary", {}).get("two_tower") or {}
         tt_seeds = len(two_tower.get("complete_runs", []))
+        tuned = d.get("summary", {}).get("sasrec-tuned") or {}  # the recstack tune row
+        trials = ((d.get("tune") or {}).get("sasrec") or {}).get("trials")
         rows.append(
             [
                 name,
@@ -204,12 +206,17 @@ def anchors_table() -> str:
                 tt_seeds,
                 _mean_std(two_tower, tt_seeds),
                 _mean_std(two_tower.get("refit"), tt_seeds),
+                trials or "–",
+                len(tuned.get("complete_runs", [])) or "–",
+                _mean_std(tuned, len(tuned.get("complete_runs", []))) or "–",
+                _mean_std(tuned.get("refit"), len(tuned.get("complete_runs", []))) or "–",
             ]
         )
     headers = ["dataset", "ICLRec (published)", "MostPop", "EASE", "Markov", "SASRec seeds"]
     headers += ["SASRec, TRAIN only", "SASRec refit", "TRAIN only / anchor"]
     headers += ["refit / best baseline", "two-tower seeds", "two-tower, TRAIN only"]
-    headers += ["two-tower refit"]
+    headers += ["two-tower refit", "SASRec tune trials", "tuned seeds", "SASRec tuned, TRAIN only"]
+    headers += ["SASRec tuned refit"]
     return md_table(headers, rows) if rows else "_no `amazon_*.json` yet_"
 
 
