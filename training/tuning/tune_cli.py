@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 from jsonargparse import ArgumentParser
+from jsonargparse.typing import NonNegativeInt
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -69,7 +70,7 @@ def make_parser() -> ArgumentParser:
     parser.add_argument(
         "--n-trials",
         "--n_trials",
-        type=int,
+        type=NonNegativeInt,
         default=20,
         help="finished trials the whole study should reach (all workers); 0 only writes the report",
     )
@@ -82,7 +83,7 @@ def make_parser() -> ArgumentParser:
     parser.add_argument(
         "--worker-id",
         "--worker_id",
-        type=int,
+        type=NonNegativeInt,
         default=0,
         help="give parallel workers of one study different ids (sampler seed)",
     )
@@ -122,6 +123,8 @@ def tune(argv: list[str]) -> dict:
     except Exception as exc:  # argparse/jsonargparse: unknown flag, wrong type
         detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise RecstackError(f"{detail} (see `recstack tune --help`)") from None
+    if args.timeout is not None and args.timeout <= 0:
+        raise RecstackError(f"--timeout must be a number of seconds > 0, got {args.timeout:g}")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     console = Console(stderr=True)

@@ -214,6 +214,19 @@ def test_bad_keys_are_refused_before_any_trial(tmp_path, chain_dir, capsys, edit
     assert not (out / "trials").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--n-trials", "-1"], "n_trials"), (["--timeout", "0"], "--timeout must be"),
+     (["--worker-id", "-2"], "worker_id")],
+)  # fmt: skip
+def test_bad_numbers_are_refused_in_one_line(tmp_path, chain_dir, capsys, flags, message):
+    args = setup_study(tmp_path, chain_dir)
+    assert main(["tune", *args, "--out", str(tmp_path / "study"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "study").exists()
+
+
 def test_joining_with_another_search_space_is_refused(tmp_path, chain_dir, capsys):
     args = setup_study(tmp_path, chain_dir)
     out = tmp_path / "study"
