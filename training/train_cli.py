@@ -293,6 +293,16 @@ def check_config(config: dict) -> dict:
     return resolved_config(build_cli(config, save_config=False, cli_class=_ParseOnly))
 
 
+def _fit(trainer, *args, **kwargs) -> None:
+    """trainer.fit, returning after a Ctrl-C (trainer.interrupted) instead of exiting: Lightning
+    ends its Ctrl-C path with sys.exit(1), which skipped the caller's resume hint."""
+    try:
+        trainer.fit(*args, **kwargs)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+
+
 def train(argv: list[str]) -> dict | None:
     cli = build_cli(argv)
     # One process: Ctrl-C stops at a batch end (training/interrupt.py). DDP ranks keep
@@ -307,7 +317,7 @@ def _train(cli: RecstackCLI) -> dict | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with warnings_off(LEAF_SPEC):
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=config.ckpt_path)
+        _fit(cli.trainer, cli.model, datamodule=cli.datamodule, ckpt_path=config.ckpt_path)
     fit_seconds = time.perf_counter() - started
     if cli.trainer.interrupted:
         raise RecstackError(
@@ -348,7 +358,7 @@ def refit(config: dict, run_dir: Path, epochs: int) -> dict | None:
     refit_cli = build_cli(refit_config(config, run_dir, epochs))
     started = time.perf_counter()
     with warnings_off(LEAF_SPEC):
-        refit_cli.trainer.fit(refit_cli.model, datamodule=refit_cli.datamodule)
+        _fit(refit_cli.trainer, refit_cli.model, datamodule=refit_cli.datamodule)
     fit_seconds = time.perf_counter() - started
     if refit_cli.trainer.interrupted:
         raise RecstackError(f"the refit was interrupted; train again (run dir {run_dir})")

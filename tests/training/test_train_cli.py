@@ -100,6 +100,28 @@ def test_resume_after_kill_9_is_exact(tmp_path, chain_dir):
         )
 
 
+def test_ctrl_c_stops_at_a_batch_end_and_says_how_to_resume(tmp_path, chain_dir):
+    """Ctrl-C mid-run: exit 2 with the resume hint (Lightning's own sys.exit(1) used to end
+    the process before it), and `--ckpt_path last` finishes the run."""
+    config = write_config(tmp_path, chain_dir, max_epochs=30, limit_train_batches=1.0)
+    command = [_recstack(), "train", "--config", str(config), "--data.batch_size", "2"]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, output
+    assert "training interrupted; resume with --ckpt_path last" in output, output
+    assert "Traceback" not in output
+    done = subprocess.run([*command, "--ckpt_path", "last"], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stdout.decode()[-2000:]
+
+
 def test_two_process_ddp_with_gloo_gathers_metrics_over_all_users(tmp_path, chain_dir):
 
     config = write_config(tmp_path, chain_dir, max_epochs=2, devices=2, strategy="ddp")
