@@ -297,6 +297,9 @@ def run_tune(
     becomes the run `<model>-seed<s>-tuned`; the study's summary is returned beside it."""
     import yaml
 
+    from recstack.training.run_report import METRICS_FILE
+    from recstack.training.tuning.objective import TRIAL_CONFIG, trial_dir
+
     study = f"{model}-tune"
     study_dir = runs / dataset["name"] / study
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -315,8 +318,8 @@ def run_tune(
     best = report.get("best")
     if not best or "test" not in best:
         raise SystemExit(f"{study_dir}: no complete trial with test figures; see report.md")
-    trial_dir = study_dir / "trials" / f"{best['number']:04d}"
-    metrics = json.loads((trial_dir / "metrics.json").read_text())
+    best_dir = trial_dir(study_dir, best["number"])
+    metrics = json.loads((best_dir / METRICS_FILE).read_text())
     # the test report is written after the fit, from the best checkpoint: the fit's own facts
     # come from the study (epochs, best epoch, minutes of the trial)
     row = next(r for r in csv.DictReader((study_dir / "trials.csv").open())
@@ -327,7 +330,7 @@ def run_tune(
     run = {"key": f"{model}-seed{seed}-{TUNED}", "model": model, "seed": seed, "label": TUNED}
     run |= {"overrides": [f"{k}={v}" for k, v in best["params"].items()]}
     run |= {"resumed": False, "truncated": False}
-    entry = run_entry(dataset, run, metrics, str(trial_dir / "trial.yaml"), process)
+    entry = run_entry(dataset, run, metrics, str(best_dir / TRIAL_CONFIG), process)
     keys = ("study", "trials", "states", "wall_minutes", "trial_minutes", "default_trial")
     summary = {k: report[k] for k in keys} | {
         "search": str(SEARCHES[model].relative_to(ROOT)),

@@ -192,6 +192,7 @@ def anchors_table() -> str:
         two_tower = d.get("summary", {}).get("two_tower") or {}
         tt_seeds = len(two_tower.get("complete_runs", []))
         tuned = d.get("summary", {}).get("sasrec-tuned") or {}  # the recstack tune row
+        tuned_seeds = len(tuned.get("complete_runs", []))
         trials = ((d.get("tune") or {}).get("sasrec") or {}).get("trials")
         rows.append(
             [
@@ -207,9 +208,9 @@ def anchors_table() -> str:
                 _mean_std(two_tower, tt_seeds),
                 _mean_std(two_tower.get("refit"), tt_seeds),
                 trials or "–",
-                len(tuned.get("complete_runs", [])) or "–",
-                _mean_std(tuned, len(tuned.get("complete_runs", []))) or "–",
-                _mean_std(tuned.get("refit"), len(tuned.get("complete_runs", []))) or "–",
+                tuned_seeds or "–",
+                _mean_std(tuned, tuned_seeds) or "–",
+                _mean_std(tuned.get("refit"), tuned_seeds) or "–",
             ]
         )
     headers = ["dataset", "ICLRec (published)", "MostPop", "EASE", "Markov", "SASRec seeds"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from terminal import default_sigint
 from train_configs import RETRIEVAL, SASREC, logged_and_true_val_ndcg, write_config
 
 from recstack.cli import main
@@ -108,7 +109,7 @@ def test_ctrl_c_stops_at_a_batch_end_and_says_how_to_resume(tmp_path, chain_dir)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+        preexec_fn=default_sigint,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:

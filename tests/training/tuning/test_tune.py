@@ -15,6 +15,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from terminal import default_sigint
 from train_configs import write_config
 
 from recstack.cli import main
@@ -109,14 +110,9 @@ def test_study_prunes_resumes_after_kill_and_best_yaml_reproduces(tmp_path, chai
     )
 
 
-def default_sigint() -> None:
-    """Ctrl-C as a terminal delivers it: a pytest started as a background job of a
-    non-interactive shell has SIGINT ignored, its children inherit that, and Python then leaves
-    it ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def test_ctrl_c_requeues_the_running_trial(tmp_path, chain_dir):
+def ctrl_c_mid_trial(tmp_path: Path, chain_dir: Path, delay_s: float = 0.0):
+    """A 2-trial study sent Ctrl-C `delay_s` after trial 0's first checkpoint (mid-training):
+    (study dir, exit code, output)."""
     search = {**SEARCH, "fixed": {"trainer.max_epochs": 30}, "pruner": {"kind": "none"}}
     args = setup_study(tmp_path, chain_dir, search)
     out = tmp_path / "study"
@@ -124,10 +120,16 @@ def test_ctrl_c_requeues_the_running_trial(tmp_path, chain_dir):
         tune_command(args, out, 2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         preexec_fn=default_sigint,
     )  # fmt: skip
-    wait_for(out / "trials" / "0000" / "checkpoints" / "last.ckpt", worker)  # mid-training
+    wait_for(out / "trials" / "0000" / "checkpoints" / "last.ckpt", worker)
+    time.sleep(delay_s)
     worker.send_signal(signal.SIGINT)
     output, _ = worker.communicate(timeout=120)
-    assert worker.returncode == 130, output
+    return out, worker.returncode, output
+
+
+def test_ctrl_c_requeues_the_running_trial(tmp_path, chain_dir):
+    out, returncode, output = ctrl_c_mid_trial(tmp_path, chain_dir)
+    assert returncode == 130, output
     assert "run the same command again" in output and "Traceback" not in output
     trials = load(out).trials
     assert trials[0].state == TrialState.FAIL
@@ -140,18 +142,8 @@ def test_ctrl_c_requeues_the_running_trial(tmp_path, chain_dir):
 def test_ctrl_c_at_any_moment_stops_the_study(tmp_path, chain_dir, delay_s):
     """Ctrl-C landing anywhere in a trial stops the study. Before training/interrupt.py, one
     of these 12 (delay 1.0 s) was dropped in a finalizer and the study ran on to the end."""
-    search = {**SEARCH, "fixed": {"trainer.max_epochs": 30}, "pruner": {"kind": "none"}}
-    args = setup_study(tmp_path, chain_dir, search)
-    out = tmp_path / "study"
-    worker = subprocess.Popen(
-        tune_command(args, out, 2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=default_sigint,
-    )  # fmt: skip
-    wait_for(out / "trials" / "0000" / "checkpoints" / "last.ckpt", worker)
-    time.sleep(delay_s)
-    worker.send_signal(signal.SIGINT)
-    output, _ = worker.communicate(timeout=120)
-    assert worker.returncode == 130, output
+    _, returncode, output = ctrl_c_mid_trial(tmp_path, chain_dir, delay_s)
+    assert returncode == 130, output
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path, chain_dir):
