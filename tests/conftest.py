@@ -5,6 +5,8 @@ share them: the first worker to need one builds it under a file lock in the sess
 temp dir, the others wait and reuse it. Tests only read them.
 """
 
+import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +26,21 @@ def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Pat
             build(out)
             done.touch()
     return out
+
+
+@pytest.fixture(autouse=True)
+def _log_handlers_outlive_capsys():
+    """Lightning (and others) bind a StreamHandler to sys.stderr when first imported. Imported
+    in a test that captures with capsys, the handler keeps that test's stream, which is closed
+    after it: a later test's log line then prints "--- Logging error ---" and a traceback into
+    that test's stderr. After each test, such a handler writes to the session's stderr again."""
+    yield
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            stream = getattr(handler, "stream", None)
+            if isinstance(handler, logging.StreamHandler) and getattr(stream, "closed", False):
+                handler.stream = sys.stderr  # not setStream: it flushes the closed one
 
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown where xdist is not loaded
