@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from terminal import default_sigint
+from terminal import default_sigint, wait_for
 from train_configs import RETRIEVAL, SASREC, logged_and_true_val_ndcg, write_config
 
 from recstack.cli import main
@@ -85,9 +84,7 @@ def test_resume_after_kill_9_is_exact(tmp_path, chain_dir):
     command = train(write_config(tmp_path / "kill", chain_dir, **slow))
     last = tmp_path / "kill" / "run" / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(last, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     epoch = torch.load(last, weights_only=False)["epoch"]
@@ -111,9 +108,7 @@ def test_ctrl_c_stops_at_a_batch_end_and_says_how_to_resume(tmp_path, chain_dir)
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         preexec_fn=default_sigint,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(last, proc)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2, output

@@ -15,7 +15,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-from terminal import default_sigint
+from terminal import default_sigint, wait_for
 from train_configs import write_config
 
 from recstack.cli import main
@@ -51,14 +51,6 @@ def tune_command(args: list[str], out: Path, n_trials: int, *extra: str) -> list
 
 def load(out: Path) -> optuna.Study:
     return optuna.load_study(study_name="s", storage=f"sqlite:///{out / 'study.db'}")
-
-
-def wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert process.poll() is None, f"worker exited early:\n{process.stdout.read()}"
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 def test_study_prunes_resumes_after_kill_and_best_yaml_reproduces(tmp_path, chain_dir):
