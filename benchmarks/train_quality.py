@@ -66,6 +66,17 @@ def run_train(
     return report
 
 
+def _kept_models(out: Path, results: dict) -> dict:
+    """The models of an earlier `out` that this job did not train, so that rerunning one model
+    keeps the others' figures; dropped when that file measured another dataset version."""
+    if not out.exists():
+        return {}
+    earlier = json.loads(out.read_text())
+    if earlier.get("manifest_hash") != results.get("manifest_hash"):
+        return {}
+    return {m: entry for m, entry in earlier["models"].items() if m not in results["models"]}
+
+
 def train_quality(
     models: list[str] = ["sasrec", "two_tower"],  # noqa: B006 - read only
     seeds: list[int] = [0, 1, 2],  # noqa: B006 - read only
@@ -81,7 +92,7 @@ def train_quality(
         seeds: values of seed_everything.
         dataset: the prepared ML-100K dir (`recstack data prepare --source ml-100k --out ...`).
         runs: parent of the run dirs (<model>-seed<seed>).
-        out: the JSON summary.
+        out: the JSON summary; the models it already holds and this job does not train stay.
         overrides: extra `recstack train` arguments for a recipe variant (they go into the JSON;
             give the variant its own `out` and `runs`, so that it never stands in for the
             shipped config's results).
@@ -124,6 +135,7 @@ def train_quality(
             ],
         }
     results["seeds"] = seeds
+    results["models"] = {**_kept_models(Path(out), results), **results["models"]}
     results["machine"] = {
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
