@@ -91,7 +91,7 @@ def write_run_report(
         "seed": task.seed,
         "best_checkpoint": str(best_path) if best_path else None,
         "best_epoch": best.get("epoch"),
-        "epochs_trained": len(history),
+        "epochs_trained": history[-1]["epoch"] + 1 if history else 0,  # not validations
         "fit_seconds": round(fit_seconds, 2),
         "train_batches": getattr(datamodule, "batches_from", None),
         "time_to_quality": time_to_quality(history, quality_threshold),

@@ -165,3 +165,11 @@ def test_train_help_lists_the_sections(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--run_dir" in out and "--ckpt_path" in out and "--trainer.max_epochs" in out
+
+
+def test_the_report_counts_epochs_not_validations(tmp_path, chain_dir):
+    config = write_config(tmp_path, chain_dir, max_epochs=4, check_val_every_n_epoch=2)
+    assert main(["train", "--config", str(config)]) == 0
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [entry["epoch"] for entry in report["history"]] == [1, 3]  # validated twice
+    assert report["epochs_trained"] == 4
