@@ -66,12 +66,23 @@ def run_train(
     return report
 
 
-def _kept_models(out: Path, results: dict) -> dict:
-    """The models of an earlier `out` that this job did not train, so that rerunning one model
-    keeps the others' figures; dropped when that file measured another dataset version."""
+def _earlier(out: Path) -> dict:
+    """The summary already at `out` ({} if none), read before any training: a file that is not
+    one stops the job at once, not after hours of training."""
     if not out.exists():
         return {}
-    earlier = json.loads(out.read_text())
+    try:
+        earlier = json.loads(out.read_text())
+        earlier["models"].items()
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        message = f"{out} is not a train_quality summary: move it away or pick another --out"
+        raise SystemExit(message) from error
+    return earlier
+
+
+def _kept_models(earlier: dict, results: dict) -> dict:
+    """The models of the earlier summary that this job did not train, so that rerunning one
+    model keeps the others' figures; dropped when it measured another dataset version."""
     if earlier.get("manifest_hash") != results.get("manifest_hash"):
         return {}
     return {m: entry for m, entry in earlier["models"].items() if m not in results["models"]}
@@ -99,6 +110,7 @@ def train_quality(
     """
     if overrides and Path(out) == SHIPPED_OUT:
         raise SystemExit("a variant (--overrides) needs its own --out")
+    earlier = _earlier(Path(out))
     console = Console(width=200)
     results: dict = {"models": {}, "baselines": None}
     for model in models:
@@ -135,7 +147,7 @@ def train_quality(
             ],
         }
     results["seeds"] = seeds
-    results["models"] = {**_kept_models(Path(out), results), **results["models"]}
+    results["models"] = {**_kept_models(earlier, results), **results["models"]}
     results["machine"] = {
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
