@@ -36,6 +36,12 @@ def best_entry(history: list[dict]) -> dict:
     return max(history, key=lambda h: h[MONITOR]) if history else {}
 
 
+def epochs_trained(history: list[dict]) -> int:
+    """Epochs up to the last validation (history holds one entry per validation, which is not
+    one per epoch when trainer.check_val_every_n_epoch > 1)."""
+    return history[-1]["epoch"] + 1 if history else 0
+
+
 def val_metrics(entry: dict) -> dict:
     """A history entry's validation metrics without the "val/" prefix."""
     return {k.removeprefix("val/"): v for k, v in entry.items() if k.startswith("val/")}
@@ -91,7 +97,7 @@ def write_run_report(
         "seed": task.seed,
         "best_checkpoint": str(best_path) if best_path else None,
         "best_epoch": best.get("epoch"),
-        "epochs_trained": history[-1]["epoch"] + 1 if history else 0,  # not validations
+        "epochs_trained": epochs_trained(history),
         "fit_seconds": round(fit_seconds, 2),
         "train_batches": getattr(datamodule, "batches_from", None),
         "time_to_quality": time_to_quality(history, quality_threshold),

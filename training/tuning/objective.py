@@ -23,7 +23,7 @@ from rich.console import Console
 
 from recstack.errors import RecstackError, first_line
 from recstack.training.quiet import LEAF_SPEC, warnings_off
-from recstack.training.run_report import best_entry, val_metrics
+from recstack.training.run_report import best_entry, epochs_trained, val_metrics
 from recstack.training.tasks.base import MONITOR
 from recstack.training.train_cli import best_checkpoint, build_cli
 from recstack.training.tuning.search_space import SearchSpace
@@ -116,7 +116,7 @@ class Objective:
                 cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         finally:
             history = cli.model.history
-            trial.set_user_attr("epochs", len(history))
+            trial.set_user_attr("epochs", epochs_trained(history))
             trial.set_user_attr("fit_s", round(time.perf_counter() - started, 1))
         best = best_entry(history)
         if not best:
