@@ -73,10 +73,12 @@ def _earlier(out: Path) -> dict:
         return {}
     try:
         earlier = json.loads(out.read_text())
-        earlier["models"].items()
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        message = f"{out} is not a train_quality summary: move it away or pick another --out"
-        raise SystemExit(message) from error
+    except ValueError:
+        earlier = None
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("models"), dict):
+        raise SystemExit(
+            f"{out} is not a train_quality summary: move it away or pick another --out"
+        )
     return earlier
 
 
