@@ -5,7 +5,10 @@
 
 It reports the run's wall time, the summed time of every test (setup and teardown included),
 the time of the serial unit (tests/ray_modules.py: the modules that run on one xdist worker, in
-turn, which bound the wall time from below) and the slowest modules and tests.
+turn, which bound the wall time from below) and the slowest modules and tests. Where the run
+loaded benchmarks/suite_cpu.py (`bash tests/run.sh -p benchmarks.suite_cpu --junitxml=...`),
+it adds the CPU seconds of the tests, in total and per module: the suite is CPU-bound on a
+small machine, so its wall time cannot drop below the CPU it spends divided by the cores.
 """
 
 import argparse
@@ -34,9 +37,10 @@ def summary(junit: Path, top: int = 15) -> dict:
     suite = root if root.tag == "testsuite" else root.find("testsuite")
     if suite is None:
         raise SystemExit(f"error: {junit} has no <testsuite>: pass pytest's --junitxml file")
+    cases = list(suite.iter("testcase"))
     tests = [
         (module_of(case.get("classname", "")), case.get("name", ""), float(case.get("time", 0)))
-        for case in suite.iter("testcase")
+        for case in cases
     ]
     by_module: dict[str, float] = defaultdict(float)
     for module, _, seconds in tests:
@@ -44,7 +48,7 @@ def summary(junit: Path, top: int = 15) -> dict:
     serial = sum(s for m, s in by_module.items() if m in SERIAL_MODULES)
     total = sum(by_module.values())
     ranked = sorted(by_module.items(), key=lambda kv: -kv[1])
-    return {
+    result = {
         "junit": str(junit),
         "wall_s": round(float(suite.get("time", 0)), 1),
         "tests": len(tests),
@@ -58,6 +62,34 @@ def summary(junit: Path, top: int = 15) -> dict:
             {"test": f"{m}::{n}", "s": round(s, 1)}
             for m, n, s in sorted(tests, key=lambda t: -t[2])[:top]
         ],
+    }
+    cpu = cpu_summary(cases, [module for module, _, _ in tests], top)
+    return result | ({"cpu": cpu} if cpu else {})
+
+
+def cpu_summary(cases: list[ET.Element], modules: list[str], top: int) -> dict | None:
+    """CPU seconds per module from suite_cpu.py's properties (None: the run did not record
+    them): the tests' own (their xdist worker's) and their waited-for children's."""
+    by_module: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    recorded = False
+    for case, module in zip(cases, modules, strict=True):
+        found = {p.get("name"): float(p.get("value", 0)) for p in case.iter("property")}
+        if "cpu_own_s" in found:
+            recorded = True
+            by_module[module][0] += found["cpu_own_s"]
+            by_module[module][1] += found.get("cpu_children_s", 0.0)
+    if not recorded:
+        return None
+    ranked = sorted(by_module.items(), key=lambda kv: -sum(kv[1]))
+    own = sum(o for o, _ in by_module.values())
+    children = sum(c for _, c in by_module.values())
+    return {
+        "own_s": round(own, 1),
+        "children_s": round(children, 1),
+        "total_s": round(own + children, 1),
+        "modules": {
+            m: {"own_s": round(o, 1), "children_s": round(c, 1)} for m, (o, c) in ranked[:top]
+        },
     }
 
 
