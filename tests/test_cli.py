@@ -114,6 +114,19 @@ def test_data_commands_do_not_import_torch():
     assert out.strip() == "False"
 
 
+def test_the_whole_command_tree_loads_without_lightning():
+    """`recstack --help` builds every command's parser; Lightning (and the ONNX exporter) are
+    loaded by the commands that run, not there: they take seconds to import."""
+    code = (
+        "import sys; from recstack.cli import _components; _components([]); "
+        "print(sorted(m for m in ('lightning', 'torch.onnx') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
 def test_every_package_directory_is_listed_in_pyproject():
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(setuptools["packages"])

@@ -113,7 +113,8 @@ def test_export_refuses_to_overwrite_and_leaves_nothing_half_written(
         (staging / "sasrec.onnx").write_bytes(b"half")
         raise RuntimeError("export crashed")
 
-    monkeypatch.setattr(export_cmd, "export_sasrec", broken)
+    # export_cmd imports the exporter when it runs (recstack --help stays light)
+    monkeypatch.setattr("recstack.training.export.sasrec_onnx.export_sasrec", broken)
     with pytest.raises(RuntimeError):
         export_cmd.export(sasrec_ckpt, tmp_path / "v2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v1"]  # no v2, no staging dir

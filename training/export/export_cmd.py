@@ -23,6 +23,10 @@ ANN index (ann_index.py): item_index.faiss and its sample queries ann_queries.np
 manifest's "ann" block (the kind chosen, its setting, measured recall@100, build time). A
 two-tower index serves retrieval (inner product, queries from the exported user tower on the
 dataset's histories); a SASRec index serves similar items (cosine, queries are popular items).
+
+torch, Lightning and the ONNX exporters are imported by the functions that use them, not by
+this module: `recstack --help` builds every command's parser from its signature, and loading
+them there took seconds.
 """
 
 import importlib
@@ -34,7 +38,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from recstack.artifact import load_artifact
@@ -55,15 +58,8 @@ from recstack.errors import DataError, RecstackError, first_line
 from recstack.item_index import unit_rows
 from recstack.manifest import CONTENT_HASH
 from recstack.schema import ITEM_IDX, ITEMS_FILE
-from recstack.training.data.features import FeatureVocab
-from recstack.training.eval.baselines import item_counts
 from recstack.training.export.ann_index import AnnMode, build_ann, wants_ann
 from recstack.training.export.ann_queries import item_queries, user_tower_queries
-from recstack.training.export.sasrec_onnx import export_sasrec
-from recstack.training.export.two_tower_onnx import export_two_tower
-from recstack.training.run_report import METRICS_FILE
-from recstack.training.tasks.next_item import NextItemTask
-from recstack.training.tasks.retrieval import RetrievalTask
 from recstack.user_files import ORIGINAL_HASH
 
 RUN_CONFIG = "config.yaml"  # the resolved training config `recstack train` saves in the run dir
@@ -126,10 +122,17 @@ def _load_task(ckpt: Path, class_path: str):
 
 def _model_files(task, data, staging: Path) -> ExportedModel:
     """Write the model's own files into `staging`; returns its manifest fields."""
+    from recstack.training.tasks.next_item import NextItemTask
+    from recstack.training.tasks.retrieval import RetrievalTask
+
     if isinstance(task, RetrievalTask):
-        vocab = FeatureVocab(**task.vocab)
-        return export_two_tower(task.scoring_net, vocab, data, staging)
+        from recstack.training.data.features import FeatureVocab
+        from recstack.training.export.two_tower_onnx import export_two_tower
+
+        return export_two_tower(task.scoring_net, FeatureVocab(**task.vocab), data, staging)
     if isinstance(task, NextItemTask):
+        from recstack.training.export.sasrec_onnx import export_sasrec
+
         return export_sasrec(task.scoring_net, staging)
     raise RecstackError(f"no exporter for {type(task).__name__} (exportable: {EXPORTABLE})")
 
@@ -183,6 +186,11 @@ def export(
             f"export of {class_path.rpartition('.')[2]} is not built yet; SASRec "
             "(NextItemTask) and two-tower (RetrievalTask) checkpoints export"
         )
+    import torch  # here, after the checks of the arguments: seconds to load
+
+    from recstack.training.eval.baselines import item_counts
+    from recstack.training.run_report import METRICS_FILE
+
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     data = _dataset(run_dir, config, metrics, dataset)
