@@ -73,11 +73,11 @@ def cpu_summary(cases: list[ET.Element], modules: list[str], top: int) -> dict |
     by_module: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     recorded = False
     for case, module in zip(cases, modules, strict=True):
-        found = {p.get("name"): float(p.get("value", 0)) for p in case.iter("property")}
+        found = {p.get("name"): p.get("value") for p in case.iter("property")}  # any plugin's
         if "cpu_own_s" in found:
             recorded = True
-            by_module[module][0] += found["cpu_own_s"]
-            by_module[module][1] += found.get("cpu_children_s", 0.0)
+            by_module[module][0] += float(found["cpu_own_s"])
+            by_module[module][1] += float(found.get("cpu_children_s", 0.0))
     if not recorded:
         return None
     ranked = sorted(by_module.items(), key=lambda kv: -sum(kv[1]))

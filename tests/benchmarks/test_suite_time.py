@@ -57,6 +57,8 @@ def test_cpu_per_module_where_the_run_recorded_it(suite_time, tmp_path):
     )
     junit = JUNIT.replace('time="4.0"/>', f'time="4.0">{cpu.format(0.5, 3.0)}</testcase>')
     junit = junit.replace('time="0.5"/>', f'time="0.5">{cpu.format(0.25, 0)}</testcase>')
+    other = '<properties><property name="ticket" value="RS-12"/></properties>'  # another plugin's
+    junit = junit.replace('time="2.0"/>', f'time="2.0">{other}</testcase>')
     (tmp_path / "junit.xml").write_text(junit)
     suite_time.main(["junit.xml", "--out", "out.json"])
     result = json.loads((tmp_path / "out.json").read_text())
