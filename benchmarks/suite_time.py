@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         result = summary(args.junit, args.top)
     except ET.ParseError as e:
         raise SystemExit(f"error: {args.junit} is not JUnit XML ({e})") from None
+    except ValueError as e:  # a time or CPU figure that is not a number
+        raise SystemExit(f"error: {args.junit}: a figure is not a number ({e})") from None
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text + "\n")

@@ -48,6 +48,12 @@ def test_a_missing_or_foreign_file_is_one_line(suite_time, tmp_path):
     (tmp_path / "bad.xml").write_text("not xml")
     with pytest.raises(SystemExit, match="is not JUnit XML"):
         suite_time.main(["bad.xml"])
+    bad_cpu = '<properties><property name="cpu_own_s" value="x"/></properties>'
+    (tmp_path / "bad.xml").write_text(
+        JUNIT.replace('time="2.0"/>', f'time="2.0">{bad_cpu}</testcase>')
+    )
+    with pytest.raises(SystemExit, match="a figure is not a number"):
+        suite_time.main(["bad.xml"])
 
 
 def test_cpu_per_module_where_the_run_recorded_it(suite_time, tmp_path):
