@@ -71,14 +71,12 @@ def cpu_summary(cases: list[ET.Element], modules: list[str], top: int) -> dict |
     """CPU seconds per module from suite_cpu.py's properties (None: the run did not record
     them): the tests' own (their xdist worker's) and their waited-for children's."""
     by_module: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    recorded = False
     for case, module in zip(cases, modules, strict=True):
         found = {p.get("name"): p.get("value") for p in case.iter("property")}  # any plugin's
         if "cpu_own_s" in found:
-            recorded = True
             by_module[module][0] += float(found["cpu_own_s"])
             by_module[module][1] += float(found.get("cpu_children_s", 0.0))
-    if not recorded:
+    if not by_module:  # no test carried the properties
         return None
     ranked = sorted(by_module.items(), key=lambda kv: -sum(kv[1]))
     own = sum(o for o, _ in by_module.values())
