@@ -165,6 +165,11 @@ class Artifact:
     def dim(self) -> int:
         return int(self.item_embeddings.shape[1])
 
+    @property
+    def followers(self) -> int:
+        """Width of SASRec's transition term (its extra ONNX outputs); 0 without one."""
+        return self.manifest.followers or 0
+
 
 def read_array(path: Path, dtype_kinds: str = "f") -> np.ndarray:
     """An artifact's .npy array: no pickle, a numeric dtype of `dtype_kinds` (numpy kind codes),
@@ -211,6 +216,15 @@ def _user_codes(path: Path, manifest: ArtifactManifest) -> dict[str, np.ndarray]
     return dict(zip(ids, codes, strict=True))
 
 
+def _check_outputs(path: Path, session: ort.InferenceSession, manifest: ArtifactManifest) -> None:
+    names = [o.name for o in session.get_outputs()]
+    declared = list(manifest.onnx.outputs)
+    if names != declared:
+        raise DataError(
+            f"{path}: ONNX outputs {names} differ from the manifest's {declared}; re-export"
+        )
+
+
 def load_artifact(path: Path, kinds: tuple[ModelKind, ...] = tuple(ModelKind)) -> Artifact:
     """Verify (manifest hashes) and load an artifact dir of one of `kinds`; every file is read
     and checked (dtype, shape, finite values). DataError says what is wrong."""
@@ -231,6 +245,7 @@ def load_artifact(path: Path, kinds: tuple[ModelKind, ...] = tuple(ModelKind)) -
                 raise DataError(f"{path}/manifest.json lacks 'features'; re-export the artifact")
             features = json.loads((path / manifest.features.file).read_text())
         input_names = _check_inputs(path, session, manifest)
+        _check_outputs(path, session, manifest)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: cannot read a file ({exc}); re-export the artifact") from None
     if embeddings.shape != (catalog.n_items + 1, manifest.dim):

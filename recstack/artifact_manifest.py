@@ -21,6 +21,9 @@ from recstack.schema import MANIFEST_FILE
 
 ARTIFACT_KIND = "artifact"  # the manifest kind of an artifact dir
 EMBEDDINGS_FILE = "item_embeddings.npy"  # float32 [n_items + 1, d], row PAD_IDX unused
+# SASRec's transition term: the ONNX outputs after the state, [B, followers] each: the items
+# that followed the history's last item (int64, PAD_IDX unused) and the logit each adds
+TRANSITION_OUTPUTS = ("followers", "bonus")
 
 
 class ModelKind(StrEnum):
@@ -129,6 +132,7 @@ class ExportedModel(_Block):
     dim: Positive
     n_items: Count
     history_len: Positive  # the longest history the model reads
+    followers: Positive | None = None  # SASRec's transition term: its outputs' width (absent: none)
     similarity: str | None = None  # two-tower
     temperature: float | None = None  # two-tower
     parity: Parity

@@ -1,6 +1,11 @@
 """Histories (+ request context) -> query vectors, through an artifact's ONNX model.
 
     encode(artifact, histories, contexts, user_ids) -> float32 [B, d]
+    encode_scoring(artifact, histories) -> (float32 [B, d], Bonus | None)
+
+A SASRec artifact with the transition term also gives, per history, the items that followed
+its last item in training and a logit bonus for each (`Bonus`): an item's score is then
+query . embedding + its bonus (0 for the items not listed).
 
 Histories are item_idx lists, oldest first; only the last `history_len` items are read. The
 batch is right-padded with PAD_IDX to its longest history (the export's contract). Two-tower
@@ -11,12 +16,13 @@ attribute codes from user_features.parquet (unknown users -> 0).
 """
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from recstack import feature_codes
 from recstack.artifact import Artifact
-from recstack.artifact_manifest import ModelKind
+from recstack.artifact_manifest import TRANSITION_OUTPUTS, ModelKind
 from recstack.errors import DataError
 from recstack.schema import PAD_IDX
 
@@ -55,6 +61,37 @@ def _two_tower_inputs(
     return inputs
 
 
+@dataclass
+class Bonus:
+    """SASRec's transition term for a batch: items int64 [B, k] (PAD_IDX: unused) and the
+    logit each adds to its score, float32 [B, k] (>= 0)."""
+
+    items: np.ndarray
+    values: np.ndarray
+
+    def add_to_all(self, scores: np.ndarray) -> np.ndarray:
+        """scores [B, C] over item_idx 0..C-1 -> with the bonus added (in place)."""
+        rows = np.repeat(np.arange(self.items.shape[0]), self.items.shape[1])
+        items, values = self.items.ravel(), self.values.ravel()
+        inside = (items > PAD_IDX) & (items < scores.shape[1])
+        np.add.at(scores, (rows[inside], items[inside]), values[inside])
+        return scores
+
+    def of(self, row: int, items: np.ndarray) -> np.ndarray:
+        """Row `row`'s bonus for item_idx [N] -> [N] (0 where none)."""
+        match = items[:, None] == self.items[row][None, :]  # [N, k]
+        return (match * self.values[row][None, :]).sum(axis=1)
+
+
+def _feeds(artifact, histories, contexts, user_ids) -> dict[str, np.ndarray]:
+    batch = len(histories)
+    items, lengths = pad_histories(histories, artifact.history_len)
+    if artifact.kind == ModelKind.SASREC:
+        return {"items": items, "lengths": np.maximum(lengths, 1)}
+    feeds = {"history": items, "lengths": lengths}
+    return feeds | _two_tower_inputs(artifact, contexts or [{}] * batch, user_ids or [None] * batch)
+
+
 def encode(
     artifact: Artifact,
     histories: list[list[int]],
@@ -62,14 +99,24 @@ def encode(
     user_ids: list[str | None] | None = None,
 ) -> np.ndarray:
     """-> query vectors float32 [B, d]. SASRec needs >= 1 history item per row."""
-    batch = len(histories)
-    items, lengths = pad_histories(histories, artifact.history_len)
-    if artifact.kind == ModelKind.SASREC:
-        feeds = {"items": items, "lengths": np.maximum(lengths, 1)}
-    else:
-        feeds = {"history": items, "lengths": lengths}
-        feeds |= _two_tower_inputs(artifact, contexts or [{}] * batch, user_ids or [None] * batch)
+    feeds = _feeds(artifact, histories, contexts, user_ids)
     return artifact.session.run([artifact.output_name], feeds)[0]
+
+
+def encode_scoring(
+    artifact: Artifact,
+    histories: list[list[int]],
+    contexts: list[dict] | None = None,
+    user_ids: list[str | None] | None = None,
+) -> tuple[np.ndarray, Bonus | None]:
+    """-> (query vectors [B, d], the transition term's Bonus or None): all a score needs."""
+    if not artifact.followers:
+        return encode(artifact, histories, contexts, user_ids), None
+    feeds = _feeds(artifact, histories, contexts, user_ids)
+    queries, items, values = artifact.session.run(
+        [artifact.output_name, *TRANSITION_OUTPUTS], feeds
+    )
+    return queries, Bonus(items.astype(np.int64), values.astype(np.float32))
 
 
 def check_scores(artifact: Artifact) -> None:
@@ -81,17 +128,21 @@ def check_scores(artifact: Artifact) -> None:
     if artifact.kind == ModelKind.TWO_TOWER:
         histories.append([])
     try:
-        queries = encode(artifact, histories)
+        queries, bonus = encode_scoring(artifact, histories)
     except Exception as exc:
         raise DataError(
             f"{artifact.path}: the model fails on sample inputs ({exc}); re-export the artifact"
         ) from None
+    embeddings = artifact.item_embeddings
     if queries.shape != (len(histories), artifact.dim):
         raise DataError(
             f"{artifact.path}: the model returns {queries.shape} for {len(histories)} sample "
             f"histories, not [{len(histories)}, {artifact.dim}]; re-export the artifact"
         )
-    if not (np.isfinite(queries).all() and np.isfinite(queries @ artifact.item_embeddings.T).all()):
+    finite_bonus = bonus is None or np.isfinite(bonus.values).all()
+    if not (
+        finite_bonus and np.isfinite(queries).all() and np.isfinite(queries @ embeddings.T).all()
+    ):
         raise DataError(
             f"{artifact.path}: the model gives NaN or infinite scores on sample inputs; "
             "re-train or re-export it"

@@ -1,7 +1,7 @@
 """The ranker's own full ranking, torch-free (docs/architecture.md §5).
 
-Each user's history -> the SASRec artifact's state (`recstack.query.encode`, the last
-`history_len` items) -> scores over every item; PAD and the whole history are masked to -inf
+Each user's history -> the SASRec artifact's state (`recstack.query.encode_scoring`, the last
+`history_len` items) -> scores over every item (plus the transition term's bonus); PAD and the whole history are masked to -inf
 (also items the artifact does not know, added to the dataset after it) and the targets ranked
 by the rule of recstack/ranking_metrics.py (ties to the lower item_idx), the protocol of
 training's evaluator. Users go in batches of at most BATCH_USERS and RANK_MEMORY_ELEMENTS
@@ -15,7 +15,7 @@ import numpy as np
 
 from recstack.artifact import Artifact
 from recstack.eval_set import EvalSet
-from recstack.query import encode
+from recstack.query import encode_scoring
 from recstack.ranking_metrics import RANK_MEMORY_ELEMENTS, UNRANKED, target_ranks, top_k_items
 from recstack.schema import PAD_IDX
 
@@ -43,7 +43,10 @@ def full_ranking(artifact: Artifact, eval_set: EvalSet, k: int) -> Rankings:
         histories = [  # items the artifact does not know are dropped, as serving drops them
             [i for i in sub.history(row).tolist() if i < known] for row in range(sub.n_users)
         ]
-        scores = encode(artifact, histories) @ artifact.item_embeddings.T  # [B, its items + 1]
+        queries, bonus = encode_scoring(artifact, histories)
+        scores = queries @ artifact.item_embeddings.T  # [B, its items + 1]
+        if bonus is not None:
+            bonus.add_to_all(scores)
         if scores.shape[1] < n_cols:  # items added after the artifact: it cannot rank them
             blind = np.full((scores.shape[0], n_cols - scores.shape[1]), -np.inf, scores.dtype)
             scores = np.concatenate([scores, blind], axis=1)

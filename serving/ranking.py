@@ -1,6 +1,7 @@
 """Ranking: score a user's candidates with a SASRec artifact (the only kind a ranker takes).
 
     score(item) = state(history) . embedding[item]      state: the ONNX model's [B, d] output
+                  + the transition term's bonus, when the artifact has one (recstack/query.py)
 
 With `explain`, each returned item carries the history item whose embedding is closest to it
 (cosine), with its title: "because you watched X". The popularity ranking (control arm and
@@ -17,7 +18,7 @@ import numpy as np
 from recstack.artifact import Artifact, load_artifact
 from recstack.artifact_manifest import ModelKind
 from recstack.item_index import AnnIndex, ItemIndex, unit_rows
-from recstack.query import check_scores, encode
+from recstack.query import check_scores, encode_scoring
 from recstack.schema import PAD_IDX
 
 KINDS = (ModelKind.SASREC,)  # ranks by the order of a history; the two-tower is a retriever
@@ -97,11 +98,13 @@ class Ranker:
             catalog.to_idx(r.history)[0] if r.explain else catalog.last_known(r.history, window)
             for r in requests
         ]
-        states = encode(self.artifact, histories)  # [B, d]
+        states, bonus = encode_scoring(self.artifact, histories)  # [B, d]
         out = []
         for row, request in enumerate(requests):
             cands = np.array(catalog.to_idx(request.candidates)[0], dtype=np.int64)  # [N]
             scores = self.artifact.item_embeddings[cands] @ states[row]  # [N]
+            if bonus is not None:
+                scores = scores + bonus.of(row, cands)
             order = np.argsort(-scores, kind="stable")[: request.k]
             reasons = self._reasons(histories[row], cands[order]) if request.explain else None
             out.append(self._ranked(cands[order], scores[order], reasons))

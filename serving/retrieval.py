@@ -7,17 +7,22 @@ Unknown history ids are dropped and counted (`unknown_items`).
 The search (`index` of the serve config): `auto` uses the artifact's ANN index when it has one
 built for retrieval (a two-tower export with `--ann`), exact search otherwise; `ann` requires
 that index; `exact` never reads it. A SASRec artifact's index serves similar items (cosine), not
-retrieval.
+retrieval. A SASRec artifact with the transition term adds each history's bonus: its listed
+items join the searched ones and all are re-scored. With exact search that is exact, since a
+bonus is >= 0: an item in neither list scores at most the n-th searched one.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from recstack.artifact import Artifact, load_artifact
 from recstack.artifact_manifest import ModelKind
 from recstack.errors import DataError, RecstackError
 from recstack.item_index import METHODS, AnnIndex, ItemIndex, Method
-from recstack.query import check_scores, encode
+from recstack.query import Bonus, check_scores, encode_scoring
+from recstack.schema import PAD_IDX
 
 KINDS = (ModelKind.TWO_TOWER, ModelKind.SASREC)  # query vectors that score the whole catalogue
 
@@ -71,7 +76,7 @@ class Retriever:
         """One ONNX call and one search (matmul or ANN) for the whole batch."""
         catalog = self.artifact.catalog
         histories, unknown = zip(*(catalog.to_idx(r.history) for r in requests), strict=True)
-        queries = encode(
+        queries, bonus = encode_scoring(
             self.artifact,
             list(histories),
             [r.context for r in requests],
@@ -81,7 +86,10 @@ class Retriever:
             set(h) | set(catalog.to_idx(r.exclude)[0])
             for h, r in zip(histories, requests, strict=True)
         ]
-        idx, scores = self.index.search(queries, max(r.n for r in requests), exclude)
+        n = max(r.n for r in requests)
+        idx, scores = self.index.search(queries, n, exclude)
+        if bonus is not None:
+            idx, scores = self._with_bonus(queries, idx, bonus, exclude, n)
         out = []
         for row, request in enumerate(requests):
             keep = idx[row, : request.n] > 0
@@ -96,3 +104,21 @@ class Retriever:
                 )
             )
         return out
+
+    def _with_bonus(
+        self, queries: np.ndarray, idx: np.ndarray, bonus: Bonus, exclude: list[set[int]], n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The searched items [B, n] and each row's bonus items, re-scored with the bonus ->
+        the best n per row (item_idx -1 and score -inf where fewer), best first."""
+        out_idx = np.full((len(queries), n), -1, dtype=np.int64)
+        out_scores = np.full((len(queries), n), -np.inf, dtype=np.float32)
+        n_known = len(self.artifact.item_embeddings)
+        for row, query in enumerate(queries):
+            listed = [int(i) for i in bonus.items[row] if 0 < i < n_known and i not in exclude[row]]
+            cands = np.unique(np.concatenate([idx[row][idx[row] > PAD_IDX], listed])).astype(
+                np.int64
+            )
+            cand_scores = self.artifact.item_embeddings[cands] @ query + bonus.of(row, cands)
+            best = np.argsort(-cand_scores, kind="stable")[:n]
+            out_idx[row, : len(best)], out_scores[row, : len(best)] = cands[best], cand_scores[best]
+        return out_idx, out_scores

@@ -43,6 +43,7 @@ from recstack.errors import RecstackError
 from recstack.schema import PAD_IDX
 
 ItemVectors = Callable[[torch.Tensor], torch.Tensor]  # item_idx long [*] -> vectors [*, d]
+Bonus = tuple[torch.Tensor, torch.Tensor]  # per row: item_idx [N, k], logit added [N, k]
 Reduction = Literal["mean", "none"]
 KINDS = ("ce", "sampled", "gbce")
 NEGATIVE_KINDS = ("uniform", "in_batch", "mixed")
@@ -83,9 +84,28 @@ def _reduce(loss: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     return loss.mean() if reduction == "mean" else loss
 
 
-def _chunk_logsumexp(query: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-    """logsumexp of query [N, d] against a chunk of item vectors [C, d] -> [N] float32."""
-    return torch.logsumexp((query @ chunk.T).float(), dim=1)  # [N, C] -> [N]
+def _add_bonus(logits: torch.Tensor, bonus: Bonus | None, first_item: int) -> torch.Tensor:
+    """logits [N, C] of items first_item.. first_item + C - 1, plus each row's bonus there."""
+    if bonus is None:
+        return logits
+    items, values = bonus
+    column = items - first_item
+    inside = (column >= 0) & (column < logits.shape[1]) & (items != PAD_IDX)
+    values = torch.where(inside, values.to(logits.dtype), 0.0)
+    return logits.scatter_add(1, column.clamp(0, logits.shape[1] - 1), values)
+
+
+def _chunk_logsumexp(
+    query: torch.Tensor,
+    chunk: torch.Tensor,
+    first_item: int,
+    bonus_items: torch.Tensor | None = None,
+    bonus_values: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """logsumexp of query [N, d] against a chunk of item vectors [C, d] (items first_item..)
+    plus the rows' bonus -> [N] float32."""
+    bonus = None if bonus_items is None else (bonus_items, bonus_values)
+    return torch.logsumexp(_add_bonus((query @ chunk.T).float(), bonus, first_item), dim=1)
 
 
 def full_cross_entropy(
@@ -95,21 +115,31 @@ def full_cross_entropy(
     n_items: int,
     chunk_items: int,
     reduction: Reduction = "mean",
+    bonus: Bonus | None = None,
 ) -> torch.Tensor:
-    """Softmax cross-entropy over items 1..n_items: query [N, d], target [N] -> scalar (or [N])."""
+    """Softmax cross-entropy over items 1..n_items: query [N, d], target [N] -> scalar (or [N]).
+
+    `bonus` (items [N, k], values [N, k]): added to those items' logits in each row (SASRec's
+    transition term); PAD_IDX entries are ignored."""
     table = item_vectors(torch.arange(1, n_items + 1, device=query.device))  # [n_items, d], once
     if n_items <= chunk_items:  # fast path: one [N, n_items] logits matrix
-        logits = (query @ table.T).float()  # [N, n_items]
+        logits = _add_bonus((query @ table.T).float(), bonus, 1)  # [N, n_items]
         return F.cross_entropy(logits, target - 1, reduction=reduction)
     lse = torch.full((query.shape[0],), -math.inf, device=query.device)  # [N] running logsumexp
+    extra = () if bonus is None else bonus
     for start in range(0, n_items, chunk_items):
         chunk = table[start : start + chunk_items]  # a view: the tower is not run again
         if torch.is_grad_enabled():  # recompute the chunk's logits in backward instead of saving
-            chunk_lse = checkpoint(_chunk_logsumexp, query, chunk, use_reentrant=False)
+            chunk_lse = checkpoint(
+                _chunk_logsumexp, query, chunk, start + 1, *extra, use_reentrant=False
+            )
         else:
-            chunk_lse = _chunk_logsumexp(query, chunk)
+            chunk_lse = _chunk_logsumexp(query, chunk, start + 1, *extra)
         lse = torch.logaddexp(lse, chunk_lse)
     positive = (query * table[target - 1]).sum(-1).float()  # [N]
+    if bonus is not None:
+        items, values = bonus
+        positive = positive + (values.float() * (items == target[:, None])).sum(-1)
     return _reduce(lse - positive, reduction)
 
 
@@ -286,13 +316,17 @@ class RecLoss(nn.Module):
         item_vectors: ItemVectors,
         generator: torch.Generator | None = None,
         reduction: Reduction = "mean",
+        bonus: Bonus | None = None,
     ) -> torch.Tensor:
-        """query [N, d] float, target [N] long in 1..n_items -> scalar mean loss (or [N])."""
+        """query [N, d] float, target [N] long in 1..n_items -> scalar mean loss (or [N]).
+        `bonus`: per-row logits added to some items (full CE only; see full_cross_entropy)."""
         c = self.config
         if c.kind == "ce":
             return full_cross_entropy(
-                query, target, item_vectors, self.n_items, c.chunk_items, reduction
+                query, target, item_vectors, self.n_items, c.chunk_items, reduction, bonus
             )
+        if bonus is not None:
+            raise RecstackError(f"a logit bonus needs loss kind 'ce', not {c.kind!r}")
         if c.kind == "gbce":
             return gbce_loss(
                 query, target, item_vectors, self.n_items, c.n_negatives, c.gbce_t, generator,
@@ -312,7 +346,11 @@ class RecLoss(nn.Module):
         )
 
     def masked(
-        self, query: torch.Tensor, target: torch.Tensor, item_vectors: ItemVectors
+        self,
+        query: torch.Tensor,
+        target: torch.Tensor,
+        item_vectors: ItemVectors,
+        bonus: Bonus | None = None,
     ) -> torch.Tensor:
         """The mean loss over the rows whose target is not PAD_IDX, at fixed shapes: no row is
         taken out, so a CUDA step needs no host sync to count them (PAD rows weigh 0).
@@ -322,6 +360,6 @@ class RecLoss(nn.Module):
         keep = target != PAD_IDX
         if self.config.kind == "sampled" and self.config.negatives != "uniform":
             return self(query[keep], target[keep], item_vectors)
-        per_row = self(query, target.clamp(min=1), item_vectors, reduction="none")
+        per_row = self(query, target.clamp(min=1), item_vectors, reduction="none", bonus=bonus)
         weight = keep.to(per_row.dtype)
         return (per_row * weight).sum() / weight.sum().clamp(min=1.0)

@@ -76,6 +76,10 @@ FORGERIES: dict[str, tuple[Callable[[Path], None], str]] = {
         _edit_manifest(lambda m: m.update(model_kind="gru4rec")),
         "has model_kind = 'gru4rec'",
     ),
+    "outputs_not_the_graphs": (  # e.g. a transition term the graph does not compute
+        _edit_manifest(lambda m: m["onnx"]["outputs"].update(bonus=["batch", 4, "float32"])),
+        "differ from the manifest's",
+    ),
     "nan_embeddings": (_nan_embeddings, "NaN or infinite"),
     "int_embeddings": (_int_embeddings, "not numbers of kind"),
 }

@@ -174,3 +174,56 @@ def test_a_checkpoint_holding_other_objects_is_refused_unread(tmp_path, sasrec_c
         export_cmd._load_task(tampered, f"{NextItemTask.__module__}.NextItemTask")
     assert "\n" not in str(exc.value)
     assert export_cmd._load_task(sasrec_ckpt, f"{NextItemTask.__module__}.NextItemTask")
+
+
+def test_the_transition_term_exports_and_serves_as_torch_scores_it(tmp_path, chain_dir):
+    from recstack.training.data.datamodule import RecDataModule
+    from serving.full_ranking import full_ranking
+    from serving.ranking import Ranker, RankRequest
+    from serving.retrieval import RetrievalRequest, Retriever
+
+    config = write_config(tmp_path, chain_dir, SASREC, max_epochs=2)
+    assert main(["train", "--config", str(config), "--model.init_args.model.followers=4"]) == 0
+    ckpt, out = tmp_path / "run" / "checkpoints" / "best.ckpt", tmp_path / "artifact"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 0
+    manifest = read_artifact_manifest(out)
+    assert manifest.followers == 4 and list(manifest.onnx.outputs) == ["state", "followers", "bonus"]
+    outputs = {c["output"] for c in manifest.parity.checks}
+    assert outputs == {"state", "followers", "bonus"} and manifest.parity.max_abs_diff < 1e-4
+
+    task = NextItemTask.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
+    net = task.scoring_net.eval()
+    items, lengths = torch.tensor([[3, 4, 5, 0], [7, 8, 9, 10]]), torch.tensor([3, 4])
+    with torch.no_grad():
+        expected = net.score_all(items, lengths).numpy()  # with the bonus
+        plain = net.last_hidden(items, lengths) @ net.all_item_vectors().T
+    assert np.abs(expected - plain.numpy()).max() > 0.1  # the term changes the scores
+
+    ranker = Ranker.load(out)
+    ids = ranker.artifact.catalog.item_ids
+    histories = [[ids[i] for i in row[: n]] for row, n in zip(items.tolist(), lengths.tolist())]
+    for row, history in enumerate(histories):
+        ranked = ranker.rank([RankRequest(history, ids[1:], k=len(ids) - 1)])[0]
+        got = dict(zip(ranked.item_ids, ranked.scores, strict=True))
+        want = {ids[i]: float(expected[row, i]) for i in range(1, len(ids))}
+        assert got.keys() == want.keys()
+        np.testing.assert_allclose([got[k] for k in want], list(want.values()), atol=1e-4)
+
+    retriever = Retriever.load(out, "exact")
+    for row, history in enumerate(histories):
+        [found] = retriever.retrieve([RetrievalRequest(history, {}, None, exclude=[], n=5)])
+        scores = expected[row].copy()
+        scores[0] = -np.inf
+        scores[items[row, : lengths[row]].numpy()] = -np.inf  # the history is excluded
+        best = np.argsort(-scores, kind="stable")[:5]
+        assert found.item_ids == [ids[i] for i in best]
+        np.testing.assert_allclose(found.scores, scores[best], atol=1e-4)
+
+    eval_set = RecDataModule(chain_dir).eval_set("test")  # the torch-free full ranking
+    top = full_ranking(ranker.artifact, eval_set, k=5).top
+    for row in range(eval_set.n_users):
+        history = torch.from_numpy(eval_set.history(row)[-16:].astype(np.int64))[None, :]
+        with torch.no_grad():
+            scores = net.score_all(history, torch.tensor([history.shape[1]]))[0].numpy()
+        scores[[0, *eval_set.history(row)]] = -np.inf
+        np.testing.assert_array_equal(top[row], np.argsort(-scores, kind="stable")[:5])

@@ -33,6 +33,7 @@ from recstack.training.data.event_arrays import (
 )
 from recstack.training.data.device_batches import DeviceBatches
 from recstack.training.data.facts import DataFacts, TrainSamples
+from recstack.training.data.transitions import follower_table
 from recstack.training.data.features import (
     build_vocab,
     context_codes,
@@ -162,7 +163,13 @@ class RecDataModule(LightningDataModule):
             eval_batch_size=self.eval_batch_size,
             eval_set=self.eval_set,
             eval_context=self.eval_context,
+            followers=self.followers,
         )
+
+    def followers(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each item's k most frequent next items among the training events (TRAIN, or TRAIN +
+        VALID for a refit) and their counts."""
+        return follower_table(self._training_events(), self.n_items, k)
 
     def train_on(self, samples: TrainSamples) -> None:
         """What the task trains on; set before the first `train_dataloader`."""
@@ -171,11 +178,15 @@ class RecDataModule(LightningDataModule):
     def prepare_data(self) -> None:  # once per node, before setup
         self._write_arrays()
 
+    def _training_events(self) -> pl.DataFrame:
+        """TRAIN (or TRAIN + VALID) events in time order per user."""
+        self._load()
+        return history_frame(self.frame, "valid" if self.fit_on == "train" else "test")
+
     def _write_arrays(self) -> Path:
         if arrays_complete(self.arrays_dir):  # keyed by content: nothing to redo
             return self.arrays_dir
-        # TRAIN (or TRAIN + VALID) events in time order per user
-        train = history_frame(self.frame, "valid" if self.fit_on == "train" else "test")
+        train = self._training_events()
         return write_event_arrays(
             train, context_codes(train, self.vocab), self.n_users, self.arrays_dir
         )

@@ -36,3 +36,6 @@ class DataFacts:
     eval_batch_size: int | None  # users per full-ranking batch; None: sized by the catalogue
     eval_set: Callable[[str], EvalSet]  # "valid" / "test" -> its users (built once, cached)
     eval_context: Callable[[str], np.ndarray]  # "valid" / "test" -> [n_users, C] context codes
+    # k -> each item's k most frequent next items in the training events and their counts
+    # ([n_items + 1, k] each; training/data/transitions.py), built when asked
+    followers: Callable[[int], tuple[np.ndarray, np.ndarray]]
