@@ -187,7 +187,11 @@ def test_the_transition_term_exports_and_serves_as_torch_scores_it(tmp_path, cha
     ckpt, out = tmp_path / "run" / "checkpoints" / "best.ckpt", tmp_path / "artifact"
     assert main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 0
     manifest = read_artifact_manifest(out)
-    assert manifest.followers == 4 and list(manifest.onnx.outputs) == ["state", "followers", "bonus"]
+    assert manifest.followers == 4 and list(manifest.onnx.outputs) == [
+        "state",
+        "followers",
+        "bonus",
+    ]
     outputs = {c["output"] for c in manifest.parity.checks}
     assert outputs == {"state", "followers", "bonus"} and manifest.parity.max_abs_diff < 1e-4
 
@@ -201,7 +205,8 @@ def test_the_transition_term_exports_and_serves_as_torch_scores_it(tmp_path, cha
 
     ranker = Ranker.load(out)
     ids = ranker.artifact.catalog.item_ids
-    histories = [[ids[i] for i in row[: n]] for row, n in zip(items.tolist(), lengths.tolist())]
+    rows = zip(items.tolist(), lengths.tolist(), strict=True)
+    histories = [[ids[i] for i in row[:n]] for row, n in rows]
     for row, history in enumerate(histories):
         ranked = ranker.rank([RankRequest(history, ids[1:], k=len(ids) - 1)])[0]
         got = dict(zip(ranked.item_ids, ranked.scores, strict=True))

@@ -126,15 +126,16 @@ def test_the_task_takes_the_table_from_the_data_and_checkpoints_keep_it(chain_di
 def test_the_network_trains_as_without_the_term_and_the_gate_learns(chain_dir, tmp_path):
     facts = RecDataModule(chain_dir, cache_dir=tmp_path).facts()
     model = {"history_len": 5, "dim": 8, "n_heads": 2, "dropout": 0.0}
-    grads = {}
+    grads, weights = {}, None
     for followers in (0, 3):
         task = NextItemTask(model=model | {"followers": followers})
         task.build_from_data(facts)
         task.loss_fn = RecLoss(LossConfig(), facts.n_items)
         task.log_train_loss = lambda *args: None  # no trainer here
-        if followers:  # the same network weights as the run without the term
-            task.net.load_state_dict(plain_state, strict=False)
-        plain_state = task.net.state_dict()
+        if weights is None:
+            weights = task.net.state_dict()
+        else:  # the same network weights as the run without the term
+            task.net.load_state_dict(weights, strict=False)
         batch = {"items": torch.tensor([[1, 2, 3, 0]]), "targets": torch.tensor([[2, 3, 4, 0]])}
         task.training_step(batch, 0).backward()
         grads[followers] = {n: p.grad for n, p in task.net.named_parameters()}
