@@ -192,16 +192,21 @@ def read_parquet(path: Path) -> pl.DataFrame:
         raise DataError(f"cannot read {path} as Parquet ({exc}); re-export the artifact") from None
 
 
-def _check_inputs(
+def _check_graph(
     path: Path, session: ort.InferenceSession, manifest: ArtifactManifest
 ) -> list[str]:
-    names = [i.name for i in session.get_inputs()]
-    declared = list(manifest.onnx.inputs)
-    if names != declared:
-        raise DataError(
-            f"{path}: ONNX inputs {names} differ from the manifest's {declared}; re-export"
-        )
-    return names
+    """The ONNX graph's input and output names must be the manifest's, in order; -> inputs."""
+    found = {
+        "inputs": [i.name for i in session.get_inputs()],
+        "outputs": [o.name for o in session.get_outputs()],
+    }
+    for side, names in found.items():
+        declared = list(getattr(manifest.onnx, side))
+        if names != declared:
+            raise DataError(
+                f"{path}: ONNX {side} {names} differ from the manifest's {declared}; re-export"
+            )
+    return found["inputs"]
 
 
 def _user_codes(path: Path, manifest: ArtifactManifest) -> dict[str, np.ndarray]:
@@ -214,15 +219,6 @@ def _user_codes(path: Path, manifest: ArtifactManifest) -> dict[str, np.ndarray]
     ids = frame[USER_ID].cast(pl.String).to_list()
     codes = frame.drop(USER_ID).to_numpy().astype(np.int64)  # [n_users, U]
     return dict(zip(ids, codes, strict=True))
-
-
-def _check_outputs(path: Path, session: ort.InferenceSession, manifest: ArtifactManifest) -> None:
-    names = [o.name for o in session.get_outputs()]
-    declared = list(manifest.onnx.outputs)
-    if names != declared:
-        raise DataError(
-            f"{path}: ONNX outputs {names} differ from the manifest's {declared}; re-export"
-        )
 
 
 def load_artifact(path: Path, kinds: tuple[ModelKind, ...] = tuple(ModelKind)) -> Artifact:
@@ -244,8 +240,7 @@ def load_artifact(path: Path, kinds: tuple[ModelKind, ...] = tuple(ModelKind)) -
             if manifest.features is None:
                 raise DataError(f"{path}/manifest.json lacks 'features'; re-export the artifact")
             features = json.loads((path / manifest.features.file).read_text())
-        input_names = _check_inputs(path, session, manifest)
-        _check_outputs(path, session, manifest)
+        input_names = _check_graph(path, session, manifest)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: cannot read a file ({exc}); re-export the artifact") from None
     if embeddings.shape != (catalog.n_items + 1, manifest.dim):

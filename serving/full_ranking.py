@@ -1,12 +1,12 @@
 """The ranker's own full ranking, torch-free (docs/architecture.md §5).
 
 Each user's history -> the SASRec artifact's state (`recstack.query.encode_scoring`, the last
-`history_len` items) -> scores over every item (plus the transition term's bonus); PAD and the whole history are masked to -inf
-(also items the artifact does not know, added to the dataset after it) and the targets ranked
-by the rule of recstack/ranking_metrics.py (ties to the lower item_idx), the protocol of
-training's evaluator. Users go in batches of at most BATCH_USERS and RANK_MEMORY_ELEMENTS
-scores, so no users x items matrix is built. The pipeline evaluation reports these figures
-beside the served pipeline's: what retrieving N candidates costs.
+`history_len` items) -> scores over every item (plus the transition term's bonus); PAD and the
+whole history are masked to -inf (also items the artifact does not know, added to the dataset
+after it) and the targets ranked by the rule of recstack/ranking_metrics.py (ties to the lower
+item_idx), the protocol of training's evaluator. Users go in batches of at most BATCH_USERS
+and RANK_MEMORY_ELEMENTS scores, so no users x items matrix is built. The pipeline evaluation
+reports these figures beside the served pipeline's: what retrieving N candidates costs.
 """
 
 from dataclasses import dataclass
